@@ -1,0 +1,447 @@
+//! Per-kind work the API server itself does around writes, as the real one
+//! does in its registry strategies: Service IP and NodePort allocation, CRD
+//! establishment, and namespace termination.
+
+use crate::rest::{self, ApiResult, DeleteOpts, Target};
+use crate::state::ApiState;
+use crate::status::ApiError;
+use mast_api::validation::FieldError;
+use mast_store::{object_key, RangeRequest};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Addresses and ports claimed for an object not yet stored; released if
+/// the write fails, so a rejected request leaves nothing behind.
+#[derive(Debug, Default)]
+pub struct Allocated {
+    ips: Vec<String>,
+    ports: Vec<i64>,
+}
+
+impl Allocated {
+    pub fn release(&self, state: &ApiState) {
+        for ip in &self.ips {
+            state.alloc.release_ip(ip);
+        }
+        for p in &self.ports {
+            state.alloc.release_port(*p);
+        }
+    }
+}
+
+fn is(t: &Target, group: &str, kind: &str) -> bool {
+    t.res.custom.is_none()
+        && t.res.kind == kind
+        && (t.res.group == group || (kind == "Ingress" && t.res.storage_version.is_some()))
+}
+
+fn needs_node_ports(spec: &Value) -> bool {
+    matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"))
+}
+
+fn alloc_service(state: &ApiState, svc: &mut Value, got: &mut Allocated) -> Result<(), FieldError> {
+    let spec = &mut svc["spec"];
+    if spec["type"].as_str() == Some("ExternalName") {
+        return Ok(());
+    }
+    match spec["clusterIP"].as_str() {
+        Some("None") => spec["clusterIPs"] = json!(["None"]),
+        Some(ip) if !ip.is_empty() => {
+            let ip = ip.to_owned();
+            state.alloc.claim_ip(&ip).map_err(|e| {
+                FieldError::invalid("spec.clusterIPs", &json!([ip]), &e.to_string())
+            })?;
+            got.ips.push(ip.clone());
+            spec["clusterIPs"] = json!([ip]);
+        }
+        _ => {
+            let ip = state
+                .alloc
+                .next_ip()
+                .map_err(|e| FieldError::invalid("spec.clusterIPs", &json!([]), &e.to_string()))?;
+            got.ips.push(ip.clone());
+            spec["clusterIP"] = json!(ip);
+            spec["clusterIPs"] = json!([ip]);
+        }
+    }
+    if needs_node_ports(spec) {
+        alloc_node_ports(state, spec, got)?;
+    }
+    Ok(())
+}
+
+fn alloc_node_ports(
+    state: &ApiState,
+    spec: &mut Value,
+    got: &mut Allocated,
+) -> Result<(), FieldError> {
+    for (i, p) in spec["ports"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match p["nodePort"].as_i64() {
+            Some(np) if np != 0 => {
+                state.alloc.claim_port(np).map_err(|e| {
+                    FieldError::invalid(
+                        &format!("spec.ports[{i}].nodePort"),
+                        &json!(np),
+                        &e.to_string(),
+                    )
+                })?;
+                got.ports.push(np);
+            }
+            _ => {
+                let np = state.alloc.next_port().map_err(|e| {
+                    FieldError::invalid(
+                        &format!("spec.ports[{i}].nodePort"),
+                        &json!(0),
+                        &e.to_string(),
+                    )
+                })?;
+                got.ports.push(np as i64);
+                p["nodePort"] = json!(np);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn crd_status(crd: &mut Value) {
+    let storage: Vec<Value> = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["storage"] == true)
+        .map(|v| v["name"].clone())
+        .collect();
+    let now = rest::now();
+    let cond = |ty: &str, reason: &str, msg: &str| json!({"type": ty, "status": "True", "lastTransitionTime": now, "reason": reason, "message": msg});
+    let mut stored: Vec<Value> = crd["status"]["storedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for s in storage {
+        if !stored.contains(&s) {
+            stored.push(s);
+        }
+    }
+    crd["status"] = json!({
+        "conditions": [
+            cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+            cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "acceptedNames": crd["spec"]["names"],
+        "storedVersions": stored,
+    });
+}
+
+/// Work before a new object is stored.
+pub async fn before_create(state: &ApiState, t: &Target, obj: &mut Value) -> ApiResult<Allocated> {
+    let mut got = Allocated::default();
+    if is(t, "", "Service") {
+        if let Err(e) = alloc_service(state, obj, &mut got) {
+            got.release(state);
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            return Err(ApiError::invalid("Service", "", &name, &[e]));
+        }
+    }
+    if is(t, "apiextensions.k8s.io", "CustomResourceDefinition") {
+        crd_status(obj);
+    }
+    Ok(got)
+}
+
+/// Work before an update is stored: keep allocated values the client did
+/// not repeat (as Kubernetes' `patchAllocatedValues` does), allocate or free
+/// NodePorts when the type changes.
+pub fn before_update(state: &ApiState, t: &Target, new: &mut Value, old: &Value) -> ApiResult<()> {
+    if is(t, "", "Service") {
+        let name = new["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if new["spec"]["type"].as_str() != Some("ExternalName")
+            && old["spec"]["type"].as_str() != Some("ExternalName")
+        {
+            if new["spec"]["clusterIP"].as_str().is_none_or(str::is_empty) {
+                new["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
+                new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+            }
+            if new["spec"]["clusterIPs"].is_null() {
+                new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+            }
+        }
+        let old_ports: Vec<i64> = old["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["nodePort"].as_i64())
+            .collect();
+        let mut got = Allocated::default();
+        if needs_node_ports(&new["spec"]) {
+            // Reuse the old NodePort of a port with the same number.
+            let olds = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+            let mut reuse = vec![];
+            for p in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+                if p["nodePort"].as_i64().unwrap_or(0) == 0 {
+                    if let Some(o) = olds
+                        .iter()
+                        .find(|o| o["port"] == p["port"] && o["nodePort"].as_i64().is_some())
+                    {
+                        p["nodePort"] = o["nodePort"].clone();
+                    }
+                }
+                if let Some(np) = p["nodePort"].as_i64().filter(|n| *n != 0) {
+                    if old_ports.contains(&np) {
+                        reuse.push(np);
+                        // Mark it as already held so allocation skips it.
+                        p["__held"] = json!(true);
+                    }
+                }
+            }
+            let mut spec = new["spec"].clone();
+            let held: Vec<usize> = spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter(|(_, p)| p["__held"] == true)
+                .map(|(i, _)| i)
+                .collect();
+            let mut to_alloc = spec.clone();
+            if let Some(ports) = to_alloc["ports"].as_array_mut() {
+                let mut i = 0;
+                ports.retain(|_| {
+                    let keep = !held.contains(&i);
+                    i += 1;
+                    keep
+                });
+            }
+            if let Err(e) = alloc_node_ports(state, &mut to_alloc, &mut got) {
+                got.release(state);
+                return Err(ApiError::invalid("Service", "", &name, &[e]));
+            }
+            let mut fresh = to_alloc["ports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter();
+            for (i, p) in spec["ports"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if held.contains(&i) {
+                    if let Some(m) = p.as_object_mut() {
+                        m.remove("__held");
+                    }
+                } else if let Some(f) = fresh.next() {
+                    *p = f;
+                }
+            }
+            new["spec"] = spec;
+            let kept: Vec<i64> = new["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["nodePort"].as_i64())
+                .collect();
+            for p in old_ports.iter().filter(|p| !kept.contains(p)) {
+                state.alloc.release_port(*p);
+            }
+        } else {
+            for p in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("nodePort");
+                }
+            }
+            for p in old_ports {
+                state.alloc.release_port(p);
+            }
+        }
+    }
+    if is(t, "apiextensions.k8s.io", "CustomResourceDefinition") {
+        crd_status(new);
+    }
+    Ok(())
+}
+
+/// Namespaces that may never be deleted.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+/// Checks before a delete is even attempted.
+pub fn before_delete(t: &Target, name: &str) -> ApiResult<()> {
+    if is(t, "", "Namespace") && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden(format!(
+            "namespaces {name:?} is forbidden: this namespace may not be deleted"
+        )));
+    }
+    Ok(())
+}
+
+/// Work after an object was created or updated.
+pub async fn after_write(state: &ApiState, t: &Target, obj: &Value) {
+    if is(t, "apiextensions.k8s.io", "CustomResourceDefinition") {
+        if let Err(e) = state.reload_crds().await {
+            tracing::warn!(error = %e, "could not reload CRDs");
+        }
+    }
+    if is(t, "", "Namespace") {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if obj["metadata"]["deletionTimestamp"].is_null() {
+            ensure_default_service_account(state, &name).await;
+        }
+    }
+}
+
+/// Work after an object was deleted from the store.
+pub async fn after_delete(state: &ApiState, t: &Target, obj: &Value) {
+    if is(t, "", "Service") {
+        if let Some(ip) = obj["spec"]["clusterIP"].as_str() {
+            state.alloc.release_ip(ip);
+        }
+        for p in obj["spec"]["ports"].as_array().into_iter().flatten() {
+            if let Some(np) = p["nodePort"].as_i64() {
+                state.alloc.release_port(np);
+            }
+        }
+    }
+    if is(t, "apiextensions.k8s.io", "CustomResourceDefinition") {
+        // Its custom resources go with it.
+        let group = obj["spec"]["group"].as_str().unwrap_or_default();
+        let plural = obj["spec"]["names"]["plural"].as_str().unwrap_or_default();
+        if !group.is_empty() && !plural.is_empty() {
+            delete_prefix(state, &format!("/registry/{group}/{plural}/")).await;
+        }
+        if let Err(e) = state.reload_crds().await {
+            tracing::warn!(error = %e, "could not reload CRDs");
+        }
+    }
+}
+
+async fn delete_prefix(state: &ApiState, prefix: &str) {
+    if let Ok(r) = state
+        .store
+        .range(RangeRequest {
+            prefix: prefix.into(),
+            ..Default::default()
+        })
+        .await
+    {
+        for kv in r.kvs {
+            let _ = state.store.delete(&kv.key, None).await;
+        }
+    }
+}
+
+async fn ensure_default_service_account(state: &ApiState, ns: &str) {
+    let key = object_key("serviceaccounts", Some(ns), "default");
+    if matches!(state.store.get(&key).await, Ok(Some(_))) {
+        return;
+    }
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": "default", "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": rest::now()}});
+    let _ = state
+        .store
+        .create(&key, bytes::Bytes::from(sa.to_string()))
+        .await;
+}
+
+/// The namespace lifecycle controller's finalizer, run in the API server
+/// until the controllers exist as their own component: empties terminating
+/// namespaces, then removes them.
+pub async fn run_namespace_finalizer(state: Arc<ApiState>) {
+    loop {
+        let terminating: Vec<String> = match state
+            .store
+            .range(RangeRequest {
+                prefix: "/registry/namespaces/".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => r
+                .kvs
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                .filter(|ns| !ns["metadata"]["deletionTimestamp"].is_null())
+                .filter_map(|ns| ns["metadata"]["name"].as_str().map(str::to_owned))
+                .collect(),
+            Err(_) => vec![],
+        };
+        for ns in terminating {
+            if let Err(e) = finalize_namespace(&state, &ns).await {
+                tracing::debug!(namespace = %ns, error = %e, "namespace not yet empty");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn finalize_namespace(state: &ApiState, ns: &str) -> ApiResult<()> {
+    let reg = state.registry();
+    let mut remaining = 0;
+    let mut seen = std::collections::HashSet::new();
+    for res in reg
+        .resources
+        .iter()
+        .filter(|r| r.namespaced && r.kind != "Binding")
+    {
+        if !seen.insert(res.storage.clone()) {
+            continue;
+        }
+        let t = Target {
+            res: res.clone(),
+            ns: Some(ns.to_owned()),
+            name: None,
+            sub: None,
+        };
+        let r = state
+            .store
+            .range(RangeRequest {
+                prefix: t.prefix(),
+                ..Default::default()
+            })
+            .await?;
+        for kv in r.kvs {
+            remaining += 1;
+            let name = kv.key.rsplit('/').next().unwrap_or_default().to_owned();
+            let _ = rest::delete_object(
+                state,
+                &t,
+                &name,
+                &DeleteOpts {
+                    grace: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+    }
+    if remaining > 0 {
+        return Err(ApiError::conflict_message(format!(
+            "{remaining} objects left"
+        )));
+    }
+    let key = object_key("namespaces", None, ns);
+    if let Some(kv) = state.store.get(&key).await? {
+        let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let others = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if !others {
+            state.store.delete(&key, Some(kv.mod_revision)).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! The `mast` command: parses flags into one validated configuration and
+//! wires the components together. Each component lives in its own crate.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// mast: a Kubernetes-compatible cluster with an Istio-compatible service
+/// mesh, in one binary.
+///
+/// Start a whole single-machine cluster with `mast up`, then use the
+/// machine's own kubectl: `export KUBECONFIG=<data-dir>/kubeconfig.yaml`.
+#[derive(Parser, Debug)]
+#[command(name = "mast", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter, e.g. `info` or `mast_apiserver=debug` (also RUST_LOG).
+    #[arg(long, global = true, env = "MAST_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start an all-in-one cluster on this machine (API server and store;
+    /// scheduler, controllers and node agent join as they are built).
+    ///
+    /// Prints the `export KUBECONFIG=...` line to use with kubectl. Starting
+    /// again with the same --data-dir resumes the same cluster.
+    Up(ServerArgs),
+    /// Run only the API server, on an embedded SQLite store or etcd.
+    Server(ServerArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServerArgs {
+    /// Where the cluster keeps its state, certificates and kubeconfig.
+    /// Default: /var/lib/mast as root, ~/.local/share/mast otherwise.
+    #[arg(long, env = "MAST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address and port the API server listens on (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Address written into the kubeconfig (default: the listen address).
+    #[arg(long)]
+    advertise_address: Option<String>,
+    /// Object store: `sqlite` (a file in the data dir), `sqlite:///path/to.db`.
+    /// etcd (`etcd://host:2379`) is planned for multi-machine clusters.
+    #[arg(long, default_value = "sqlite")]
+    store: String,
+    /// Range Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
+    /// Range NodePorts are allocated from, `LOW-HIGH`.
+    #[arg(long, default_value = "30000-32767")]
+    node_port_range: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    let root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::fs::metadata("/proc/self")
+            .map(|_| is_root())
+            .unwrap_or(false);
+    if root {
+        PathBuf::from("/var/lib/mast")
+    } else {
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        PathBuf::from(home).join(".local/share/mast")
+    }
+}
+
+fn is_root() -> bool {
+    // /proc/self/status has `Uid: <real> <effective> ...`.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The validated configuration of `up` / `server`.
+struct ServerConfig {
+    api: mast_apiserver::Config,
+    store_path: PathBuf,
+}
+
+fn parse_config(a: &ServerArgs) -> Result<ServerConfig> {
+    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mut api = mast_apiserver::Config::new(data_dir.clone());
+    api.listen = a.listen;
+    api.advertise_address = a.advertise_address.clone().unwrap_or_else(|| {
+        if a.listen.ip().is_unspecified() {
+            "127.0.0.1".into()
+        } else {
+            a.listen.ip().to_string()
+        }
+    });
+    api.service_cidr = a.service_cidr.clone();
+    let (lo, hi) = a
+        .node_port_range
+        .split_once('-')
+        .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
+        .filter(|(l, h)| l < h)
+        .with_context(|| {
+            format!(
+                "--node-port-range {:?} must look like 30000-32767",
+                a.node_port_range
+            )
+        })?;
+    api.node_port_range = (lo, hi);
+    let store_path = match a.store.as_str() {
+        "sqlite" => data_dir.join("state.db"),
+        s if s.starts_with("sqlite://") => PathBuf::from(&s["sqlite://".len()..]),
+        s if s.starts_with("etcd://") => bail!(
+            "the etcd store ({s}) is not available yet; use the default embedded store (--store sqlite)"
+        ),
+        s => bail!("unknown --store {s:?}: use `sqlite` or `sqlite:///path/to/state.db`"),
+    };
+    Ok(ServerConfig { api, store_path })
+}
+
+async fn run_server(args: ServerArgs, all_in_one: bool) -> Result<()> {
+    let cfg = parse_config(&args)?;
+    std::fs::create_dir_all(&cfg.api.data_dir).with_context(|| {
+        format!(
+            "cannot create the data dir {}; pass --data-dir to use another",
+            cfg.api.data_dir.display()
+        )
+    })?;
+    tracing::info!(data_dir = %cfg.api.data_dir.display(), listen = %cfg.api.listen, store = %cfg.store_path.display(), "starting");
+    let store = mast_store::SqliteStore::open(mast_store::SqliteOptions::new(&cfg.store_path))
+        .with_context(|| format!("cannot open the store at {}", cfg.store_path.display()))?;
+    let handle = mast_apiserver::start(cfg.api.clone(), Arc::new(store)).await?;
+    let mode = if all_in_one { "cluster" } else { "API server" };
+    println!("mast {mode} is up: https://{}", handle.addr);
+    println!("Use it with kubectl:");
+    println!("  export KUBECONFIG={}", handle.kubeconfig.display());
+    println!("  kubectl get namespaces");
+    println!("Stop with Ctrl-C; start again with the same --data-dir to resume.");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Up(a) => run_server(a, true).await,
+            Command::Server(a) => run_server(a, false).await,
+        }
+    })
+}
