@@ -7,6 +7,9 @@
 pub mod defaults;
 pub mod openapi;
 pub mod patch;
+pub mod proto;
+#[rustfmt::skip]
+pub mod proto_table;
 pub mod registry;
 pub mod schema;
 pub mod selectors;

@@ -141,6 +141,22 @@ pub fn builtin_definitions(resources: &[Resource]) -> Map<String, Value> {
             }
         }
     }
+    // These hold any JSON value; Kubernetes publishes them without a type.
+    for name in [
+        "JSON",
+        "JSONSchemaPropsOrArray",
+        "JSONSchemaPropsOrBool",
+        "JSONSchemaPropsOrStringArray",
+    ] {
+        let full = format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.{name}");
+        if let Some(obj) = defs.get_mut(&full).and_then(Value::as_object_mut) {
+            obj.remove("type");
+            obj.insert(
+                "x-kubernetes-preserve-unknown-fields".into(),
+                Value::Bool(true),
+            );
+        }
+    }
     add_gvks(&mut defs, resources);
     defs
 }

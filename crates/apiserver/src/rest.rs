@@ -95,6 +95,43 @@ fn storage_kind(res: &Resource) -> (String, String) {
     }
 }
 
+/// Parse a request body (JSON, YAML, or Kubernetes protobuf for built-in
+/// types) into an object.
+pub fn decode_body_for(
+    res: Option<&Resource>,
+    state: Option<&ApiState>,
+    req: &Request,
+) -> ApiResult<Value> {
+    let ct = req.content_type.split(';').next().unwrap_or("").trim();
+    if ct == "application/vnd.kubernetes.protobuf" {
+        if req.body.len() > MAX_BODY {
+            return Err(ApiError::too_large());
+        }
+        let (Some(res), Some(state)) = (res, state) else {
+            return Err(ApiError::unsupported_media_type(ct));
+        };
+        if res.custom.is_some() || res.storage_version.is_some() {
+            return Err(ApiError::unsupported_media_type(&format!(
+                "{ct} (not available for {})",
+                res.group_resource()
+            )));
+        }
+        return mast_api::proto::decode_body(&state.registry().schemas, &res.definition, &req.body)
+            .map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    decode_body(req)
+}
+
+/// Parse a body that holds an object of OpenAPI definition `def`.
+pub fn decode_body_def(state: &ApiState, def: &str, req: &Request) -> ApiResult<Value> {
+    let ct = req.content_type.split(';').next().unwrap_or("").trim();
+    if ct == "application/vnd.kubernetes.protobuf" {
+        return mast_api::proto::decode_body(&state.registry().schemas, def, &req.body)
+            .map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    decode_body(req)
+}
+
 /// Parse a request body (JSON or YAML) into an object.
 pub fn decode_body(req: &Request) -> ApiResult<Value> {
     if req.body.len() > MAX_BODY {
@@ -314,7 +351,7 @@ fn record_manager(obj: &mut Value, manager: &str, operation: &str, api_version: 
 
 /// Create an object from a request body.
 pub async fn create(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Reply> {
-    let mut obj = decode_body(req)?;
+    let mut obj = decode_body_for(Some(&t.res), Some(state), req)?;
     check_type(&t.res, &obj)?;
     if let (Some(ns), Some(body_ns)) = (&t.ns, obj["metadata"]["namespace"].as_str()) {
         if !body_ns.is_empty() && body_ns != ns {
@@ -330,9 +367,6 @@ pub async fn create(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Re
         obj["kind"] = json!(t.res.kind);
     }
     let mut warnings = vec![];
-    if let Some(d) = &t.res.deprecated {
-        warnings.push(d.clone());
-    }
     to_storage_version(&t.res, &mut obj);
     check_schema(state, &t.res, &mut obj, req, &mut warnings)?;
     let manager = req.manager();
@@ -374,6 +408,13 @@ pub async fn create_object(
     };
     check_namespace(state, t, &display_name).await?;
     init_metadata(&mut obj, t);
+    // Status is the server's to write; a new object starts without one
+    // (Nodes excepted: their agent registers them with status).
+    if t.res.has_subresource("status") && !(t.res.group.is_empty() && t.res.kind == "Node") {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
     if t.res.custom.is_none() {
         defaults::apply_defaults(&group, &kind, &mut obj);
     }
@@ -862,9 +903,6 @@ pub async fn update(
     let mut new = decode_body(req)?;
     check_type(&t.res, &new)?;
     let mut warnings = vec![];
-    if let Some(d) = &t.res.deprecated {
-        warnings.push(d.clone());
-    }
     to_storage_version(&t.res, &mut new);
     check_schema(state, &t.res, &mut new, req, &mut warnings)?;
     let (old, kv) = get(state, t, name).await?;
@@ -934,9 +972,6 @@ pub async fn patch(
             new["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
         }
         warnings.clear();
-        if let Some(d) = &t.res.deprecated {
-            warnings.push(d.clone());
-        }
         to_storage_version(&t.res, &mut new);
         check_schema(state, &t.res, &mut new, req, &mut warnings)?;
         match write_update(
@@ -1253,7 +1288,7 @@ pub async fn scale(state: &ApiState, t: &Target, name: &str, req: &Request) -> A
         let (obj, _) = get(state, t, name).await?;
         return Ok(Reply::json(200, scale_of(t, &obj)));
     }
-    let body = decode_body(req)?;
+    let body = decode_body_def(state, "io.k8s.api.autoscaling.v1.Scale", req)?;
     for _ in 0..8 {
         let (obj, kv) = get(state, t, name).await?;
         let mut sc = scale_of(t, &obj);
@@ -1312,7 +1347,7 @@ pub async fn scale(state: &ApiState, t: &Target, name: &str, req: &Request) -> A
 
 /// POST pods/<name>/binding (or a Binding object): assign a pod to a node.
 pub async fn bind(state: &ApiState, t: &Target, pod_name: &str, req: &Request) -> ApiResult<Reply> {
-    let b = decode_body(req)?;
+    let b = decode_body_def(state, "io.k8s.api.core.v1.Binding", req)?;
     let node = b["target"]["name"]
         .as_str()
         .filter(|s| !s.is_empty())

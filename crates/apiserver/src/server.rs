@@ -10,7 +10,7 @@ use crate::status::ApiError;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Method, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
 use std::convert::Infallible;
@@ -121,29 +121,7 @@ async fn serve(
         },
         None => return Err(ApiError::unauthorized()),
     };
-    if let Some(len) = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > MAX_BODY {
-            return Err(ApiError::too_large());
-        }
-    }
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::too_large()
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let body = read_body(body).await?;
     let header = |name: &str| {
         parts
             .headers
@@ -163,6 +141,31 @@ async fn serve(
         user,
     };
     route(state, request).await
+}
+
+/// Read a request body of at most [`MAX_BODY`] bytes. A larger one is read
+/// to its end (up to a bound) and discarded, so that HTTP/2 clients get the
+/// 413 answer instead of a reset stream.
+async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large());
+    }
+    Ok(buf.freeze())
 }
 
 fn json(code: u16, v: serde_json::Value) -> Reply {
@@ -362,12 +365,27 @@ async fn resource(
             return Err(ApiError::path_not_found());
         }
     }
+    let deprecation = res.deprecated.clone();
     let t = Target {
         res,
         ns,
         name: name.map(str::to_owned),
         sub: sub.map(str::to_owned),
     };
+    let reply = dispatch(state, t, watch_path, req).await?;
+    // Every request to a deprecated API carries the warning, as in Kubernetes.
+    Ok(match deprecation {
+        Some(w) => reply.with_warnings(vec![w]),
+        None => reply,
+    })
+}
+
+async fn dispatch(
+    state: Arc<ApiState>,
+    t: Target,
+    watch_path: bool,
+    req: &Request,
+) -> Result<Reply, ApiError> {
     let watching = watch_path || req.flag("watch");
     let m = &req.method;
     match (t.name.as_deref(), t.sub.as_deref()) {
@@ -375,7 +393,7 @@ async fn resource(
         (None, None) if *m == Method::GET => rest::list(&state, &t, req).await,
         (None, None) if *m == Method::POST => {
             if t.res.kind == "Binding" {
-                let b = rest::decode_body(req)?;
+                let b = rest::decode_body_def(&state, "io.k8s.api.core.v1.Binding", req)?;
                 let pod = b["metadata"]["name"]
                     .as_str()
                     .unwrap_or_default()

@@ -1,0 +1,223 @@
+//! Test harness: starts the real `mast` binary on a free port with a fresh
+//! data dir and drives it with the machine's real kubectl. Every process
+//! started here is killed by PID when its guard drops, even on panic.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// The kubectl of a given minor version (1.27 to 1.33).
+pub fn kubectl_version(minor: u32) -> PathBuf {
+    PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"))
+}
+
+/// Where the course's and Istio's sample manifests live.
+pub fn samples() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for up in [
+        here.join("../../../shared/samples"),
+        here.join("../../shared/samples"),
+    ] {
+        if up.exists() {
+            return up.canonicalize().expect("samples path");
+        }
+    }
+    panic!("../shared/samples not found next to the repository")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A running mast server.
+pub struct Cluster {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = Cluster {
+            child: None,
+            kubeconfig: PathBuf::new(),
+            url: String::new(),
+            dir,
+        };
+        c.launch("127.0.0.1:0");
+        c
+    }
+
+    /// Start `mast server` on this cluster's data dir.
+    fn launch(&mut self, listen: &str) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args(["server", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--listen", listen])
+            .env("MAST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mast");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .expect("mast did not print its kubeconfig within 60s");
+            if let Some(url) = line.strip_prefix("mast API server is up: ") {
+                self.url = url.trim().to_owned();
+            }
+            if let Some(p) = line.trim().strip_prefix("export KUBECONFIG=") {
+                self.kubeconfig = PathBuf::from(p);
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in rx {});
+    }
+
+    pub fn port(&self) -> String {
+        self.url.rsplit(':').next().unwrap_or_default().to_owned()
+    }
+
+    /// Kill the server with SIGKILL and start it again on the same data dir
+    /// and port.
+    pub fn crash_and_restart(&mut self) {
+        self.kill9();
+        let listen = format!("127.0.0.1:{}", self.port());
+        self.launch(&listen);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Run a kubectl binary against this cluster.
+    pub fn kubectl_with(&self, bin: &Path, args: &[&str]) -> Out {
+        let out = Command::new(bin)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("run kubectl");
+        Out::from(out)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Out {
+        self.kubectl_with(Path::new(KUBECTL), args)
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args);
+        assert!(
+            o.success,
+            "kubectl {args:?} failed:\n{}\n{}",
+            o.stdout, o.stderr
+        );
+        o.stdout
+    }
+
+    /// kubectl that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args);
+        assert!(
+            !o.success,
+            "kubectl {args:?} should have failed:\n{}",
+            o.stdout
+        );
+        o.stderr
+    }
+
+    /// The admin bearer token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pki/admin.token"))
+            .expect("token")
+            .trim()
+            .to_owned()
+    }
+
+    /// curl against the server with the admin token (or without, if `auth` is false).
+    pub fn curl(&self, auth: bool, args: &[&str]) -> Out {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--cacert"])
+            .arg(self.dir.path().join("pki/ca.crt"));
+        if auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {}", self.token())]);
+        }
+        Out::from(cmd.args(args).output().expect("run curl"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A finished command's result.
+#[derive(Debug)]
+pub struct Out {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Self {
+        Out {
+            success: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A background process killed (by PID) when dropped.
+pub struct Background(pub Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Poll `f` until it returns true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
