@@ -571,7 +571,7 @@ fn schema_proto(v: &Value) -> proto::Schema {
             })),
             _ => None,
         },
-        r#type: (!types.is_empty()).then(|| proto::TypeItem { value: types }),
+        r#type: (!types.is_empty()).then_some(proto::TypeItem { value: types }),
         items: m.get("items").map(|i| proto::ItemsItem {
             schema: vec![schema_proto(i)],
         }),

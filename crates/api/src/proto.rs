@@ -149,8 +149,12 @@ fn skip(buf: &mut &[u8], wt: WireType) -> Result<(), ProtoError> {
     Ok(())
 }
 
-/// Raw fields of one message: tag → values in order.
-fn fields(mut buf: &[u8]) -> Result<Vec<(u32, WireType, Vec<u8>, u64)>, ProtoError> {
+/// One field as read off the wire: tag, wire type, bytes (length-delimited)
+/// or number (varint and fixed).
+type RawField = (u32, WireType, Vec<u8>, u64);
+
+/// Raw fields of one message, in wire order.
+fn fields(mut buf: &[u8]) -> Result<Vec<RawField>, ProtoError> {
     let mut out = vec![];
     while buf.has_remaining() {
         let (tag, wt) = decode_key(&mut buf).map_err(wire)?;

@@ -759,7 +759,7 @@ fn validate_crd(obj: &Value, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::invalid(
             "metadata.name",
             &obj["metadata"]["name"],
-            &format!("must be spec.names.plural+\".\"+spec.group"),
+            "must be spec.names.plural+\".\"+spec.group",
         ));
     }
     one_of(
@@ -844,17 +844,15 @@ pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec
                 ));
             }
         }
-        ("apps", "Deployment" | "ReplicaSet") => {
-            if kind == "Deployment" && new["spec"]["selector"] != old["spec"]["selector"] {
-                errs.push(FieldError::invalid(
-                    "spec.selector",
-                    &Value::String(format!(
-                        "v1.LabelSelector{{MatchLabels:{}}}",
-                        label_map_string(&new["spec"]["selector"]["matchLabels"])
-                    )),
-                    "field is immutable",
-                ));
-            }
+        ("apps", "Deployment") if new["spec"]["selector"] != old["spec"]["selector"] => {
+            errs.push(FieldError::invalid(
+                "spec.selector",
+                &Value::String(format!(
+                    "v1.LabelSelector{{MatchLabels:{}}}",
+                    label_map_string(&new["spec"]["selector"]["matchLabels"])
+                )),
+                "field is immutable",
+            ));
         }
         ("", "Service") => {
             let old_ip = &old["spec"]["clusterIP"];

@@ -149,7 +149,20 @@ pub async fn server_side_apply(
         );
         merged["metadata"]["managedFields"] = json!(managed);
         merged["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-        match rest::write_update(state, t, &live, &kv, merged, part, None, dry_run).await {
+        match rest::write_update(
+            state,
+            t,
+            &live,
+            &kv,
+            merged,
+            rest::WriteOpts {
+                part,
+                manager: None,
+                dry_run,
+            },
+        )
+        .await
+        {
             Err(e)
                 if e.reason == "Conflict"
                     && e.details

@@ -355,9 +355,9 @@ pub async fn create(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Re
     check_type(&t.res, &obj)?;
     if let (Some(ns), Some(body_ns)) = (&t.ns, obj["metadata"]["namespace"].as_str()) {
         if !body_ns.is_empty() && body_ns != ns {
-            return Err(ApiError::bad_request(format!(
-                "the namespace of the provided object does not match the namespace sent on the request"
-            )));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
     }
     if obj["apiVersion"].is_null() {
@@ -733,6 +733,16 @@ pub enum Part {
     Status,
 }
 
+/// How an update is written.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOpts<'a> {
+    pub part: Part,
+    /// `(manager, operation)` to record in managedFields; `None` when the
+    /// caller (server-side apply) has set managedFields itself.
+    pub manager: Option<(&'a str, &'a str)>,
+    pub dry_run: bool,
+}
+
 /// Merge a requested new state with the current one according to the
 /// addressed part, then validate and store it with compare-and-swap.
 pub async fn write_update(
@@ -741,10 +751,13 @@ pub async fn write_update(
     old: &Value,
     old_kv: &KeyValue,
     mut new: Value,
-    part: Part,
-    manager: Option<(&str, &str)>,
-    dry_run: bool,
+    opts: WriteOpts<'_>,
 ) -> ApiResult<Value> {
+    let WriteOpts {
+        part,
+        manager,
+        dry_run,
+    } = opts;
     let name = old["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -912,9 +925,11 @@ pub async fn update(
         &old,
         &kv,
         new,
-        part,
-        Some((&req.manager(), "Update")),
-        req.param("dryRun").is_some(),
+        WriteOpts {
+            part,
+            manager: Some((&req.manager(), "Update")),
+            dry_run: req.param("dryRun").is_some(),
+        },
     )
     .await?;
     Ok(render_one(t, req, out, 200).with_warnings(warnings))
@@ -980,9 +995,11 @@ pub async fn patch(
             &old,
             &kv,
             new,
-            part,
-            Some((&req.manager(), "Update")),
-            req.param("dryRun").is_some(),
+            WriteOpts {
+                part,
+                manager: Some((&req.manager(), "Update")),
+                dry_run: req.param("dryRun").is_some(),
+            },
         )
         .await
         {
@@ -1331,9 +1348,11 @@ pub async fn scale(state: &ApiState, t: &Target, name: &str, req: &Request) -> A
             &obj,
             &kv,
             new,
-            Part::Main,
-            Some((&req.manager(), "Update")),
-            req.param("dryRun").is_some(),
+            WriteOpts {
+                part: Part::Main,
+                manager: Some((&req.manager(), "Update")),
+                dry_run: req.param("dryRun").is_some(),
+            },
         )
         .await
         {

@@ -184,9 +184,9 @@ async fn route(state: Arc<ApiState>, req: Request) -> Result<Reply, ApiError> {
         if req.method == Method::GET || req.method == Method::HEAD {
             r
         } else {
-            Err(ApiError::method_not_allowed(format!(
-                "the server does not allow this method on the requested resource"
-            )))
+            Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ))
         }
     };
     match segs.as_slice() {
@@ -446,9 +446,9 @@ async fn dispatch(
             rest::bind(&state, &t, name, req).await
         }
         (Some(_), Some(sub)) => Err(ApiError::not_found_sub(sub)),
-        _ => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource"
-        ))),
+        _ => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
     }
 }
 

@@ -72,7 +72,7 @@ impl Registry {
             }
         }
         for (_, vs) in out.iter_mut() {
-            vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+            vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         }
         out
     }
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn versions_sort_like_kubernetes() {
         let mut vs = vec!["v1alpha1", "v1beta1", "v1", "v2beta1", "v1alpha3", "v2"];
-        vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+        vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         assert_eq!(
             vs,
             vec!["v2", "v1", "v2beta1", "v1beta1", "v1alpha3", "v1alpha1"]

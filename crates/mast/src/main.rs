@@ -56,6 +56,27 @@ struct ServerArgs {
     /// Range NodePorts are allocated from, `LOW-HIGH`.
     #[arg(long, default_value = "30000-32767")]
     node_port_range: String,
+    /// How much watch history to keep: older revisions are compacted away
+    /// and watching from them answers 410 Gone (`30s`, `5m`, `1h`).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?} has an unknown unit; use s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the compaction interval must be at least 1s".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -113,6 +134,8 @@ fn parse_config(a: &ServerArgs) -> Result<ServerConfig> {
             )
         })?;
     api.node_port_range = (lo, hi);
+    api.compaction_interval = a.compaction_interval;
+    api.compaction_retention = a.compaction_interval;
     let store_path = match a.store.as_str() {
         "sqlite" => data_dir.join("state.db"),
         s if s.starts_with("sqlite://") => PathBuf::from(&s["sqlite://".len()..]),
