@@ -54,12 +54,52 @@ pub fn from_stored(res: &Resource, kv: &KeyValue) -> ApiResult<Value> {
     Ok(v)
 }
 
+/// Encode an object for the store: without `resourceVersion` (the store's
+/// mod revision is the version), and with `apiVersion`, `kind`, `metadata`
+/// first, so that [`splice_resource_version`] can serve it without parsing.
 fn to_stored(v: &Value) -> Bytes {
-    let mut v = v.clone();
-    if let Some(m) = v["metadata"].as_object_mut() {
+    let mut out = serde_json::Map::new();
+    if let Some(m) = v.as_object() {
+        for k in ["apiVersion", "kind", "metadata"] {
+            if let Some(x) = m.get(k) {
+                out.insert(k.into(), x.clone());
+            }
+        }
+        for (k, x) in m {
+            if !out.contains_key(k) {
+                out.insert(k.clone(), x.clone());
+            }
+        }
+    }
+    if let Some(m) = out.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    Bytes::from(serde_json::to_vec(&Value::Object(out)).unwrap_or_default())
+}
+
+/// Read a JSON string (without escapes) at the start of `b`; return the rest.
+fn plain_string(b: &[u8]) -> Option<&[u8]> {
+    let b = b.strip_prefix(b"\"")?;
+    let end = b.iter().position(|c| *c == b'"' || *c == b'\\')?;
+    (b[end] == b'"').then(|| &b[end + 1..])
+}
+
+/// The stored object with `"resourceVersion":"<rv>"` added to its metadata,
+/// straight from the bytes [`to_stored`] wrote; `None` if they are not in
+/// that canonical shape (the caller then parses).
+pub fn splice_resource_version(stored: &[u8], rv: i64) -> Option<Vec<u8>> {
+    let rest = stored.strip_prefix(b"{\"apiVersion\":")?;
+    let rest = plain_string(rest)?.strip_prefix(b",\"kind\":")?;
+    let rest = plain_string(rest)?.strip_prefix(b",\"metadata\":{")?;
+    let at = stored.len() - rest.len();
+    let mut out = Vec::with_capacity(stored.len() + 32);
+    out.extend_from_slice(&stored[..at]);
+    out.extend_from_slice(format!("\"resourceVersion\":\"{rv}\"").as_bytes());
+    if rest.first() != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 /// Convert a stored object to the version the request addressed.
@@ -531,6 +571,10 @@ impl Filters {
     pub fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(&obj["metadata"]["labels"]) && self.fields.matches(obj)
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.fields().next().is_none()
+    }
 }
 
 fn encode_continue(rev: i64, key: &str) -> String {
@@ -653,6 +697,9 @@ pub async fn list_page(
 /// GET on a collection.
 pub async fn list(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Reply> {
     let filters = Filters::from_request(&t.res, req)?;
+    if filters.is_empty() && t.res.storage_version.is_none() && req.wants() == Wants::Object {
+        return list_raw(state, t, req).await;
+    }
     let page = list_page(state, t, req, &filters).await?;
     let rv = page.revision.to_string();
     match req.wants() {
@@ -691,6 +738,70 @@ pub async fn list(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Repl
             }),
         )),
     }
+}
+
+/// An unfiltered list served from the stored bytes without parsing them:
+/// the common case of `kubectl get -o json`, client-go reflectors and
+/// informers' initial lists.
+async fn list_raw(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Reply> {
+    let limit: usize = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let (revision, start_after) = match req.param("continue") {
+        Some(tok) => {
+            let (rev, key) = decode_continue(tok)?;
+            (Some(rev), Some(key))
+        }
+        None if req.param("resourceVersionMatch") == Some("Exact") => (
+            req.param("resourceVersion").and_then(|r| r.parse().ok()),
+            None,
+        ),
+        None => (None, None),
+    };
+    let page = state
+        .store
+        .range(RangeRequest { prefix: t.prefix(), start_after, limit, revision })
+        .await
+        .map_err(|e| match e {
+            StoreError::Compacted { .. } if req.param("continue").is_some() => ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ),
+            other => other.into(),
+        })?;
+    let rev = revision.unwrap_or(page.revision);
+    let cont = if page.more {
+        page.kvs.last().map(|kv| encode_continue(rev, &kv.key))
+    } else {
+        None
+    };
+    let remaining = page.more.then_some(page.remaining);
+    let meta = list_meta(&rev.to_string(), &cont, remaining);
+    let mut body =
+        Vec::with_capacity(page.kvs.iter().map(|kv| kv.value.len() + 40).sum::<usize>() + 256);
+    body.extend_from_slice(
+        format!(
+            "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{},\"items\":[",
+            json!(format!("{}List", t.res.kind)),
+            json!(t.res.api_version()),
+            meta
+        )
+        .as_bytes(),
+    );
+    for (i, kv) in page.kvs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match splice_resource_version(&kv.value, kv.mod_revision) {
+            Some(b) => body.extend_from_slice(&b),
+            None => body.extend_from_slice(
+                &serde_json::to_vec(&from_stored(&t.res, kv)?).unwrap_or_default(),
+            ),
+        }
+    }
+    body.extend_from_slice(b"]}");
+    Ok(Reply::Raw {
+        code: 200,
+        content_type: "application/json".into(),
+        body: Bytes::from(body),
+    })
 }
 
 fn list_meta(rv: &str, cont: &Option<String>, remaining: Option<i64>) -> Value {
@@ -1417,4 +1528,31 @@ pub async fn bind(state: &ApiState, t: &Target, pod_name: &str, req: &Request) -
         }
     }
     Err(ApiError::conflict(&pods.res.plural, "", pod_name))
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+
+    #[test]
+    fn splice_matches_a_parsed_round_trip() {
+        let obj = json!({"spec": {"template": {"metadata": {"labels": {"a": "b"}}}}, "kind": "Pod",
+            "metadata": {"name": "x", "resourceVersion": "9"}, "apiVersion": "v1"});
+        let stored = to_stored(&obj);
+        let spliced = splice_resource_version(&stored, 42).unwrap();
+        let v: Value = serde_json::from_slice(&spliced).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "x");
+        assert_eq!(v["spec"]["template"]["metadata"]["labels"]["a"], "b");
+        assert!(
+            splice_resource_version(br#"{"kind":"Pod","apiVersion":"v1","metadata":{}}"#, 1)
+                .is_none()
+        );
+        let empty =
+            splice_resource_version(br#"{"apiVersion":"v1","kind":"X","metadata":{}}"#, 3).unwrap();
+        assert_eq!(
+            empty,
+            br#"{"apiVersion":"v1","kind":"X","metadata":{"resourceVersion":"3"}}"#
+        );
+    }
 }
