@@ -36,7 +36,12 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     for list in ["containers", "initContainers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        for c in spec[list]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .filter(|c| c.is_object())
+        {
             if let Some(image) = c["image"].as_str().map(str::to_owned) {
                 set_default(c, "imagePullPolicy", json!(default_pull_policy(&image)));
             }
@@ -48,7 +53,7 @@ pub fn default_pod_spec(spec: &mut Value) {
             }
             for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
                 let p = &mut c[probe];
-                if p.is_object() {
+                if p.is_object() && (p["httpGet"].is_object() || p["httpGet"].is_null()) {
                     set_default(p, "timeoutSeconds", json!(1));
                     set_default(p, "periodSeconds", json!(10));
                     set_default(p, "successThreshold", json!(1));
@@ -61,7 +66,12 @@ pub fn default_pod_spec(spec: &mut Value) {
             }
         }
     }
-    for v in spec["volumes"].as_array_mut().into_iter().flatten() {
+    for v in spec["volumes"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter(|v| v.is_object())
+    {
         for src in ["configMap", "secret"] {
             if v[src].is_object() {
                 set_default(&mut v[src], "defaultMode", json!(420));
@@ -104,8 +114,27 @@ fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// Objects whose top-level shape is wrong are left alone: the schema check
+/// rejects them, and defaulting must never fail on what it is given.
+fn well_shaped(obj: &Value) -> bool {
+    let obj_or_null = |v: &Value| v.is_object() || v.is_null();
+    obj.is_object()
+        && obj_or_null(&obj["metadata"])
+        && obj_or_null(&obj["metadata"]["labels"])
+        && obj_or_null(&obj["spec"])
+        && obj_or_null(&obj["status"])
+        && obj_or_null(&obj["spec"]["template"])
+        && obj_or_null(&obj["spec"]["template"]["spec"])
+        && obj_or_null(&obj["spec"]["strategy"])
+        && obj_or_null(&obj["spec"]["strategy"]["rollingUpdate"])
+        && obj_or_null(&obj["spec"]["names"])
+}
+
 /// Fill in what Kubernetes fills in on create for a built-in kind.
 pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
+    if !well_shaped(obj) {
+        return;
+    }
     match (group, kind) {
         ("", "Pod") => {
             let spec = &mut obj["spec"];
@@ -174,7 +203,12 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
             if ty == "LoadBalancer" {
                 set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
             }
-            for p in spec["ports"].as_array_mut().into_iter().flatten() {
+            for p in spec["ports"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .filter(|p| p.is_object())
+            {
                 set_default(p, "protocol", json!("TCP"));
                 let port = p["port"].clone();
                 set_default(p, "targetPort", port);
@@ -184,7 +218,11 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
         ("", "Namespace") => {
             set_default(obj, "spec", json!({"finalizers": ["kubernetes"]}));
             set_default(obj, "status", json!({"phase": "Active"}));
-            if let Some(name) = obj["metadata"]["name"].as_str().map(str::to_owned) {
+            if let Some(name) = obj["metadata"]["name"]
+                .as_str()
+                .map(str::to_owned)
+                .filter(|_| obj["metadata"].is_object())
+            {
                 set_default(&mut obj["metadata"], "labels", json!({}));
                 obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
             }
@@ -224,6 +262,9 @@ pub fn ingress_v1beta1_to_v1(obj: &mut Value) {
         };
         json!({"service": {"name": b["serviceName"], "port": port}})
     }
+    if !well_shaped(obj) {
+        return;
+    }
     obj["apiVersion"] = json!("networking.k8s.io/v1");
     let spec = &mut obj["spec"];
     if spec.get("backend").is_some() {
@@ -233,8 +274,21 @@ pub fn ingress_v1beta1_to_v1(obj: &mut Value) {
             m.insert("defaultBackend".into(), b);
         }
     }
-    for rule in spec["rules"].as_array_mut().into_iter().flatten() {
-        for p in rule["http"]["paths"].as_array_mut().into_iter().flatten() {
+    for rule in spec["rules"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter(|r| r.is_object())
+    {
+        if !rule["http"].is_object() {
+            continue;
+        }
+        for p in rule["http"]["paths"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .filter(|p| p.is_object())
+        {
             let b = backend(&p["backend"]);
             p["backend"] = b;
             set_default(p, "pathType", json!("ImplementationSpecific"));
@@ -255,6 +309,9 @@ pub fn ingress_v1_to_v1beta1(obj: &mut Value) {
         };
         json!({"serviceName": b["service"]["name"], "servicePort": port})
     }
+    if !well_shaped(obj) {
+        return;
+    }
     obj["apiVersion"] = json!("extensions/v1beta1");
     let spec = &mut obj["spec"];
     if spec.get("defaultBackend").is_some() {
@@ -264,8 +321,21 @@ pub fn ingress_v1_to_v1beta1(obj: &mut Value) {
             m.insert("backend".into(), b);
         }
     }
-    for rule in spec["rules"].as_array_mut().into_iter().flatten() {
-        for p in rule["http"]["paths"].as_array_mut().into_iter().flatten() {
+    for rule in spec["rules"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter(|r| r.is_object())
+    {
+        if !rule["http"].is_object() {
+            continue;
+        }
+        for p in rule["http"]["paths"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .filter(|p| p.is_object())
+        {
             let b = backend(&p["backend"]);
             p["backend"] = b;
             // v1beta1 leaves pathType out for its default, so manifests

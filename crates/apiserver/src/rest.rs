@@ -577,6 +577,14 @@ impl Filters {
     }
 }
 
+/// `?limit=`, capped so no client can ask for an absurd page size.
+fn list_limit(req: &Request) -> usize {
+    req.param("limit")
+        .and_then(|l| l.parse::<u64>().ok())
+        .map(|l| l.min(1_000_000) as usize)
+        .unwrap_or(0)
+}
+
 fn encode_continue(rev: i64, key: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -615,7 +623,7 @@ pub async fn list_page(
     req: &Request,
     filters: &Filters,
 ) -> ApiResult<Page> {
-    let limit: usize = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let limit = list_limit(req);
     let (mut revision, mut start_after) = match req.param("continue") {
         Some(tok) => {
             let (rev, key) = decode_continue(tok)?;
@@ -638,7 +646,11 @@ pub async fn list_page(
     }
     let prefix = target.prefix();
     let mut items = vec![];
-    let chunk = if limit == 0 { 0 } else { (limit * 2).max(50) };
+    let chunk = if limit == 0 {
+        0
+    } else {
+        limit.saturating_mul(2).max(50)
+    };
     loop {
         let page = match &name_eq {
             Some(name) if target.ns.is_some() || !t.res.namespaced => {
@@ -744,7 +756,7 @@ pub async fn list(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Repl
 /// the common case of `kubectl get -o json`, client-go reflectors and
 /// informers' initial lists.
 async fn list_raw(state: &ApiState, t: &Target, req: &Request) -> ApiResult<Reply> {
-    let limit: usize = req.param("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let limit = list_limit(req);
     let (revision, start_after) = match req.param("continue") {
         Some(tok) => {
             let (rev, key) = decode_continue(tok)?;

@@ -59,7 +59,8 @@ pub async fn watch(state: Arc<ApiState>, t: &Target, req: &Request) -> ApiResult
     let timeout = req
         .param("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(1800);
+        .unwrap_or(1800)
+        .min(24 * 3600);
     let enc = Encoder {
         t: t.clone(),
         wants: req.wants(),

@@ -741,3 +741,129 @@ spec:
             || e.contains("the server could not find the requested resource")
     }));
 }
+
+#[test]
+fn raw_api_watch_bookmarks_deletecollection_pagination_binding() {
+    let c = Cluster::start();
+    for i in 0..5 {
+        let tier = if i % 2 == 0 { "front" } else { "back" };
+        c.ok(&[
+            "run",
+            &format!("p{i}"),
+            "--image=busybox",
+            "--restart=Never",
+            "-l",
+            &format!("tier={tier}"),
+        ]);
+    }
+    let base = format!("{}/api/v1/namespaces/default/pods", c.url);
+    // Pagination: limit, continue and remainingItemCount.
+    let o = c.curl(true, &[&format!("{base}?limit=2")]);
+    let page: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["metadata"]["remainingItemCount"], 3);
+    let cont = page["metadata"]["continue"].as_str().unwrap().to_owned();
+    let o = c.curl(true, &[&format!("{base}?limit=10&continue={cont}")]);
+    let rest: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 3);
+    // Unsupported field selectors are refused as Kubernetes does.
+    let o = c.curl(
+        true,
+        &[
+            "-w",
+            "\n%{http_code}",
+            &format!("{base}?fieldSelector=spec.bogus%3Dx"),
+        ],
+    );
+    assert!(
+        o.stdout.contains("field label not supported: spec.bogus") && o.stdout.ends_with("400"),
+        "{}",
+        o.stdout
+    );
+    // Binding assigns a node; spec.nodeName field selectors then find it.
+    let bind = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p0"},"target":{"apiVersion":"v1","kind":"Node","name":"node-a"}}"#;
+    let o = c.curl(
+        true,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            bind,
+            &format!("{base}/p0/binding"),
+        ],
+    );
+    assert!(o.stdout.ends_with("201"), "{}", o.stdout);
+    let o = c.curl(
+        true,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            bind,
+            &format!("{base}/p0/binding"),
+        ],
+    );
+    assert!(
+        o.stdout.contains("is already assigned to node") && o.stdout.ends_with("409"),
+        "{}",
+        o.stdout
+    );
+    let on_node = c.ok(&[
+        "get",
+        "pods",
+        "--field-selector",
+        "spec.nodeName=node-a",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(on_node.trim(), "pod/p0");
+    // Watch with bookmarks (sent every 10 s) ends at timeoutSeconds.
+    let o = c.curl(
+        true,
+        &[
+            "-m",
+            "20",
+            &format!(
+                "{base}?watch=true&allowWatchBookmarks=true&timeoutSeconds=12&resourceVersion=1"
+            ),
+        ],
+    );
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.contains("\"type\":\"BOOKMARK\"")),
+        "{}",
+        o.stdout
+    );
+    assert!(o
+        .stdout
+        .lines()
+        .any(|l| l.contains("\"type\":\"ADDED\"") && l.contains("\"p4\"")));
+    // deletecollection with a label selector deletes exactly the matches.
+    let o = c.curl(
+        true,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "DELETE",
+            &format!("{base}?labelSelector=tier%3Dback"),
+        ],
+    );
+    assert!(o.stdout.ends_with("200"), "{}", o.stdout);
+    let left = c.ok(&["get", "pods", "-o", "name"]);
+    let mut names: Vec<&str> = left.lines().collect();
+    names.sort();
+    assert_eq!(names, ["pod/p0", "pod/p2", "pod/p4"]);
+    // /version names mast, in the shape kubectl reads.
+    let v = c.ok(&["version", "-o", "json"]);
+    assert!(v.contains("\"serverVersion\"") && v.contains("mast"), "{v}");
+}
