@@ -653,12 +653,14 @@ pub async fn list_page(
     };
     loop {
         let page = match &name_eq {
-            Some(name) if target.ns.is_some() || !t.res.namespaced => {
-                let kvs: Vec<KeyValue> = match revision {
-                    None => state.store.get(&target.key(name)).await?.into_iter().collect(),
-                    Some(_) => vec![],
-                };
-                mast_store::RangeResult { kvs, more: false, remaining: 0, revision: state.store.revision() }
+            Some(name) if revision.is_none() && (target.ns.is_some() || !t.res.namespaced) => {
+                // Take the revision before reading: the object read is then at
+                // least that new, and a watch from this revision misses
+                // nothing that happens after the read (a delete landing
+                // between the two would otherwise be lost to the watcher).
+                let rev = state.store.revision();
+                let kvs: Vec<KeyValue> = state.store.get(&target.key(name)).await?.into_iter().collect();
+                mast_store::RangeResult { kvs, more: false, remaining: 0, revision: rev }
             }
             _ => {
                 state

@@ -32,6 +32,57 @@ enum Command {
     Up(ServerArgs),
     /// Run only the API server, on an embedded SQLite store or etcd.
     Server(ServerArgs),
+    /// Run the scheduler against an API server.
+    Scheduler(ClientArgs),
+    /// Run the controllers (Deployment, ReplicaSet) against an API server.
+    Controllers(ClientArgs),
+    /// Run a node agent that registers a Node and runs the pods bound to it.
+    Agent(AgentArgs),
+}
+
+/// How a component reaches the API server: a kubeconfig, or a URL and token.
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG", conflicts_with = "server")]
+    kubeconfig: Option<PathBuf>,
+    /// API server URL, e.g. https://127.0.0.1:6443 (with --token).
+    #[arg(long, requires = "token")]
+    server: Option<String>,
+    /// Bearer token for --server (see <data-dir>/pki/tokens.csv).
+    #[arg(long, env = "MAST_TOKEN")]
+    token: Option<String>,
+    /// CA certificate of the API server, for --server (<data-dir>/pki/ca.crt).
+    #[arg(long)]
+    certificate_authority: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct AgentArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The Node's name (default: this machine's hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Report pods as running without running them (like kubemark), so one
+    /// machine can host many nodes for tests and benchmarks.
+    #[arg(long)]
+    hollow: bool,
+    /// Extra node labels, `key=value,key=value`.
+    #[arg(long, default_value = "")]
+    node_labels: String,
+    /// Node taints, `key=value:Effect,...` (Effect: NoSchedule, PreferNoSchedule, NoExecute).
+    #[arg(long, default_value = "")]
+    register_with_taints: String,
+    /// CPU the node offers.
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    /// Memory the node offers.
+    #[arg(long, default_value = "8Gi")]
+    memory: String,
+    /// Pods the node takes at most.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -147,6 +198,93 @@ fn parse_config(a: &ServerArgs) -> Result<ServerConfig> {
     Ok(ServerConfig { api, store_path })
 }
 
+/// A kube-rs client from the component flags.
+async fn kube_client(a: &ClientArgs) -> Result<kube::Client> {
+    use base64::Engine;
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let kubeconfig = match (&a.server, &a.kubeconfig) {
+        (Some(server), _) => {
+            let token = a.token.clone().context("--server needs --token")?;
+            let ca = match &a.certificate_authority {
+                Some(p) => format!(
+                    "certificate-authority-data: {}",
+                    base64::engine::general_purpose::STANDARD.encode(
+                        std::fs::read(p).with_context(|| format!(
+                            "reading --certificate-authority {}",
+                            p.display()
+                        ))?
+                    )
+                ),
+                None => "insecure-skip-tls-verify: true".into(),
+            };
+            Kubeconfig::from_yaml(&format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+            ))?
+        }
+        (None, Some(path)) => Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?,
+        (None, None) => {
+            return kube::Client::try_default()
+                .await
+                .context("no --kubeconfig or --server given, and no default kubeconfig works");
+        }
+    };
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn parse_pairs(s: &str, what: &str) -> Result<Vec<(String, String)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .with_context(|| format!("{what} {p:?} must look like key=value"))
+        })
+        .collect()
+}
+
+fn agent_config(a: &AgentArgs) -> Result<mast_agent::AgentConfig> {
+    let name = match &a.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_ascii_lowercase())
+            .unwrap_or_else(|_| "mast-node".into()),
+    };
+    let mut cfg = mast_agent::AgentConfig::new(name);
+    cfg.hollow = a.hollow;
+    cfg.cpu = a.cpu.clone();
+    cfg.memory = a.memory.clone();
+    cfg.max_pods = a.max_pods;
+    cfg.labels = parse_pairs(&a.node_labels, "--node-labels")?
+        .into_iter()
+        .collect();
+    for t in a
+        .register_with_taints
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+    {
+        let (kv, effect) = t
+            .rsplit_once(':')
+            .with_context(|| format!("taint {t:?} must look like key=value:Effect"))?;
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+            bail!("taint effect {effect:?} must be NoSchedule, PreferNoSchedule or NoExecute");
+        }
+        cfg.taints.push(mast_agent::taint(key, value, effect));
+    }
+    Ok(cfg)
+}
+
+async fn run_component(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    tracing::info!("starting the {what}");
+    fut.await
+}
+
 async fn run_server(args: ServerArgs, all_in_one: bool) -> Result<()> {
     let cfg = parse_config(&args)?;
     std::fs::create_dir_all(&cfg.api.data_dir).with_context(|| {
@@ -159,6 +297,26 @@ async fn run_server(args: ServerArgs, all_in_one: bool) -> Result<()> {
     let store = mast_store::SqliteStore::open(mast_store::SqliteOptions::new(&cfg.store_path))
         .with_context(|| format!("cannot open the store at {}", cfg.store_path.display()))?;
     let handle = mast_apiserver::start(cfg.api.clone(), Arc::new(store)).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if all_in_one {
+        // The scheduler and controllers run in-process but talk to the API
+        // server over HTTPS, exactly as they would from another machine.
+        let kc = kube::config::Kubeconfig::read_from(&handle.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let (c1, s1) = (client.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = mast_scheduler::run(c1, s1).await {
+                tracing::error!(error = %e, "the scheduler stopped");
+            }
+        });
+        let (c2, s2) = (client, stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = mast_controllers::run(c2, s2).await {
+                tracing::error!(error = %e, "the controllers stopped");
+            }
+        });
+    }
     let mode = if all_in_one { "cluster" } else { "API server" };
     println!("mast {mode} is up: https://{}", handle.addr);
     println!("Use it with kubectl:");
@@ -167,8 +325,27 @@ async fn run_server(args: ServerArgs, all_in_one: bool) -> Result<()> {
     println!("Stop with Ctrl-C; start again with the same --data-dir to resume.");
     wait_for_signal().await;
     tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    drop(stop_rx);
     handle.shutdown().await;
     Ok(())
+}
+
+/// Run a component until SIGTERM or Ctrl-C.
+async fn run_until_signal<F, Fut>(what: &str, make: F) -> Result<()>
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(make(rx));
+    tokio::select! {
+        r = task => r.context("the component task failed")?.with_context(|| format!("the {what} stopped")),
+        _ = wait_for_signal() => {
+            let _ = tx.send(true);
+            Ok(())
+        }
+    }
 }
 
 async fn wait_for_signal() {
@@ -203,6 +380,31 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Up(a) => run_server(a, true).await,
             Command::Server(a) => run_server(a, false).await,
+            Command::Scheduler(a) => {
+                let client = kube_client(&a).await?;
+                run_component(
+                    "scheduler",
+                    run_until_signal("scheduler", |s| mast_scheduler::run(client, s)),
+                )
+                .await
+            }
+            Command::Controllers(a) => {
+                let client = kube_client(&a).await?;
+                run_component(
+                    "controllers",
+                    run_until_signal("controllers", |s| mast_controllers::run(client, s)),
+                )
+                .await
+            }
+            Command::Agent(a) => {
+                let cfg = agent_config(&a)?;
+                let client = kube_client(&a.client).await?;
+                run_component(
+                    "agent",
+                    run_until_signal("agent", move |s| mast_agent::run(client, cfg, s)),
+                )
+                .await
+            }
         }
     })
 }

@@ -159,7 +159,9 @@ impl SqliteStore {
             .map(|_| open_connection(&opts.path, opts.durable).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(backend)?;
-        let (events, _) = broadcast::channel(4096);
+        // Recent batches for live watchers; one that falls further behind
+        // catches up from the log table instead, so this bounds memory only.
+        let (events, _) = broadcast::channel(256);
         let shared = Arc::new(Shared {
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
@@ -814,6 +816,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(at3.kvs.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_catches_up_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let mut w = s.watch("/registry/x/", 0).await.unwrap();
+        // Far more batches than the live ring holds, while nobody reads.
+        for i in 0..3000 {
+            s.create(&format!("/registry/x/{i:04}"), b("v"))
+                .await
+                .unwrap();
+        }
+        for want in 1..=3000 {
+            let ev = w.next().await.unwrap().unwrap();
+            assert_eq!(
+                ev.kv.mod_revision, want,
+                "events arrive once each, in order"
+            );
+        }
     }
 
     #[tokio::test]

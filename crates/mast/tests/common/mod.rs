@@ -156,6 +156,27 @@ impl Cluster {
         o.stderr
     }
 
+    /// Start another mast component (scheduler, controllers, agent) pointed at
+    /// this server with the admin token; killed when the guard drops.
+    pub fn component(&self, args: &[&str]) -> Background {
+        let child = Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args(args)
+            .args([
+                "--server",
+                &self.url,
+                "--token",
+                &self.token(),
+                "--certificate-authority",
+            ])
+            .arg(self.dir.path().join("pki/ca.crt"))
+            .env("MAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a mast component");
+        Background(child)
+    }
+
     /// The admin bearer token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pki/admin.token"))

@@ -1,0 +1,570 @@
+//! The scheduling rules as pure functions: which nodes can take a pod
+//! (filters) and which of those is best (score). The messages match
+//! kube-scheduler's, so `kubectl describe pod` reads the same.
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use std::collections::{BTreeMap, HashMap};
+
+/// Parse a Kubernetes quantity into milli-units (`100m` → 100, `1` → 1000,
+/// `128Mi` → 134217728000). `None` if malformed.
+pub fn milli(q: &str) -> Option<i128> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "m" => 0.001,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    Some((n * mult * 1000.0).round() as i128)
+}
+
+/// Requests of a pod per resource, in milli-units (init containers count at
+/// their maximum, as Kubernetes computes the effective request).
+pub fn pod_requests(pod: &Pod) -> HashMap<String, i128> {
+    let mut sum: HashMap<String, i128> = HashMap::new();
+    let Some(spec) = &pod.spec else { return sum };
+    for c in &spec.containers {
+        for (k, v) in c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            *sum.entry(k.clone()).or_default() += milli(&v.0).unwrap_or(0);
+        }
+    }
+    for c in spec.init_containers.iter().flatten() {
+        for (k, v) in c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let e = sum.entry(k.clone()).or_default();
+            *e = (*e).max(milli(&v.0).unwrap_or(0));
+        }
+    }
+    *sum.entry("pods".into()).or_default() += 1000;
+    sum
+}
+
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == taint.key,
+        };
+        let value_ok = match t.operator.as_deref() {
+            Some("Exists") => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn labels(node: &Node) -> BTreeMap<String, String> {
+    node.metadata.labels.clone().unwrap_or_default()
+}
+
+fn expr_matches(labels: &BTreeMap<String, String>, key: &str, op: &str, values: &[String]) -> bool {
+    let v = labels.get(key);
+    match op {
+        "In" => v.is_some_and(|v| values.contains(v)),
+        "NotIn" => v.is_none_or(|v| !values.contains(v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" => v
+            .and_then(|v| v.parse::<i64>().ok())
+            .zip(values.first().and_then(|x| x.parse::<i64>().ok()))
+            .is_some_and(|(a, b)| a > b),
+        "Lt" => v
+            .and_then(|v| v.parse::<i64>().ok())
+            .zip(values.first().and_then(|x| x.parse::<i64>().ok()))
+            .is_some_and(|(a, b)| a < b),
+        _ => false,
+    }
+}
+
+fn node_affinity_ok(pod: &Pod, node: &Node) -> bool {
+    let Some(req) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+    else {
+        return true;
+    };
+    let l = labels(node);
+    let name = node.metadata.name.clone().unwrap_or_default();
+    // Terms are ORed; expressions within a term are ANDed.
+    req.node_selector_terms.iter().any(|term| {
+        let exprs_ok = term.match_expressions.iter().flatten().all(|e| {
+            expr_matches(
+                &l,
+                &e.key,
+                &e.operator,
+                e.values.as_deref().unwrap_or_default(),
+            )
+        });
+        let fields_ok = term.match_fields.iter().flatten().all(|e| {
+            let mut f = BTreeMap::new();
+            f.insert("metadata.name".to_string(), name.clone());
+            expr_matches(
+                &f,
+                &e.key,
+                &e.operator,
+                e.values.as_deref().unwrap_or_default(),
+            )
+        });
+        exprs_ok && fields_ok
+    })
+}
+
+/// A label selector (matchLabels and matchExpressions) against labels.
+pub fn selector_matches(
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    l: &BTreeMap<String, String>,
+) -> bool {
+    sel.match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| l.get(k) == Some(v))
+        && sel.match_expressions.iter().flatten().all(|e| {
+            expr_matches(
+                l,
+                &e.key,
+                &e.operator,
+                e.values.as_deref().unwrap_or_default(),
+            )
+        })
+}
+
+/// Why a node cannot take a pod, worded as kube-scheduler words it.
+pub type Reason = String;
+
+/// The cluster as the scheduler sees it for one decision.
+pub struct Snapshot<'a> {
+    pub nodes: &'a [Node],
+    /// Pods already bound to a node (and not finished).
+    pub bound: &'a [Pod],
+}
+
+fn node_name(n: &Node) -> String {
+    n.metadata.name.clone().unwrap_or_default()
+}
+
+fn pods_on<'a>(snap: &'a Snapshot<'_>, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+    let node = node.to_owned();
+    snap.bound.iter().filter(move |p| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+    })
+}
+
+fn topology_value(node: &Node, key: &str) -> Option<String> {
+    labels(node).get(key).cloned()
+}
+
+/// Run every filter; `Ok(())` if the node fits, else the reasons it does not.
+pub fn filter(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> Result<(), Vec<Reason>> {
+    let mut why = vec![];
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = node.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready {
+        why.push("node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into());
+    }
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        why.push("node(s) were unschedulable".into());
+    }
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    for t in node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+    {
+        if (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(&tolerations, &t) {
+            why.push(format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key,
+                t.value.clone().unwrap_or_default()
+            ));
+            break;
+        }
+    }
+    let l = labels(node);
+    if !spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| l.get(k) == Some(v))
+        || !node_affinity_ok(pod, node)
+    {
+        why.push("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    // Resources: requests against allocatable minus what bound pods request.
+    let alloc = status.allocatable.clone().unwrap_or_default();
+    let want = pod_requests(pod);
+    let name = node_name(node);
+    let mut used: HashMap<String, i128> = HashMap::new();
+    for p in pods_on(snap, &name) {
+        for (k, v) in pod_requests(p) {
+            *used.entry(k).or_default() += v;
+        }
+    }
+    let mut keys: Vec<&String> = want.keys().collect();
+    keys.sort();
+    for k in keys {
+        let w = want[k];
+        if w == 0 {
+            continue;
+        }
+        let cap = alloc.get(k).and_then(|q| milli(&q.0));
+        match cap {
+            Some(cap) if used.get(k).copied().unwrap_or(0) + w <= cap => {}
+            None if k != "cpu" && k != "memory" && k != "pods" => {
+                why.push(format!("Insufficient {k}"));
+            }
+            None => {}
+            Some(_) if k == "pods" => why.push("Too many pods".into()),
+            Some(_) => why.push(format!("Insufficient {k}")),
+        }
+    }
+    // Host ports.
+    let wanted_ports: Vec<(i32, String)> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.clone().unwrap_or_default())
+        .filter_map(|p| {
+            p.host_port
+                .filter(|h| *h > 0)
+                .map(|h| (h, p.protocol.unwrap_or_else(|| "TCP".into())))
+        })
+        .collect();
+    if !wanted_ports.is_empty() {
+        let taken: Vec<(i32, String)> = pods_on(snap, &name)
+            .flat_map(|p| p.spec.clone().unwrap_or_default().containers)
+            .flat_map(|c| c.ports.unwrap_or_default())
+            .filter_map(|p| {
+                p.host_port
+                    .filter(|h| *h > 0)
+                    .map(|h| (h, p.protocol.unwrap_or_else(|| "TCP".into())))
+            })
+            .collect();
+        if wanted_ports.iter().any(|p| taken.contains(p)) {
+            why.push("node(s) didn't have free ports for the requested pod ports".into());
+        }
+    }
+    // Required pod anti-affinity: no pod matching the selector in the same
+    // topology domain.
+    let pod_ns = pod.metadata.namespace.clone().unwrap_or_default();
+    if let Some(anti) = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+    {
+        for term in anti
+            .required_during_scheduling_ignored_during_execution
+            .iter()
+            .flatten()
+        {
+            let Some(dom) = topology_value(node, &term.topology_key) else {
+                continue;
+            };
+            let conflict = snap.bound.iter().any(|other| {
+                let other_node = other
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                let same_domain = snap.nodes.iter().any(|n| {
+                    node_name(n) == other_node
+                        && topology_value(n, &term.topology_key).as_deref() == Some(dom.as_str())
+                });
+                let ns_ok = term.namespaces.as_ref().map_or(
+                    other.metadata.namespace.as_deref() == Some(pod_ns.as_str()),
+                    |nss| {
+                        nss.iter()
+                            .any(|n| Some(n.as_str()) == other.metadata.namespace.as_deref())
+                    },
+                );
+                same_domain
+                    && ns_ok
+                    && term.label_selector.as_ref().is_some_and(|s| {
+                        selector_matches(s, &other.metadata.labels.clone().unwrap_or_default())
+                    })
+            });
+            if conflict {
+                why.push("node(s) didn't match pod anti-affinity rules".into());
+                break;
+            }
+        }
+    }
+    // Required pod affinity: some matching pod in the same domain.
+    if let Some(aff) = spec.affinity.as_ref().and_then(|a| a.pod_affinity.as_ref()) {
+        for term in aff
+            .required_during_scheduling_ignored_during_execution
+            .iter()
+            .flatten()
+        {
+            let dom = topology_value(node, &term.topology_key);
+            let found = dom.is_some()
+                && snap.bound.iter().any(|other| {
+                    let other_node = other
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_default();
+                    snap.nodes.iter().any(|n| {
+                        node_name(n) == other_node && topology_value(n, &term.topology_key) == dom
+                    }) && term.label_selector.as_ref().is_some_and(|s| {
+                        selector_matches(s, &other.metadata.labels.clone().unwrap_or_default())
+                    })
+                });
+            if !found {
+                why.push("node(s) didn't match pod affinity rules".into());
+                break;
+            }
+        }
+    }
+    // Topology spread (DoNotSchedule): placing here must keep skew ≤ maxSkew.
+    for c in spec.topology_spread_constraints.iter().flatten() {
+        if c.when_unsatisfiable != "DoNotSchedule" {
+            continue;
+        }
+        let Some(dom) = topology_value(node, &c.topology_key) else {
+            why.push(
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+                    .into(),
+            );
+            continue;
+        };
+        let mut counts: HashMap<String, i32> = HashMap::new();
+        for n in snap.nodes {
+            if let Some(d) = topology_value(n, &c.topology_key) {
+                counts.entry(d).or_default();
+            }
+        }
+        for other in snap.bound {
+            if other.metadata.namespace.as_deref() != Some(pod_ns.as_str()) {
+                continue;
+            }
+            if !c.label_selector.as_ref().is_some_and(|s| {
+                selector_matches(s, &other.metadata.labels.clone().unwrap_or_default())
+            }) {
+                continue;
+            }
+            let on = other
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            if let Some(d) = snap
+                .nodes
+                .iter()
+                .find(|n| node_name(n) == on)
+                .and_then(|n| topology_value(n, &c.topology_key))
+            {
+                *counts.entry(d).or_default() += 1;
+            }
+        }
+        let min = counts.values().copied().min().unwrap_or(0);
+        let here = counts.get(&dom).copied().unwrap_or(0) + 1;
+        if here - min > c.max_skew {
+            why.push("node(s) didn't match pod topology spread constraints".into());
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why)
+    }
+}
+
+/// Higher is better: fewer pods of the same owner first (spreading
+/// replicas), then the least requested resources.
+pub fn score(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> i64 {
+    let name = node_name(node);
+    let owner = pod
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.first())
+        .map(|o| o.uid.clone());
+    let same_owner = pods_on(snap, &name)
+        .filter(|p| {
+            owner.is_some()
+                && p.metadata
+                    .owner_references
+                    .as_ref()
+                    .and_then(|o| o.first())
+                    .map(|o| o.uid.clone())
+                    == owner
+        })
+        .count() as i64;
+    let alloc = node
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.clone())
+        .unwrap_or_default();
+    let mut used: HashMap<String, i128> = HashMap::new();
+    for p in pods_on(snap, &name) {
+        for (k, v) in pod_requests(p) {
+            *used.entry(k).or_default() += v;
+        }
+    }
+    let free_pct = |k: &str| -> i64 {
+        let cap = alloc.get(k).and_then(|q| milli(&q.0)).unwrap_or(0);
+        if cap <= 0 {
+            return 0;
+        }
+        (((cap - used.get(k).copied().unwrap_or(0)).max(0) * 100) / cap) as i64
+    };
+    -same_owner * 1000 + (free_pct("cpu") + free_pct("memory") + free_pct("pods")) / 3
+}
+
+/// kube-scheduler's summary: `0/3 nodes are available: 1 Insufficient cpu,
+/// 2 node(s) didn't match Pod's node affinity/selector.`
+pub fn unschedulable_message(total: usize, reasons: &[Vec<Reason>]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        for x in r {
+            *counts.entry(x.as_str()).or_default() += 1;
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    if parts.is_empty() {
+        format!("0/{total} nodes are available: no nodes available to schedule pods.")
+    } else {
+        format!(
+            "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.",
+            parts.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, labels: serde_json::Value, taints: serde_json::Value, cpu: &str) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
+            "spec": {"taints": taints},
+            "status": {"allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}))
+        .unwrap()
+    }
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "a"}}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(milli("100m"), Some(100));
+        assert_eq!(milli("2"), Some(2000));
+        assert_eq!(milli("0.5"), Some(500));
+        assert_eq!(milli("1Ki"), Some(1_024_000));
+        assert_eq!(milli("1e3"), Some(1_000_000));
+        assert_eq!(milli("abc"), None);
+    }
+
+    #[test]
+    fn filters_follow_kubernetes() {
+        let nodes = vec![
+            node("a", json!({"disk": "ssd", "zone": "z1"}), json!([]), "1"),
+            node(
+                "b",
+                json!({"zone": "z2"}),
+                json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+                "4",
+            ),
+        ];
+        let snap = Snapshot {
+            nodes: &nodes,
+            bound: &[],
+        };
+        let p = pod(
+            json!({"containers": [{"name": "c", "image": "i"}], "nodeSelector": {"disk": "ssd"}}),
+        );
+        assert!(filter(&p, &nodes[0], &snap).is_ok());
+        assert_eq!(filter(&p, &nodes[1], &snap).unwrap_err().len(), 2);
+        let big = pod(
+            json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "2"}}}],
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}),
+        );
+        assert_eq!(
+            filter(&big, &nodes[0], &snap).unwrap_err(),
+            vec!["Insufficient cpu"]
+        );
+        assert!(filter(&big, &nodes[1], &snap).is_ok());
+        let msg = unschedulable_message(
+            2,
+            &[
+                vec!["Insufficient cpu".into()],
+                vec!["node(s) had untolerated taint {dedicated: gpu}".into()],
+            ],
+        );
+        assert!(msg.starts_with("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: gpu}."), "{msg}");
+    }
+
+    #[test]
+    fn anti_affinity_and_spread() {
+        let nodes = vec![
+            node("a", json!({"kubernetes.io/hostname": "a"}), json!([]), "4"),
+            node("b", json!({"kubernetes.io/hostname": "b"}), json!([]), "4"),
+        ];
+        let mut other = pod(json!({"containers": [{"name": "c", "image": "i"}], "nodeName": "a"}));
+        other.metadata.name = Some("o".into());
+        let bound = vec![other];
+        let snap = Snapshot {
+            nodes: &nodes,
+            bound: &bound,
+        };
+        let p = pod(
+            json!({"containers": [{"name": "c", "image": "i"}], "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "a"}}}]}}}),
+        );
+        assert!(filter(&p, &nodes[0], &snap).is_err());
+        assert!(filter(&p, &nodes[1], &snap).is_ok());
+        let s = pod(
+            json!({"containers": [{"name": "c", "image": "i"}], "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "a"}}}]}),
+        );
+        // a has 1, b has 0: a second on a would make skew 2.
+        assert!(filter(&s, &nodes[0], &snap).is_err());
+        assert!(filter(&s, &nodes[1], &snap).is_ok());
+    }
+}
