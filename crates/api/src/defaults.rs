@@ -1,6 +1,7 @@
 //! Defaulting of built-in objects, as the Kubernetes API server applies it
 //! before validation, so `kubectl get -o yaml` shows the fields users expect.
 
+use crate::json::{items_mut, object_mut};
 use serde_json::{json, Value};
 
 fn set_default(obj: &mut Value, field: &str, v: Value) {
@@ -36,24 +37,21 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     for list in ["containers", "initContainers"] {
-        for c in spec[list]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .filter(|c| c.is_object())
-        {
+        for c in items_mut(spec, list).filter(|c| c.is_object()) {
             if let Some(image) = c["image"].as_str().map(str::to_owned) {
                 set_default(c, "imagePullPolicy", json!(default_pull_policy(&image)));
             }
             set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
             set_default(c, "terminationMessagePolicy", json!("File"));
             set_default(c, "resources", json!({}));
-            for p in c["ports"].as_array_mut().into_iter().flatten() {
+            for p in items_mut(c, "ports") {
                 set_default(p, "protocol", json!("TCP"));
             }
             for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-                let p = &mut c[probe];
-                if p.is_object() && (p["httpGet"].is_object() || p["httpGet"].is_null()) {
+                let Some(p) = object_mut(c, probe) else {
+                    continue;
+                };
+                if p["httpGet"].is_object() || p["httpGet"].is_null() {
                     set_default(p, "timeoutSeconds", json!(1));
                     set_default(p, "periodSeconds", json!(10));
                     set_default(p, "successThreshold", json!(1));
@@ -66,12 +64,7 @@ pub fn default_pod_spec(spec: &mut Value) {
             }
         }
     }
-    for v in spec["volumes"]
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-        .filter(|v| v.is_object())
-    {
+    for v in items_mut(spec, "volumes").filter(|v| v.is_object()) {
         for src in ["configMap", "secret"] {
             if v[src].is_object() {
                 set_default(&mut v[src], "defaultMode", json!(420));
@@ -181,11 +174,17 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
             }
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "progressDeadlineSeconds", json!(600));
-            default_pod_spec(&mut spec["template"]["spec"]);
+            if let Some(t) = object_mut(spec, "template").and_then(|t| object_mut(t, "spec")) {
+                default_pod_spec(t);
+            }
         }
         ("apps", "ReplicaSet") => {
             set_default(&mut obj["spec"], "replicas", json!(1));
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+            if let Some(t) =
+                object_mut(&mut obj["spec"], "template").and_then(|t| object_mut(t, "spec"))
+            {
+                default_pod_spec(t);
+            }
         }
         ("", "Service") => {
             let spec = &mut obj["spec"];
@@ -203,12 +202,7 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
             if ty == "LoadBalancer" {
                 set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
             }
-            for p in spec["ports"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-                .filter(|p| p.is_object())
-            {
+            for p in items_mut(spec, "ports").filter(|p| p.is_object()) {
                 set_default(p, "protocol", json!("TCP"));
                 let port = p["port"].clone();
                 set_default(p, "targetPort", port);
@@ -274,21 +268,11 @@ pub fn ingress_v1beta1_to_v1(obj: &mut Value) {
             m.insert("defaultBackend".into(), b);
         }
     }
-    for rule in spec["rules"]
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-        .filter(|r| r.is_object())
-    {
-        if !rule["http"].is_object() {
+    for rule in items_mut(spec, "rules").filter(|r| r.is_object()) {
+        let Some(http) = object_mut(rule, "http") else {
             continue;
-        }
-        for p in rule["http"]["paths"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .filter(|p| p.is_object())
-        {
+        };
+        for p in items_mut(http, "paths").filter(|p| p.is_object()) {
             let b = backend(&p["backend"]);
             p["backend"] = b;
             set_default(p, "pathType", json!("ImplementationSpecific"));
@@ -321,21 +305,11 @@ pub fn ingress_v1_to_v1beta1(obj: &mut Value) {
             m.insert("backend".into(), b);
         }
     }
-    for rule in spec["rules"]
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-        .filter(|r| r.is_object())
-    {
-        if !rule["http"].is_object() {
+    for rule in items_mut(spec, "rules").filter(|r| r.is_object()) {
+        let Some(http) = object_mut(rule, "http") else {
             continue;
-        }
-        for p in rule["http"]["paths"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .filter(|p| p.is_object())
-        {
+        };
+        for p in items_mut(http, "paths").filter(|p| p.is_object()) {
             let b = backend(&p["backend"]);
             p["backend"] = b;
             // v1beta1 leaves pathType out for its default, so manifests
@@ -369,6 +343,59 @@ mod tests {
         assert_eq!(pod["status"]["phase"], "Pending");
         assert_eq!(pod["status"]["qosClass"], "BestEffort");
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+    }
+
+    fn nulls(v: &Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Null => out.push(path.to_owned()),
+            Value::Object(m) => m
+                .iter()
+                .for_each(|(k, c)| nulls(c, &format!("{path}.{k}"), out)),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, c)| nulls(c, &format!("{path}[{i}]"), out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn defaulting_never_adds_nulls() {
+        let mut objs = [
+            (
+                "",
+                "Pod",
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+            ),
+            (
+                "apps",
+                "Deployment",
+                json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            ),
+            (
+                "apps",
+                "Deployment",
+                json!({"metadata": {"name": "d"}, "spec": {}}),
+            ),
+            (
+                "",
+                "Service",
+                json!({"metadata": {"name": "s"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}),
+            ),
+            ("", "Namespace", json!({"metadata": {"name": "n"}})),
+        ];
+        for (g, k, o) in objs.iter_mut() {
+            apply_defaults(g, k, o);
+            let mut found = vec![];
+            nulls(o, "", &mut found);
+            assert!(found.is_empty(), "{k}: {found:?}");
+        }
+        let mut ing = json!({"apiVersion": "extensions/v1beta1", "spec": {"rules": [{"host": "a", "http": {}}]}});
+        ingress_v1beta1_to_v1(&mut ing);
+        let mut found = vec![];
+        nulls(&ing, "", &mut found);
+        assert!(found.is_empty(), "{found:?}");
     }
 
     #[test]

@@ -817,8 +817,10 @@ pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec
             let strip = |v: &Value| {
                 let mut s = v["spec"].clone();
                 for list in ["containers", "initContainers"] {
-                    for c in s[list].as_array_mut().into_iter().flatten() {
-                        c["image"] = Value::Null;
+                    for c in crate::json::items_mut(&mut s, list) {
+                        if let Some(m) = c.as_object_mut() {
+                            m.remove("image");
+                        }
                     }
                 }
                 for f in [

@@ -100,7 +100,7 @@ pub async fn server_side_apply(
         let reg = state.registry();
         let mut merged = live.clone();
         let mut patch = applied.clone();
-        if let Some(m) = patch["metadata"].as_object_mut() {
+        if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
             m.remove("managedFields");
         }

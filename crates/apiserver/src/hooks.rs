@@ -76,12 +76,7 @@ fn alloc_node_ports(
     spec: &mut Value,
     got: &mut Allocated,
 ) -> Result<(), FieldError> {
-    for (i, p) in spec["ports"]
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, p) in mast_api::json::items_mut(spec, "ports").enumerate() {
         match p["nodePort"].as_i64() {
             Some(np) if np != 0 => {
                 state.alloc.claim_port(np).map_err(|e| {
@@ -188,7 +183,7 @@ pub fn before_update(state: &ApiState, t: &Target, new: &mut Value, old: &Value)
             // Reuse the old NodePort of a port with the same number.
             let olds = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
             let mut reuse = vec![];
-            for p in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+            for p in mast_api::json::items_mut(&mut new["spec"], "ports") {
                 if p["nodePort"].as_i64().unwrap_or(0) == 0 {
                     if let Some(o) = olds
                         .iter()
@@ -232,12 +227,7 @@ pub fn before_update(state: &ApiState, t: &Target, new: &mut Value, old: &Value)
                 .cloned()
                 .unwrap_or_default()
                 .into_iter();
-            for (i, p) in spec["ports"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, p) in mast_api::json::items_mut(&mut spec, "ports").enumerate() {
                 if held.contains(&i) {
                     if let Some(m) = p.as_object_mut() {
                         m.remove("__held");
@@ -257,7 +247,7 @@ pub fn before_update(state: &ApiState, t: &Target, new: &mut Value, old: &Value)
                 state.alloc.release_port(*p);
             }
         } else {
-            for p in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+            for p in mast_api::json::items_mut(&mut new["spec"], "ports") {
                 if let Some(m) = p.as_object_mut() {
                     m.remove("nodePort");
                 }

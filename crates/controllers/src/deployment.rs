@@ -76,7 +76,11 @@ fn canonical(v: &Value) -> Value {
 pub fn template_hash(template: &Value) -> String {
     use sha2::Digest;
     let mut t = template.clone();
-    if let Some(l) = t["metadata"]["labels"].as_object_mut() {
+    if let Some(l) = t
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("labels"))
+        .and_then(Value::as_object_mut)
+    {
         l.remove(HASH_LABEL);
     }
     let digest = sha2::Sha256::digest(canonical(&t).to_string().as_bytes());
