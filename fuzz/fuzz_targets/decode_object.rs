@@ -3,25 +3,18 @@
 //! and the legacy Ingress conversion. None of it may panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use mast_api::{defaults, openapi, registry, schema::SchemaIndex, validation};
-use serde_json::Value;
-use std::sync::OnceLock;
+mod common;
 
-fn index() -> &'static (SchemaIndex, Vec<registry::Resource>) {
-    static I: OnceLock<(SchemaIndex, Vec<registry::Resource>)> = OnceLock::new();
-    I.get_or_init(|| {
-        let rs = registry::builtin_resources();
-        (SchemaIndex::new(openapi::builtin_definitions(&rs)), rs)
-    })
-}
+use libfuzzer_sys::fuzz_target;
+use mast_api::{defaults, registry, validation};
+use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     let parsed: Option<Value> = serde_json::from_slice(data)
         .ok()
         .or_else(|| serde_yaml_ng::from_slice(data).ok());
     let Some(obj) = parsed else { return };
-    let (idx, rs) = index();
+    let (idx, rs) = common::index();
     for r in rs {
         let mut o = obj.clone();
         let schema = serde_json::json!({"$ref": format!("#/definitions/{}", r.definition)});
@@ -38,6 +31,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = mast_api::table::cells(r, &o, Default::default());
     }
     for crd_res in registry::resources_from_crd(&obj) {
-        let _ = idx.walk(&obj, crd_res.custom.as_ref().and_then(|c| c.schema.as_ref()).unwrap_or(&Value::Null), true);
+        let _ = idx.walk(
+            &obj,
+            crd_res
+                .custom
+                .as_ref()
+                .and_then(|c| c.schema.as_ref())
+                .unwrap_or(&Value::Null),
+            true,
+        );
     }
 });

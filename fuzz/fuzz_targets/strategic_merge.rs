@@ -2,23 +2,21 @@
 //! pod: they may be rejected, but never panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use mast_api::{openapi, patch, registry, schema::SchemaIndex};
-use std::sync::OnceLock;
+mod common;
 
-fn index() -> &'static SchemaIndex {
-    static I: OnceLock<SchemaIndex> = OnceLock::new();
-    I.get_or_init(|| SchemaIndex::new(openapi::builtin_definitions(&registry::builtin_resources())))
-}
+use libfuzzer_sys::fuzz_target;
+use mast_api::patch;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(p) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(p) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}, "finalizers": ["x"]},
         "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}], "env": [{"name": "A", "value": "1"}]}],
                  "volumes": [{"name": "v", "emptyDir": {}}]}});
     let schema = serde_json::json!({"$ref": "#/definitions/io.k8s.api.core.v1.Pod"});
     let mut a = pod.clone();
-    let _ = patch::strategic_merge(index(), &mut a, &p, Some(&schema));
+    let _ = patch::strategic_merge(&common::index().0, &mut a, &p, Some(&schema));
     let mut b = pod.clone();
     patch::merge_patch(&mut b, &p);
     let mut c = pod;

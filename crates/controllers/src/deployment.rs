@@ -7,13 +7,11 @@
 //! does.
 
 use crate::util::{controller_of, owner_ref, selector_string};
-use crate::Error;
-use futures::StreamExt;
+use crate::{Ctx, Error};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -24,38 +22,12 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 
-struct Ctx {
-    client: Client,
-}
-
 pub async fn run(
     client: Client,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-    });
-    Controller::new(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<ReplicaSet>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(async move {
-        let _ = shutdown.changed().await;
-    })
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "deployment reconcile");
-        }
-    })
-    .await;
-    Ok(())
-}
-
-fn error_policy(d: Arc<Deployment>, e: &Error, _: Arc<Ctx>) -> Action {
-    tracing::warn!(deployment = %d.name_any(), error = %e, "reconcile failed; retrying in 5s");
-    Action::requeue(Duration::from_secs(5))
+    crate::run_controller::<Deployment, ReplicaSet, _>(client, shutdown, "deployment", reconcile)
+        .await
 }
 
 /// JSON with object keys sorted, so equal templates hash equally.

@@ -15,7 +15,66 @@ pub mod deployment;
 pub mod replicaset;
 mod util;
 
-use kube::Client;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every reconciler is given.
+pub(crate) struct Ctx {
+    pub client: Client,
+}
+
+/// Run one kube-runtime `Controller` for `K`, woken by changes to the `C`
+/// objects it owns, until `shutdown` turns true. A failed reconcile is
+/// logged and retried after 5 s.
+pub(crate) async fn run_controller<K, C, Fut>(
+    client: Client,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    reconcile: fn(Arc<K>, Arc<Ctx>) -> Fut,
+) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    C: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+    });
+    let error_policy = move |obj: Arc<K>, e: &Error, _: Arc<Ctx>| {
+        tracing::warn!(controller = what, name = %obj.name_any(), error = %e, "reconcile failed; retrying in 5s");
+        Action::requeue(Duration::from_secs(5))
+    };
+    Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<C>::all(client), watcher::Config::default())
+        .graceful_shutdown_on(async move {
+            let _ = shutdown.changed().await;
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(controller = what, error = %e, "reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}
 
 /// Why a reconcile failed; the error policy requeues with a delay.
 #[derive(Debug, thiserror::Error)]

@@ -3,13 +3,11 @@
 //! and reports status (replicas, ready, available).
 
 use crate::util::{controller_of, deletion_rank, is_active, is_ready, owner_ref, selector_string};
-use crate::Error;
-use futures::StreamExt;
+use crate::{Ctx, Error};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -18,38 +16,11 @@ use std::time::Duration;
 /// Pods created or deleted per reconcile at most (Kubernetes' burst).
 const BURST: usize = 500;
 
-struct Ctx {
-    client: Client,
-}
-
 pub async fn run(
     client: Client,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-    });
-    Controller::new(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(async move {
-        let _ = shutdown.changed().await;
-    })
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "replicaset reconcile");
-        }
-    })
-    .await;
-    Ok(())
-}
-
-fn error_policy(rs: Arc<ReplicaSet>, e: &Error, _: Arc<Ctx>) -> Action {
-    tracing::warn!(replicaset = %rs.name_any(), error = %e, "reconcile failed; retrying in 5s");
-    Action::requeue(Duration::from_secs(5))
+    crate::run_controller::<ReplicaSet, Pod, _>(client, shutdown, "replicaset", reconcile).await
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {

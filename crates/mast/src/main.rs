@@ -24,8 +24,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start an all-in-one cluster on this machine (API server and store;
-    /// scheduler, controllers and node agent join as they are built).
+    /// Start an all-in-one cluster on this machine: API server and store,
+    /// scheduler and controllers (the node agent that runs containers comes
+    /// next; until then pods stay Pending).
     ///
     /// Prints the `export KUBECONFIG=...` line to use with kubectl. Starting
     /// again with the same --data-dir resumes the same cluster.
