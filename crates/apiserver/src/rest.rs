@@ -73,6 +73,24 @@ fn to_stored(v: &Value) -> Bytes {
     }
     if let Some(m) = out.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
+        // Go's `omitempty`: empty metadata maps and lists are not kept.
+        for f in [
+            "labels",
+            "annotations",
+            "finalizers",
+            "ownerReferences",
+            "managedFields",
+        ] {
+            let empty = match m.get(f) {
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                m.remove(f);
+            }
+        }
     }
     Bytes::from(serde_json::to_vec(&Value::Object(out)).unwrap_or_default())
 }

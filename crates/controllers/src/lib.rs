@@ -7,11 +7,14 @@
 //! - [`deployment`]: rolls Deployments out through ReplicaSets
 //!   (RollingUpdate with maxSurge/maxUnavailable, Recreate), with revision
 //!   history for `kubectl rollout history|undo`.
+//! - [`gc`]: the garbage collector (ownerReferences; background, foreground
+//!   and orphan propagation).
 //!
 //! No reconciler assumes it saw every event: each reads the current state
 //! (pods by a fresh consistent LIST) and acts on the difference.
 
 pub mod deployment;
+pub mod gc;
 pub mod replicaset;
 mod util;
 
@@ -99,9 +102,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     tracing::info!("controllers started");
     let rs = tokio::spawn(replicaset::run(client.clone(), shutdown.clone()));
-    let dep = tokio::spawn(deployment::run(client, shutdown));
-    let (a, b) = tokio::join!(rs, dep);
+    let dep = tokio::spawn(deployment::run(client.clone(), shutdown.clone()));
+    let gc = tokio::spawn(gc::run(client, shutdown));
+    let (a, b, c) = tokio::join!(rs, dep, gc);
     a??;
     b??;
+    c??;
     Ok(())
 }

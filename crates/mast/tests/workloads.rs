@@ -286,3 +286,60 @@ spec:
     ]);
     assert_eq!(cond, "Unschedulable");
 }
+
+#[test]
+fn deletes_cascade_through_owner_references() {
+    let c = Cluster::start();
+    let _sched = c.component(&["scheduler"]);
+    let _ctrl = c.component(&["controllers"]);
+    let _agent = c.component(&["agent", "--hollow", "--node-name", "n1"]);
+    for d in ["bg", "orph", "fg"] {
+        c.ok(&["create", "deployment", d, "--image=nginx", "--replicas=2"]);
+    }
+    for d in ["bg", "orph", "fg"] {
+        c.ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=60s",
+        ]);
+    }
+    // Background (kubectl's default): the ReplicaSet and its pods follow.
+    c.ok(&["delete", "deployment", "bg"]);
+    assert!(eventually(30, || c
+        .ok(&["get", "rs,pods", "-l", "app=bg", "-o", "name"])
+        .is_empty()));
+    // Orphan: the ReplicaSet and pods stay, released from their owner.
+    c.ok(&["delete", "deployment", "orph", "--cascade=orphan"]);
+    assert!(eventually(30, || !c
+        .kubectl(&["get", "deploy", "orph"])
+        .success));
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "rs",
+            "-l",
+            "app=orph",
+            "-o",
+            "jsonpath={.items[0].metadata.ownerReferences}"
+        ]),
+        ""
+    );
+    assert_eq!(
+        c.ok(&["get", "pods", "-l", "app=orph", "--no-headers"])
+            .lines()
+            .count(),
+        2
+    );
+    // Foreground: dependents go first, then the owner.
+    c.ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    assert!(c
+        .ok(&["get", "rs,pods", "-l", "app=fg", "-o", "name"])
+        .is_empty());
+}
