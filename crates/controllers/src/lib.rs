@@ -9,12 +9,15 @@
 //!   history for `kubectl rollout history|undo`.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground
 //!   and orphan propagation).
+//! - [`nodelifecycle`]: silent nodes turn NotReady, get the unreachable
+//!   taints, and their pods are evicted per their tolerations.
 //!
 //! No reconciler assumes it saw every event: each reads the current state
 //! (pods by a fresh consistent LIST) and acts on the difference.
 
 pub mod deployment;
 pub mod gc;
+pub mod nodelifecycle;
 pub mod replicaset;
 mod util;
 
@@ -95,18 +98,40 @@ pub enum Error {
     Json(#[from] serde_json::Error),
 }
 
+/// Settings of the controllers, parsed once by the caller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a node may stay silent before it is marked unreachable.
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node_monitor_grace_period: Duration::from_secs(40),
+        }
+    }
+}
+
 /// Run every controller until `shutdown` turns true.
 pub async fn run(
     client: Client,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    settings: Settings,
 ) -> anyhow::Result<()> {
     tracing::info!("controllers started");
     let rs = tokio::spawn(replicaset::run(client.clone(), shutdown.clone()));
     let dep = tokio::spawn(deployment::run(client.clone(), shutdown.clone()));
-    let gc = tokio::spawn(gc::run(client, shutdown));
-    let (a, b, c) = tokio::join!(rs, dep, gc);
+    let gc = tokio::spawn(gc::run(client.clone(), shutdown.clone()));
+    let nodes = tokio::spawn(nodelifecycle::run(
+        client,
+        shutdown,
+        settings.node_monitor_grace_period,
+    ));
+    let (a, b, c, d) = tokio::join!(rs, dep, gc, nodes);
     a??;
     b??;
     c??;
+    d??;
     Ok(())
 }

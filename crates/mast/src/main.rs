@@ -35,8 +35,9 @@ enum Command {
     Server(ServerArgs),
     /// Run the scheduler against an API server.
     Scheduler(ClientArgs),
-    /// Run the controllers (Deployment, ReplicaSet) against an API server.
-    Controllers(ClientArgs),
+    /// Run the controllers (Deployment, ReplicaSet, garbage collector, node
+    /// lifecycle) against an API server.
+    Controllers(ControllersArgs),
     /// Run a node agent that registers a Node and runs the pods bound to it.
     Agent(AgentArgs),
 }
@@ -56,6 +57,16 @@ struct ClientArgs {
     /// CA certificate of the API server, for --server (<data-dir>/pki/ca.crt).
     #[arg(long)]
     certificate_authority: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ControllersArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// How long a node may stop renewing its Lease before it is marked
+    /// NotReady and tainted unreachable (`40s`, `1m`).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -84,6 +95,10 @@ struct AgentArgs {
     /// Pods the node takes at most.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// Lease duration, as the kubelet's `nodeLeaseDurationSeconds`; the
+    /// Lease is renewed every quarter of it.
+    #[arg(long, default_value_t = 40)]
+    node_lease_duration_seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -258,6 +273,7 @@ fn agent_config(a: &AgentArgs) -> Result<mast_agent::AgentConfig> {
     cfg.cpu = a.cpu.clone();
     cfg.memory = a.memory.clone();
     cfg.max_pods = a.max_pods;
+    cfg.heartbeat = std::time::Duration::from_millis(a.node_lease_duration_seconds.max(1) * 250);
     cfg.labels = parse_pairs(&a.node_labels, "--node-labels")?
         .into_iter()
         .collect();
@@ -313,7 +329,9 @@ async fn run_server(args: ServerArgs, all_in_one: bool) -> Result<()> {
         });
         let (c2, s2) = (client, stop_rx.clone());
         tokio::spawn(async move {
-            if let Err(e) = mast_controllers::run(c2, s2).await {
+            if let Err(e) =
+                mast_controllers::run(c2, s2, mast_controllers::Settings::default()).await
+            {
                 tracing::error!(error = %e, "the controllers stopped");
             }
         });
@@ -390,10 +408,15 @@ fn main() -> Result<()> {
                 .await
             }
             Command::Controllers(a) => {
-                let client = kube_client(&a).await?;
+                let client = kube_client(&a.client).await?;
+                let settings = mast_controllers::Settings {
+                    node_monitor_grace_period: a.node_monitor_grace_period,
+                };
                 run_component(
                     "controllers",
-                    run_until_signal("controllers", |s| mast_controllers::run(client, s)),
+                    run_until_signal("controllers", |s| {
+                        mast_controllers::run(client, s, settings)
+                    }),
                 )
                 .await
             }

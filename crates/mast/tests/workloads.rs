@@ -343,3 +343,93 @@ fn deletes_cascade_through_owner_references() {
         .ok(&["get", "rs,pods", "-l", "app=fg", "-o", "name"])
         .is_empty());
 }
+
+#[test]
+fn a_silent_node_goes_not_ready_and_its_pods_move() {
+    let c = Cluster::start();
+    let _sched = c.component(&["scheduler"]);
+    let _ctrl = c.component(&["controllers", "--node-monitor-grace-period", "3s"]);
+    let fast = ["--node-lease-duration-seconds", "4"];
+    let mut agents: Vec<Option<Background>> = (1..=3)
+        .map(|i| {
+            Some(
+                c.component(
+                    &[
+                        &["agent", "--hollow", "--node-name", &format!("node-{i}")][..],
+                        &fast[..],
+                    ]
+                    .concat(),
+                ),
+            )
+        })
+        .collect();
+    assert!(eventually(30, || count(
+        &c.ok(&["get", "nodes", "--no-headers"]),
+        " Ready "
+    ) == 3));
+    let f = c.dir.path().join("d.yaml");
+    std::fs::write(&f, r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers: [{name: c, image: nginx}]
+"#).unwrap();
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert_eq!(
+        count(
+            &c.ok(&["get", "pods", "-o", "wide", "--no-headers"]),
+            " node-1 "
+        ),
+        1
+    );
+
+    // Stop node-1's agent: the node turns NotReady and gets the taints.
+    agents[0] = None;
+    assert!(eventually(30, || c
+        .ok(&["get", "node", "node-1", "--no-headers"])
+        .contains("NotReady")));
+    let taints = c.ok(&[
+        "get",
+        "node",
+        "node-1",
+        "-o",
+        "jsonpath={.spec.taints[*].key}",
+    ]);
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    // Its pod is evicted (left Terminating, as on Kubernetes, since no agent
+    // confirms it) and replaced on the other nodes.
+    assert!(eventually(60, || {
+        let wide = c.ok(&["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"]);
+        wide.lines()
+            .filter(|l| l.contains(" Running ") && !l.contains(" node-1 "))
+            .count()
+            == 3
+    }));
+    // A node that comes back is Ready again, without the taints.
+    agents[0] = Some(
+        c.component(
+            &[
+                &["agent", "--hollow", "--node-name", "node-1"][..],
+                &fast[..],
+            ]
+            .concat(),
+        ),
+    );
+    assert!(eventually(30, || {
+        c.ok(&["get", "node", "node-1", "--no-headers"])
+            .contains(" Ready ")
+            && c.ok(&["get", "node", "node-1", "-o", "jsonpath={.spec.taints}"])
+                .is_empty()
+    }));
+}
