@@ -45,8 +45,9 @@ enum Command {
 /// How a component reaches the API server: a kubeconfig, or a URL and token.
 #[derive(Args, Debug, Clone)]
 struct ClientArgs {
-    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG", conflicts_with = "server")]
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config); --server
+    /// takes precedence when both are given.
+    #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// API server URL, e.g. https://127.0.0.1:6443 (with --token).
     #[arg(long, requires = "token")]

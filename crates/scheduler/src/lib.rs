@@ -123,12 +123,15 @@ impl State {
                 }
             }
         }
+        if pending.is_empty() {
+            return;
+        }
         pending.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+        // Decide every pod in memory first, accounting each placement in
+        // the snapshot, then bind them all concurrently.
+        let mut snap = rules::Snapshot::new(nodes, bound);
+        let mut decisions = vec![];
         for pod in pending {
-            let snap = rules::Snapshot {
-                nodes,
-                bound: &bound,
-            };
             let mut best: Option<(&Node, i64)> = None;
             let mut reasons = vec![];
             for n in nodes {
@@ -146,45 +149,58 @@ impl State {
             match best {
                 Some((node, _)) => {
                     let node_name = node.name_any();
-                    match bind(client, &pod, &node_name).await {
-                        Ok(()) => {
-                            self.assumed
-                                .insert(uid.clone(), (node_name.clone(), Instant::now()));
-                            self.reported.remove(&uid);
-                            let mut p = pod.clone();
-                            if let Some(s) = p.spec.as_mut() {
-                                s.node_name = Some(node_name.clone());
-                            }
-                            bound.push(p);
-                            event(
-                                client,
-                                &pod,
-                                "Normal",
-                                "Scheduled",
-                                &format!(
-                                    "Successfully assigned {}/{} to {node_name}",
-                                    pod.namespace().unwrap_or_default(),
-                                    pod.name_any()
-                                ),
-                            )
-                            .await;
-                        }
-                        Err(e) => {
-                            tracing::debug!(pod = %pod.name_any(), error = %e, "binding failed; will retry")
-                        }
+                    self.assumed
+                        .insert(uid.clone(), (node_name.clone(), Instant::now()));
+                    self.reported.remove(&uid);
+                    let mut placed = pod.clone();
+                    if let Some(s) = placed.spec.as_mut() {
+                        s.node_name = Some(node_name.clone());
                     }
+                    snap.add(placed);
+                    decisions.push((pod, node_name));
                 }
                 None => {
                     let msg = rules::unschedulable_message(nodes.len(), &reasons);
                     if self.reported.get(&uid) != Some(&msg) {
                         mark_unschedulable(client, &pod, &msg).await;
-                        event(client, &pod, "Warning", "FailedScheduling", &msg).await;
+                        spawn_event(client, &pod, "Warning", "FailedScheduling", msg.clone());
                         self.reported.insert(uid, msg);
                     }
                 }
             }
         }
+        let results: Vec<(String, bool)> = futures::stream::iter(decisions)
+            .map(|(pod, node)| async move {
+                let ok = match bind(client, &pod, &node).await {
+                    Ok(()) => {
+                        let msg = format!("Successfully assigned {}/{} to {node}", pod.namespace().unwrap_or_default(), pod.name_any());
+                        spawn_event(client, &pod, "Normal", "Scheduled", msg);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %pod.name_any(), error = %e, "binding failed; will retry");
+                        false
+                    }
+                };
+                (pod.uid().unwrap_or_default(), ok)
+            })
+            .buffer_unordered(BIND_CONCURRENCY)
+            .collect()
+            .await;
+        for (uid, ok) in results {
+            if !ok {
+                self.assumed.remove(&uid);
+            }
+        }
     }
+}
+
+/// Bindings in flight at once.
+const BIND_CONCURRENCY: usize = 32;
+
+fn spawn_event(client: &Client, pod: &Pod, ty: &'static str, reason: &'static str, msg: String) {
+    let (client, pod) = (client.clone(), pod.clone());
+    tokio::spawn(async move { event(&client, &pod, ty, reason, &msg).await });
 }
 
 async fn bind(client: &Client, pod: &Pod, node: &str) -> anyhow::Result<()> {

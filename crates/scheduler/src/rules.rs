@@ -169,22 +169,82 @@ pub fn selector_matches(
 /// Why a node cannot take a pod, worded as kube-scheduler words it.
 pub type Reason = String;
 
-/// The cluster as the scheduler sees it for one decision.
+/// What is already placed on one node, kept up to date as pods are bound.
+#[derive(Debug, Default, Clone)]
+pub struct NodeInfo {
+    /// Requests of the pods on it, per resource, in milli-units.
+    pub used: HashMap<String, i128>,
+    /// Host ports taken, with their protocol.
+    pub ports: Vec<(i32, String)>,
+    /// Pods per controller owner uid (for spreading replicas).
+    pub owners: HashMap<String, i64>,
+}
+
+fn host_ports(pod: &Pod) -> Vec<(i32, String)> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.clone().unwrap_or_default())
+        .filter_map(|p| {
+            p.host_port
+                .filter(|h| *h > 0)
+                .map(|h| (h, p.protocol.unwrap_or_else(|| "TCP".into())))
+        })
+        .collect()
+}
+
+fn owner_uid(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.first())
+        .map(|o| o.uid.clone())
+}
+
+/// The cluster as the scheduler sees it: nodes, bound pods, and per-node
+/// aggregates so that a decision costs O(nodes), not O(nodes × pods).
 pub struct Snapshot<'a> {
     pub nodes: &'a [Node],
     /// Pods already bound to a node (and not finished).
-    pub bound: &'a [Pod],
+    pub bound: Vec<Pod>,
+    infos: HashMap<String, NodeInfo>,
+}
+
+impl<'a> Snapshot<'a> {
+    pub fn new(nodes: &'a [Node], bound: Vec<Pod>) -> Self {
+        let mut s = Self {
+            nodes,
+            bound: vec![],
+            infos: HashMap::new(),
+        };
+        for p in bound {
+            s.add(p);
+        }
+        s
+    }
+
+    /// Account for a pod now bound to `spec.nodeName`.
+    pub fn add(&mut self, pod: Pod) {
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            let info = self.infos.entry(node).or_default();
+            for (k, v) in pod_requests(&pod) {
+                *info.used.entry(k).or_default() += v;
+            }
+            info.ports.extend(host_ports(&pod));
+            if let Some(o) = owner_uid(&pod) {
+                *info.owners.entry(o).or_default() += 1;
+            }
+        }
+        self.bound.push(pod);
+    }
+
+    fn info(&self, node: &str) -> NodeInfo {
+        self.infos.get(node).cloned().unwrap_or_default()
+    }
 }
 
 fn node_name(n: &Node) -> String {
     n.metadata.name.clone().unwrap_or_default()
-}
-
-fn pods_on<'a>(snap: &'a Snapshot<'_>, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
-    let node = node.to_owned();
-    snap.bound.iter().filter(move |p| {
-        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
-    })
 }
 
 fn topology_value(node: &Node, key: &str) -> Option<String> {
@@ -237,12 +297,8 @@ pub fn filter(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> Result<(), Vec<Rea
     let alloc = status.allocatable.clone().unwrap_or_default();
     let want = pod_requests(pod);
     let name = node_name(node);
-    let mut used: HashMap<String, i128> = HashMap::new();
-    for p in pods_on(snap, &name) {
-        for (k, v) in pod_requests(p) {
-            *used.entry(k).or_default() += v;
-        }
-    }
+    let info = snap.infos.get(&name);
+    let used = |k: &str| info.and_then(|i| i.used.get(k)).copied().unwrap_or(0);
     let mut keys: Vec<&String> = want.keys().collect();
     keys.sort();
     for k in keys {
@@ -252,7 +308,7 @@ pub fn filter(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> Result<(), Vec<Rea
         }
         let cap = alloc.get(k).and_then(|q| milli(&q.0));
         match cap {
-            Some(cap) if used.get(k).copied().unwrap_or(0) + w <= cap => {}
+            Some(cap) if used(k) + w <= cap => {}
             None if k != "cpu" && k != "memory" && k != "pods" => {
                 why.push(format!("Insufficient {k}"));
             }
@@ -262,29 +318,11 @@ pub fn filter(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> Result<(), Vec<Rea
         }
     }
     // Host ports.
-    let wanted_ports: Vec<(i32, String)> = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.clone().unwrap_or_default())
-        .filter_map(|p| {
-            p.host_port
-                .filter(|h| *h > 0)
-                .map(|h| (h, p.protocol.unwrap_or_else(|| "TCP".into())))
-        })
-        .collect();
-    if !wanted_ports.is_empty() {
-        let taken: Vec<(i32, String)> = pods_on(snap, &name)
-            .flat_map(|p| p.spec.clone().unwrap_or_default().containers)
-            .flat_map(|c| c.ports.unwrap_or_default())
-            .filter_map(|p| {
-                p.host_port
-                    .filter(|h| *h > 0)
-                    .map(|h| (h, p.protocol.unwrap_or_else(|| "TCP".into())))
-            })
-            .collect();
-        if wanted_ports.iter().any(|p| taken.contains(p)) {
-            why.push("node(s) didn't have free ports for the requested pod ports".into());
-        }
+    let wanted_ports = host_ports(pod);
+    if !wanted_ports.is_empty()
+        && info.is_some_and(|i| wanted_ports.iter().any(|p| i.ports.contains(p)))
+    {
+        why.push("node(s) didn't have free ports for the requested pod ports".into());
     }
     // Required pod anti-affinity: no pod matching the selector in the same
     // topology domain.
@@ -376,7 +414,7 @@ pub fn filter(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> Result<(), Vec<Rea
                 counts.entry(d).or_default();
             }
         }
-        for other in snap.bound {
+        for other in &snap.bound {
             if other.metadata.namespace.as_deref() != Some(pod_ns.as_str()) {
                 continue;
             }
@@ -415,41 +453,21 @@ pub fn filter(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> Result<(), Vec<Rea
 /// Higher is better: fewer pods of the same owner first (spreading
 /// replicas), then the least requested resources.
 pub fn score(pod: &Pod, node: &Node, snap: &Snapshot<'_>) -> i64 {
-    let name = node_name(node);
-    let owner = pod
-        .metadata
-        .owner_references
-        .as_ref()
-        .and_then(|o| o.first())
-        .map(|o| o.uid.clone());
-    let same_owner = pods_on(snap, &name)
-        .filter(|p| {
-            owner.is_some()
-                && p.metadata
-                    .owner_references
-                    .as_ref()
-                    .and_then(|o| o.first())
-                    .map(|o| o.uid.clone())
-                    == owner
-        })
-        .count() as i64;
+    let info = snap.info(&node_name(node));
+    let same_owner = owner_uid(pod)
+        .and_then(|o| info.owners.get(&o).copied())
+        .unwrap_or(0);
     let alloc = node
         .status
         .as_ref()
         .and_then(|s| s.allocatable.clone())
         .unwrap_or_default();
-    let mut used: HashMap<String, i128> = HashMap::new();
-    for p in pods_on(snap, &name) {
-        for (k, v) in pod_requests(p) {
-            *used.entry(k).or_default() += v;
-        }
-    }
     let free_pct = |k: &str| -> i64 {
         let cap = alloc.get(k).and_then(|q| milli(&q.0)).unwrap_or(0);
         if cap <= 0 {
             return 0;
         }
-        (((cap - used.get(k).copied().unwrap_or(0)).max(0) * 100) / cap) as i64
+        (((cap - info.used.get(k).copied().unwrap_or(0)).max(0) * 100) / cap) as i64
     };
     -same_owner * 1000 + (free_pct("cpu") + free_pct("memory") + free_pct("pods")) / 3
 }
@@ -512,10 +530,7 @@ mod tests {
                 "4",
             ),
         ];
-        let snap = Snapshot {
-            nodes: &nodes,
-            bound: &[],
-        };
+        let snap = Snapshot::new(&nodes, vec![]);
         let p = pod(
             json!({"containers": [{"name": "c", "image": "i"}], "nodeSelector": {"disk": "ssd"}}),
         );
@@ -549,10 +564,7 @@ mod tests {
         let mut other = pod(json!({"containers": [{"name": "c", "image": "i"}], "nodeName": "a"}));
         other.metadata.name = Some("o".into());
         let bound = vec![other];
-        let snap = Snapshot {
-            nodes: &nodes,
-            bound: &bound,
-        };
+        let snap = Snapshot::new(&nodes, bound);
         let p = pod(
             json!({"containers": [{"name": "c", "image": "i"}], "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "a"}}}]}}}),
