@@ -15,6 +15,7 @@ pub mod registry;
 pub mod schema;
 pub mod selectors;
 pub mod table;
+pub mod taints;
 pub mod validation;
 
 /// The Kubernetes release whose API mast serves.

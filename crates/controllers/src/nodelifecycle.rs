@@ -54,19 +54,7 @@ pub fn eviction_deadline(
 ) -> Option<DateTime<Utc>> {
     let matching: Vec<&Toleration> = tolerations
         .iter()
-        .filter(|t| {
-            let effect_ok = t
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == taint.effect);
-            let key_ok = match t.key.as_deref() {
-                None | Some("") => t.operator.as_deref() == Some("Exists"),
-                Some(k) => k == taint.key,
-            };
-            let value_ok = t.operator.as_deref() == Some("Exists")
-                || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
-            effect_ok && key_ok && value_ok
-        })
+        .filter(|t| mast_api::taints::tolerates(t, taint))
         .collect();
     if matching.is_empty() {
         return Some(added);
