@@ -215,36 +215,24 @@ impl Stats {
 }
 
 /// Open loop: start one create every 1/rate seconds, whatever the answers.
-async fn mast_creates_at_rate(
-    m: &Mast,
-    conns: &[Sender],
-    ns: &str,
-    rate: u32,
-    secs: u32,
-    offset: usize,
-) -> Stats {
+/// Open loop: start request `i` at `i / rate` seconds, whatever the
+/// answers; `send(i)` resolves to whether it succeeded.
+async fn open_loop<F, Fut>(rate: u32, secs: u32, send: F) -> Stats
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let total = (rate * secs) as usize;
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
-        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
-        tokio::time::sleep_until(at.into()).await;
-        let mut s = conns[i % conns.len()].clone();
-        let token = m.token.clone();
-        let path = format!("/api/v1/namespaces/{ns}/pods");
-        let body = pod(&format!("rate-{}", i + offset));
+        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate as f64)).into())
+            .await;
+        let fut = send(i);
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let r = call(
-                &mut s,
-                &token,
-                "POST",
-                &path,
-                Some(&body),
-                "application/json",
-            )
-            .await;
-            (t.elapsed(), matches!(r, Ok((201, _))))
+            let ok = fut.await;
+            (t.elapsed(), ok)
         }));
     }
     let mut st = Stats::default();
@@ -259,6 +247,30 @@ async fn mast_creates_at_rate(
     }
     st.elapsed = start.elapsed();
     st
+}
+
+async fn mast_creates_at_rate(m: &Mast, conns: &[Sender], ns: &str, rate: u32, secs: u32) -> Stats {
+    open_loop(rate, secs, |i| {
+        let mut s = conns[i % conns.len()].clone();
+        let token = m.token.clone();
+        let path = format!("/api/v1/namespaces/{ns}/pods");
+        let body = pod(&format!("rate-{i}"));
+        async move {
+            matches!(
+                call(
+                    &mut s,
+                    &token,
+                    "POST",
+                    &path,
+                    Some(&body),
+                    "application/json"
+                )
+                .await,
+                Ok((201, _))
+            )
+        }
+    })
+    .await
 }
 
 /// Closed loop: `workers` clients each sending as fast as answers come.
@@ -417,34 +429,14 @@ fn b64(s: &str) -> String {
 }
 
 async fn etcd_puts_at_rate(c: &Http1, port: u16, rate: u32, secs: u32) -> Stats {
-    let total = (rate * secs) as usize;
     let value = pod("x").to_string();
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for i in 0..total {
-        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate as f64)).into())
-            .await;
+    open_loop(rate, secs, |i| {
         let c = c.clone();
         let body =
             json!({"key": b64(&format!("/registry/pods/bench/rate-{i}")), "value": b64(&value)});
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let ok = etcd_call(&c, port, "put", &body).await.is_ok();
-            (t.elapsed(), ok)
-        }));
-    }
-    let mut st = Stats::default();
-    for t in tasks {
-        if let Ok((d, ok)) = t.await {
-            if ok {
-                st.lat.push(d);
-            } else {
-                st.errors += 1;
-            }
-        }
-    }
-    st.elapsed = start.elapsed();
-    st
+        async move { etcd_call(&c, port, "put", &body).await.is_ok() }
+    })
+    .await
 }
 
 fn row(name: &str, mast: f64, peer: f64, unit: &str, target: &str) {
@@ -496,7 +488,7 @@ async fn main() -> Result<()> {
     .await?;
 
     eprintln!("creates at 200/s for {rate_secs}s...");
-    let rate = mast_creates_at_rate(&m, &conns, ns, 200, rate_secs, 0).await;
+    let rate = mast_creates_at_rate(&m, &conns, ns, 200, rate_secs).await;
     eprintln!("closed-loop creates and gets...");
     let token_ns = ns.to_owned();
     let creates = mast_closed_loop(&m, &conns, 32, 5, move |w, i| {

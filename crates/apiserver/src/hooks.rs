@@ -71,35 +71,41 @@ fn alloc_service(state: &ApiState, svc: &mut Value, got: &mut Allocated) -> Resu
     Ok(())
 }
 
+/// Claim port `i`'s explicit NodePort, or allocate one if it has none.
+fn alloc_node_port(
+    state: &ApiState,
+    i: usize,
+    p: &mut Value,
+    got: &mut Allocated,
+) -> Result<(), FieldError> {
+    let field = format!("spec.ports[{i}].nodePort");
+    match p["nodePort"].as_i64().filter(|n| *n != 0) {
+        Some(np) => {
+            state
+                .alloc
+                .claim_port(np)
+                .map_err(|e| FieldError::invalid(&field, &json!(np), &e.to_string()))?;
+            got.ports.push(np);
+        }
+        None => {
+            let np = state
+                .alloc
+                .next_port()
+                .map_err(|e| FieldError::invalid(&field, &json!(0), &e.to_string()))?;
+            got.ports.push(np as i64);
+            p["nodePort"] = json!(np);
+        }
+    }
+    Ok(())
+}
+
 fn alloc_node_ports(
     state: &ApiState,
     spec: &mut Value,
     got: &mut Allocated,
 ) -> Result<(), FieldError> {
     for (i, p) in mast_api::json::items_mut(spec, "ports").enumerate() {
-        match p["nodePort"].as_i64() {
-            Some(np) if np != 0 => {
-                state.alloc.claim_port(np).map_err(|e| {
-                    FieldError::invalid(
-                        &format!("spec.ports[{i}].nodePort"),
-                        &json!(np),
-                        &e.to_string(),
-                    )
-                })?;
-                got.ports.push(np);
-            }
-            _ => {
-                let np = state.alloc.next_port().map_err(|e| {
-                    FieldError::invalid(
-                        &format!("spec.ports[{i}].nodePort"),
-                        &json!(0),
-                        &e.to_string(),
-                    )
-                })?;
-                got.ports.push(np as i64);
-                p["nodePort"] = json!(np);
-            }
-        }
+        alloc_node_port(state, i, p, got)?;
     }
     Ok(())
 }
@@ -180,10 +186,10 @@ pub fn before_update(state: &ApiState, t: &Target, new: &mut Value, old: &Value)
             .collect();
         let mut got = Allocated::default();
         if needs_node_ports(&new["spec"]) {
-            // Reuse the old NodePort of a port with the same number.
             let olds = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
-            let mut reuse = vec![];
-            for p in mast_api::json::items_mut(&mut new["spec"], "ports") {
+            let mut kept = vec![];
+            for (i, p) in mast_api::json::items_mut(&mut new["spec"], "ports").enumerate() {
+                // A port without a NodePort keeps the one its number had.
                 if p["nodePort"].as_i64().unwrap_or(0) == 0 {
                     if let Some(o) = olds
                         .iter()
@@ -192,57 +198,17 @@ pub fn before_update(state: &ApiState, t: &Target, new: &mut Value, old: &Value)
                         p["nodePort"] = o["nodePort"].clone();
                     }
                 }
-                if let Some(np) = p["nodePort"].as_i64().filter(|n| *n != 0) {
-                    if old_ports.contains(&np) {
-                        reuse.push(np);
-                        // Mark it as already held so allocation skips it.
-                        p["__held"] = json!(true);
+                match p["nodePort"].as_i64() {
+                    // Already held by this Service.
+                    Some(np) if old_ports.contains(&np) => kept.push(np),
+                    _ => {
+                        if let Err(e) = alloc_node_port(state, i, p, &mut got) {
+                            got.release(state);
+                            return Err(ApiError::invalid("Service", "", &name, &[e]));
+                        }
                     }
                 }
             }
-            let mut spec = new["spec"].clone();
-            let held: Vec<usize> = spec["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .filter(|(_, p)| p["__held"] == true)
-                .map(|(i, _)| i)
-                .collect();
-            let mut to_alloc = spec.clone();
-            if let Some(ports) = to_alloc["ports"].as_array_mut() {
-                let mut i = 0;
-                ports.retain(|_| {
-                    let keep = !held.contains(&i);
-                    i += 1;
-                    keep
-                });
-            }
-            if let Err(e) = alloc_node_ports(state, &mut to_alloc, &mut got) {
-                got.release(state);
-                return Err(ApiError::invalid("Service", "", &name, &[e]));
-            }
-            let mut fresh = to_alloc["ports"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter();
-            for (i, p) in mast_api::json::items_mut(&mut spec, "ports").enumerate() {
-                if held.contains(&i) {
-                    if let Some(m) = p.as_object_mut() {
-                        m.remove("__held");
-                    }
-                } else if let Some(f) = fresh.next() {
-                    *p = f;
-                }
-            }
-            new["spec"] = spec;
-            let kept: Vec<i64> = new["spec"]["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["nodePort"].as_i64())
-                .collect();
             for p in old_ports.iter().filter(|p| !kept.contains(p)) {
                 state.alloc.release_port(*p);
             }

@@ -40,28 +40,20 @@ pub fn milli(q: &str) -> Option<i128> {
 pub fn pod_requests(pod: &Pod) -> HashMap<String, i128> {
     let mut sum: HashMap<String, i128> = HashMap::new();
     let Some(spec) = &pod.spec else { return sum };
-    for c in &spec.containers {
-        for (k, v) in c
-            .resources
+    let requests = |c: &k8s_openapi::api::core::v1::Container| {
+        c.resources
             .as_ref()
-            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.requests.clone())
+            .unwrap_or_default()
             .into_iter()
-            .flatten()
-        {
-            *sum.entry(k.clone()).or_default() += milli(&v.0).unwrap_or(0);
-        }
+            .map(|(k, v)| (k, milli(&v.0).unwrap_or(0)))
+    };
+    for (k, v) in spec.containers.iter().flat_map(requests) {
+        *sum.entry(k).or_default() += v;
     }
-    for c in spec.init_containers.iter().flatten() {
-        for (k, v) in c
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            let e = sum.entry(k.clone()).or_default();
-            *e = (*e).max(milli(&v.0).unwrap_or(0));
-        }
+    for (k, v) in spec.init_containers.iter().flatten().flat_map(requests) {
+        let e = sum.entry(k).or_default();
+        *e = (*e).max(v);
     }
     *sum.entry("pods".into()).or_default() += 1000;
     sum
