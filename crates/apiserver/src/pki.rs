@@ -63,8 +63,10 @@ fn write(path: &Path, data: &str, secret: bool) -> Result<(), PkiError> {
 
 fn random_token() -> String {
     use rand::Rng;
+    // Hex: a token must never start with '-', or command lines such as
+    // `mast agent --token <T>` would read it as a flag.
     let bytes: [u8; 24] = rand::rng().random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Pki {

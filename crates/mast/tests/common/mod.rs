@@ -164,8 +164,7 @@ impl Cluster {
             .args([
                 "--server",
                 &self.url,
-                "--token",
-                &self.token(),
+                &format!("--token={}", self.token()),
                 "--certificate-authority",
             ])
             .arg(self.dir.path().join("pki/ca.crt"))
