@@ -1,11 +1,21 @@
 //! mast's node agent (the kubelet's role): registers its Node, heartbeats
 //! through a Lease, and runs the pods the scheduler binds to it.
 //!
-//! Only the hollow mode exists so far: like Kubernetes' kubemark, a hollow
-//! agent reports the pods bound to it as running without running anything,
-//! so tests and benchmarks get many nodes on one machine. Hollow pods get no
-//! IP, so no Service ever routes traffic to them. The process runtime is the
-//! next step of this crate.
+//! Two modes:
+//! - the process runtime (default): each container is a supervised host
+//!   process in its pod's namespaces and cgroups ([`pods`], [`sys`]), with
+//!   logs and exec served over HTTPS to the API server ([`server`]);
+//! - hollow (`--hollow`): like Kubernetes' kubemark, pods are reported
+//!   running without running anything, so tests and benchmarks get many
+//!   nodes on one machine. Hollow pods get no IP.
+
+mod events;
+pub mod pods;
+mod probe;
+mod server;
+pub mod spec;
+pub mod sys;
+mod volumes;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -29,6 +39,21 @@ pub struct AgentConfig {
     pub taints: Vec<Value>,
     /// How often the Lease is renewed.
     pub heartbeat: Duration,
+    /// Where pod state, volumes and logs live.
+    pub data_dir: std::path::PathBuf,
+    /// The node's address (InternalIP, pods' hostIP).
+    pub node_ip: String,
+    /// Pod IPs: a base address and how many follow it. Until pods get
+    /// network namespaces, these are distinct loopback addresses.
+    pub pod_ip_range: (u32, u32),
+    /// Where the agent's HTTPS endpoint listens (port 0 picks one).
+    pub listen: std::net::SocketAddr,
+    /// The cluster CA (DER), which signs the API server's client certificate.
+    pub ca_der: Vec<Vec<u8>>,
+    /// A container's log is rotated at this size; one old file is kept.
+    pub container_log_max_bytes: u64,
+    /// Process limit per container cgroup.
+    pub pod_max_pids: Option<u64>,
 }
 
 impl AgentConfig {
@@ -42,6 +67,13 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             taints: vec![],
             heartbeat: Duration::from_secs(10),
+            data_dir: std::path::PathBuf::from("/var/lib/mast/agent"),
+            node_ip: "127.0.0.1".into(),
+            pod_ip_range: (u32::from(std::net::Ipv4Addr::new(127, 1, 0, 0)), 1 << 16),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 10250)),
+            ca_der: vec![],
+            container_log_max_bytes: 10 << 20,
+            pod_max_pids: Some(4096),
         }
     }
 }
@@ -59,7 +91,7 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn node_status(cfg: &AgentConfig) -> Value {
+fn node_status(cfg: &AgentConfig, port: u16) -> Value {
     let t = now();
     let cond = |ty: &str, status: &str, reason: &str, msg: &str| json!({"type": ty, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": t, "lastTransitionTime": t});
     let resources = json!({"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.max_pods.to_string(), "ephemeral-storage": "100Gi"});
@@ -71,8 +103,8 @@ fn node_status(cfg: &AgentConfig) -> Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": cfg.node_name}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "addresses": [{"type": "InternalIP", "address": cfg.node_ip}, {"type": "Hostname", "address": cfg.node_name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
         "nodeInfo": {
             "machineID": "", "systemUUID": "", "bootID": "",
             "kernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -89,7 +121,7 @@ fn mast_version() -> String {
 }
 
 /// Create or refresh this agent's Node.
-async fn register(client: &Client, cfg: &AgentConfig) -> anyhow::Result<()> {
+async fn register(client: &Client, cfg: &AgentConfig, port: u16) -> anyhow::Result<()> {
     let api: Api<Node> = Api::all(client.clone());
     let mut labels = cfg.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), cfg.node_name.clone());
@@ -110,7 +142,7 @@ async fn register(client: &Client, cfg: &AgentConfig) -> anyhow::Result<()> {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": cfg.node_name, "labels": labels},
         "spec": {"taints": if cfg.taints.is_empty() { Value::Null } else { json!(cfg.taints) }},
-        "status": node_status(cfg),
+        "status": node_status(cfg, port),
     }))?;
     match api.create(&PostParams::default(), &node).await {
         Ok(_) => tracing::info!(node = %cfg.node_name, "registered node"),
@@ -118,7 +150,7 @@ async fn register(client: &Client, cfg: &AgentConfig) -> anyhow::Result<()> {
             api.patch_status(
                 &cfg.node_name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"status": node_status(cfg)})),
+                &Patch::Merge(json!({"status": node_status(cfg, port)})),
             )
             .await?;
             tracing::info!(node = %cfg.node_name, "node already registered; refreshed its status");
@@ -173,14 +205,20 @@ fn hollow_running_status(pod: &Pod) -> Value {
 pub async fn run(
     client: Client,
     cfg: AgentConfig,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    if !cfg.hollow {
-        anyhow::bail!(
-            "only hollow agents exist so far: pass --hollow (the process runtime is the next step)"
-        );
-    }
-    register(&client, &cfg).await?;
+    let (runtime, port) = if cfg.hollow {
+        (None, 0)
+    } else {
+        if !sys::privileged() {
+            tracing::warn!("not running as root: pods run as plain processes without their own mount, pid and UTS namespaces, volumes are not mounted at their mountPath, and resource limits are not enforced");
+        }
+        let rt = pods::Runtime::new(client.clone(), cfg.clone())?;
+        let port = server::start(rt.clone(), cfg.listen, &cfg.ca_der).await?;
+        tracing::info!(port, "the agent serves logs and exec");
+        (Some(rt), port)
+    };
+    register(&client, &cfg, port).await?;
     let hb_client = client.clone();
     let hb_cfg = cfg.clone();
     let mut hb_shutdown = shutdown.clone();
@@ -198,12 +236,90 @@ pub async fn run(
             since_status += 1;
             if since_status >= 6 {
                 since_status = 0;
-                if let Err(e) = register(&hb_client, &hb_cfg).await {
+                if let Err(e) = register(&hb_client, &hb_cfg, port).await {
                     tracing::warn!(error = %e, "could not refresh the node status");
                 }
             }
         }
     });
+    match runtime {
+        Some(rt) => run_pods(client, cfg, rt, shutdown).await,
+        None => run_hollow(client, cfg, shutdown).await,
+    }
+}
+
+fn pods_of_node(
+    client: &Client,
+    node: &str,
+) -> impl futures::Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    watcher(pods, wc).default_backoff()
+}
+
+/// The process runtime: one worker per pod.
+async fn run_pods(
+    client: Client,
+    cfg: AgentConfig,
+    rt: std::sync::Arc<pods::Runtime>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use std::collections::{BTreeSet, HashMap};
+    let mut stream = std::pin::pin!(pods_of_node(&client, &cfg.node_name));
+    let mut workers: HashMap<String, tokio::sync::watch::Sender<Pod>> = HashMap::new();
+    let mut listed: BTreeSet<String> = BTreeSet::new();
+    let mut first_list = true;
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            e = stream.next() => match e {
+                Some(Ok(e)) => e,
+                Some(Err(e)) => { tracing::warn!(error = %e, "pod watch failed; retrying"); continue; }
+                None => return Ok(()),
+            },
+        };
+        match ev {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let uid = pod.uid().unwrap_or_default();
+                listed.insert(uid.clone());
+                if let Some(tx) = workers.get(&uid) {
+                    tx.send_replace(pod);
+                    continue;
+                }
+                let phase = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_default();
+                let known = rt.root.join(&uid).exists();
+                if (phase == "Succeeded" || phase == "Failed") && !known {
+                    continue;
+                }
+                workers.insert(uid, rt.spawn_worker(pod));
+            }
+            watcher::Event::InitDone => {
+                // Dropping a worker's sender tells it its pod is gone.
+                workers.retain(|uid, _| listed.contains(uid));
+                if first_list {
+                    first_list = false;
+                    rt.clean_orphans(&listed).await;
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                workers.remove(&pod.uid().unwrap_or_default());
+            }
+        }
+        workers.retain(|_, tx| !tx.is_closed());
+    }
+}
+
+/// Hollow mode: report every pod running, run nothing.
+async fn run_hollow(
+    client: Client,
+    cfg: AgentConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = std::pin::pin!(watcher(pods, wc).default_backoff().applied_objects());

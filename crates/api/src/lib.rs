@@ -11,6 +11,7 @@ pub mod patch;
 pub mod proto;
 #[rustfmt::skip]
 pub mod proto_table;
+pub mod quantity;
 pub mod registry;
 pub mod schema;
 pub mod selectors;

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod fields;
 pub mod hooks;
 pub mod pki;
+mod proxy;
 pub mod request;
 pub mod rest;
 pub mod server;
@@ -244,6 +245,14 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Handle, Star
     let state = Arc::new(
         ApiState::new(store, settings, tokens, pki.ca_pem.clone()).map_err(StartError::Config)?,
     );
+    match proxy::agent_tls(&pki.admin_cert_pem, &pki.admin_key_pem) {
+        Ok(c) => {
+            let _ = state.kubelet_tls.set(Arc::new(c));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no client certificate for node agents: logs and exec will fail")
+        }
+    }
     state.reload_crds().await?;
     bootstrap(&state).await?;
     let server_url = format!("https://{}:{}", config.advertise_address, addr.port());

@@ -83,6 +83,16 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if let Some((ns, name, sub)) = crate::proxy::match_path(&path) {
+        let resp = match authenticate(&state, cert_user, req.headers()) {
+            None => error_response(&ApiError::new(401, "Unauthorized", "Unauthorized")),
+            Some(_) => crate::proxy::pod_subresource(state, req, &ns, &name, &sub)
+                .await
+                .unwrap_or_else(|e| error_response(&e)),
+        };
+        tracing::debug!(%method, %path, status = resp.status().as_u16(), "proxied request");
+        return Ok(resp);
+    }
     let resp = match serve(state, cert_user, req).await {
         Ok(r) => reply_response(r),
         Err(e) => error_response(&e),

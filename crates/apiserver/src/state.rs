@@ -174,6 +174,8 @@ pub struct ApiState {
     pub settings: ServerSettings,
     pub tokens: HashMap<String, crate::auth::User>,
     pub client_ca_pem: String,
+    /// TLS client configuration for proxying to node agents.
+    pub kubelet_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -198,6 +200,7 @@ impl ApiState {
             settings,
             tokens,
             client_ca_pem,
+            kubelet_tls: std::sync::OnceLock::new(),
         })
     }
 

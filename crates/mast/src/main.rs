@@ -25,12 +25,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start an all-in-one cluster on this machine: API server and store,
-    /// scheduler and controllers (the node agent that runs containers comes
-    /// next; until then pods stay Pending).
+    /// scheduler, controllers and a node agent that runs pods as processes.
     ///
     /// Prints the `export KUBECONFIG=...` line to use with kubectl. Starting
     /// again with the same --data-dir resumes the same cluster.
-    Up(ServerArgs),
+    Up(UpArgs),
     /// Run only the API server, on an embedded SQLite store or etcd.
     Server(ServerArgs),
     /// Run the scheduler against an API server.
@@ -40,6 +39,37 @@ enum Command {
     Controllers(ControllersArgs),
     /// Run a node agent that registers a Node and runs the pods bound to it.
     Agent(AgentArgs),
+    /// Run one of mast's built-in images (`mast.dev/NAME`) in the
+    /// foreground, e.g. `mast image echo --port 9000`.
+    Image {
+        /// The image's name without `mast.dev/`, e.g. `echo`.
+        name: String,
+        /// The image's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// (internal) Create a pod sandbox; used by the agent.
+    #[command(hide = true)]
+    Pause {
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        pid_file: PathBuf,
+    },
+    /// (internal) Supervise one container; used by the agent.
+    #[command(hide = true)]
+    Shim { dir: PathBuf },
+    /// (internal) Run a command inside a running container; used by the
+    /// agent for exec and exec probes.
+    #[command(hide = true)]
+    Nsexec {
+        #[arg(long)]
+        target: i32,
+        #[arg(long)]
+        tty: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// How a component reaches the API server: a kubeconfig, or a URL and token.
@@ -100,6 +130,55 @@ struct AgentArgs {
     /// Lease is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: u64,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// How an agent runs pods on its machine (also used by `mast up`).
+#[derive(Args, Debug, Clone)]
+struct NodeArgs {
+    /// Where the agent keeps pod state, volumes and logs
+    /// (default: <mast data dir>/agent/<node name>).
+    #[arg(long = "agent-data-dir")]
+    agent_data_dir: Option<PathBuf>,
+    /// Address and port of the agent's HTTPS endpoint, which serves logs
+    /// and exec to the API server (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    agent_listen: SocketAddr,
+    /// The node's address, reported as its InternalIP and pods' hostIP.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: String,
+    /// Pod IPs are taken from this range. Until pods get their own network
+    /// namespaces they are loopback addresses, so each pod can listen on
+    /// its own IP and port.
+    #[arg(long, default_value = "127.1.0.0/16")]
+    pod_ip_range: String,
+    /// Rotate a container's log at this size; one older file is kept.
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Most processes one container may run (cgroup pids.max); 0 for no limit.
+    #[arg(long, default_value_t = 4096)]
+    pod_max_pids: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The name of this machine's Node (default: its hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+fn default_node_args() -> NodeArgs {
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+    Only::parse_from(["mast"]).node
 }
 
 #[derive(Args, Debug, Clone)]
@@ -217,6 +296,11 @@ fn parse_config(a: &ServerArgs) -> Result<ServerConfig> {
 
 /// A kube-rs client from the component flags.
 async fn kube_client(a: &ClientArgs) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(a).await?)?)
+}
+
+/// The client configuration from the component flags.
+async fn kube_config(a: &ClientArgs) -> Result<kube::Config> {
     use base64::Engine;
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let kubeconfig = match (&a.server, &a.kubeconfig) {
@@ -241,14 +325,12 @@ async fn kube_client(a: &ClientArgs) -> Result<kube::Client> {
         (None, Some(path)) => Kubeconfig::read_from(path)
             .with_context(|| format!("reading kubeconfig {}", path.display()))?,
         (None, None) => {
-            return kube::Client::try_default()
+            return kube::Config::infer()
                 .await
                 .context("no --kubeconfig or --server given, and no default kubeconfig works");
         }
     };
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
 }
 
 fn parse_pairs(s: &str, what: &str) -> Result<Vec<(String, String)>> {
@@ -262,14 +344,54 @@ fn parse_pairs(s: &str, what: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "mast-node".into())
+}
+
+/// Apply the node flags to an agent configuration.
+fn node_config(cfg: &mut mast_agent::AgentConfig, n: &NodeArgs, data_dir: PathBuf) -> Result<()> {
+    cfg.data_dir = n
+        .agent_data_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("agent").join(&cfg.node_name));
+    cfg.listen = n.agent_listen;
+    cfg.node_ip = n.node_ip.clone();
+    let (base, bits) = n
+        .pod_ip_range
+        .split_once('/')
+        .and_then(|(ip, bits)| {
+            Some((
+                ip.parse::<std::net::Ipv4Addr>().ok()?,
+                bits.parse::<u32>().ok()?,
+            ))
+        })
+        .filter(|(_, bits)| (8..=30).contains(bits))
+        .with_context(|| {
+            format!(
+                "--pod-ip-range {:?} must look like 127.1.0.0/16 (a /8 to /30)",
+                n.pod_ip_range
+            )
+        })?;
+    cfg.pod_ip_range = (u32::from(base), 1u32 << (32 - bits));
+    let bytes = mast_api::quantity::milli(&n.container_log_max_size)
+        .filter(|b| *b >= 4096 * 1000)
+        .with_context(|| {
+            format!(
+                "--container-log-max-size {:?} must be a size like 10Mi (at least 4Ki)",
+                n.container_log_max_size
+            )
+        })?;
+    cfg.container_log_max_bytes = (bytes / 1000) as u64;
+    cfg.pod_max_pids = (n.pod_max_pids > 0).then_some(n.pod_max_pids);
+    Ok(())
+}
+
 fn agent_config(a: &AgentArgs) -> Result<mast_agent::AgentConfig> {
-    let name = match &a.node_name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_ascii_lowercase())
-            .unwrap_or_else(|_| "mast-node".into()),
-    };
+    let name = a.node_name.clone().unwrap_or_else(hostname);
     let mut cfg = mast_agent::AgentConfig::new(name);
+    node_config(&mut cfg, &a.node, default_data_dir())?;
     cfg.hollow = a.hollow;
     cfg.cpu = a.cpu.clone();
     cfg.memory = a.memory.clone();
@@ -303,7 +425,12 @@ async fn run_component(
     fut.await
 }
 
-async fn run_server(args: ServerArgs, all_in_one: bool) -> Result<()> {
+async fn run_server(
+    args: ServerArgs,
+    all_in_one: bool,
+    node: Option<String>,
+    node_args: NodeArgs,
+) -> Result<()> {
     let cfg = parse_config(&args)?;
     std::fs::create_dir_all(&cfg.api.data_dir).with_context(|| {
         format!(
@@ -321,19 +448,28 @@ async fn run_server(args: ServerArgs, all_in_one: bool) -> Result<()> {
         // server over HTTPS, exactly as they would from another machine.
         let kc = kube::config::Kubeconfig::read_from(&handle.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        let client = kube::Client::try_from(config)?;
+        let client = kube::Client::try_from(config.clone())?;
         let (c1, s1) = (client.clone(), stop_rx.clone());
         tokio::spawn(async move {
             if let Err(e) = mast_scheduler::run(c1, s1).await {
                 tracing::error!(error = %e, "the scheduler stopped");
             }
         });
-        let (c2, s2) = (client, stop_rx.clone());
+        let (c2, s2) = (client.clone(), stop_rx.clone());
         tokio::spawn(async move {
             if let Err(e) =
                 mast_controllers::run(c2, s2, mast_controllers::Settings::default()).await
             {
                 tracing::error!(error = %e, "the controllers stopped");
+            }
+        });
+        let mut agent = mast_agent::AgentConfig::new(node.clone().unwrap_or_else(hostname));
+        node_config(&mut agent, &node_args, cfg.api.data_dir.clone())?;
+        agent.ca_der = config.root_cert.clone().unwrap_or_default();
+        let s3 = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mast_agent::run(client, agent, s3).await {
+                tracing::error!(error = %e, "the node agent stopped");
             }
         });
     }
@@ -383,8 +519,43 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
+/// End a helper process: its exit code, or a one-line error.
+fn helper_exit(r: Result<i32>) -> ! {
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("mast: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The runtime's helpers must stay single-threaded: dispatch them before
+    // any thread starts.
+    match &cli.command {
+        Command::Pause { hostname, pid_file } => {
+            helper_exit(mast_agent::sys::pause(hostname, pid_file).map(|_| 0))
+        }
+        Command::Shim { dir } => helper_exit(mast_agent::sys::shim(dir).map(|_| 0)),
+        Command::Nsexec {
+            target,
+            tty,
+            command,
+        } => helper_exit(mast_agent::sys::nsexec(*target, *tty, command)),
+        Command::Image { name, args } => {
+            let Some(img) = mast_images::IMAGES.iter().find(|i| i.name == name) else {
+                let names: Vec<&str> = mast_images::IMAGES.iter().map(|i| i.name).collect();
+                bail!(
+                    "no built-in image {name:?}; there are: {}",
+                    names.join(", ")
+                );
+            };
+            std::process::exit((img.run)(args)?);
+        }
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -398,8 +569,8 @@ fn main() -> Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         match cli.command {
-            Command::Up(a) => run_server(a, true).await,
-            Command::Server(a) => run_server(a, false).await,
+            Command::Up(a) => run_server(a.server, true, a.node_name, a.node).await,
+            Command::Server(a) => run_server(a, false, None, default_node_args()).await,
             Command::Scheduler(a) => {
                 let client = kube_client(&a).await?;
                 run_component(
@@ -421,9 +592,17 @@ fn main() -> Result<()> {
                 )
                 .await
             }
+            Command::Pause { .. }
+            | Command::Shim { .. }
+            | Command::Nsexec { .. }
+            | Command::Image { .. } => {
+                unreachable!("dispatched before the runtime started")
+            }
             Command::Agent(a) => {
-                let cfg = agent_config(&a)?;
-                let client = kube_client(&a.client).await?;
+                let mut cfg = agent_config(&a)?;
+                let config = kube_config(&a.client).await?;
+                cfg.ca_der = config.root_cert.clone().unwrap_or_default();
+                let client = kube::Client::try_from(config)?;
                 run_component(
                     "agent",
                     run_until_signal("agent", move |s| mast_agent::run(client, cfg, s)),

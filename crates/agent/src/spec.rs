@@ -1,0 +1,522 @@
+//! From a pod's spec to what a process needs: the program an image names,
+//! the command line, the environment (with `valueFrom` and `$(VAR)`
+//! expansion) and cgroup limits. Pure functions, so they are unit-tested
+//! without running anything.
+
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, ObjectFieldSelector, Pod, ResourceFieldSelector,
+};
+use mast_api::quantity::milli;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The default PATH of a container, as container images commonly set it.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What an image reference runs as on the process runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageRef {
+    /// A built-in `mast.dev/` image, run as `mast image NAME`.
+    Builtin(&'static str),
+    /// A program on the host's PATH.
+    Program(PathBuf),
+}
+
+/// The last path component of an image reference, without tag or digest:
+/// `docker.io/library/busybox:1.36` → `busybox`.
+pub fn image_program_name(image: &str) -> &str {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+    last.split(':').next().unwrap_or(last)
+}
+
+/// Resolve an image, or say why it cannot run and what to do.
+pub fn resolve_image(image: &str, path: &str) -> Result<ImageRef, String> {
+    if let Some(i) = mast_images::lookup(image) {
+        return Ok(ImageRef::Builtin(i.name));
+    }
+    if image.starts_with(mast_images::PREFIX) {
+        let names: Vec<String> = mast_images::IMAGES
+            .iter()
+            .map(|i| format!("{}{}", mast_images::PREFIX, i.name))
+            .collect();
+        return Err(format!(
+            "failed to pull image {image:?}: mast has no built-in image by that name; built-in images are: {}",
+            names.join(", ")
+        ));
+    }
+    let prog = image_program_name(image);
+    if prog.is_empty()
+        || !prog
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+    {
+        return Err(format!(
+            "failed to pull image {image:?}: invalid image reference"
+        ));
+    }
+    match find_on_path(prog, path) {
+        Some(p) => Ok(ImageRef::Program(p)),
+        None => Err(format!(
+            "failed to pull image {image:?}: the process runtime runs an image as the program named by its last path component, and there is no {prog:?} on PATH ({path}); install it (for example `apt-get install {prog}`), or use a built-in image such as mast.dev/echo"
+        )),
+    }
+}
+
+/// Look a program up on a PATH string.
+pub fn find_on_path(prog: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return p.is_file().then_some(p);
+    }
+    path.split(':').filter(|d| !d.is_empty()).find_map(|d| {
+        let p = Path::new(d).join(prog);
+        let ok = p
+            .metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        ok.then_some(p)
+    })
+}
+
+/// The command line: `command` replaces the image's entrypoint, `args`
+/// follow it, as in Kubernetes (images here have no default cmd).
+pub fn argv(entrypoint: Vec<String>, c: &Container, env: &HashMap<String, String>) -> Vec<String> {
+    let expand = |v: &Vec<String>| v.iter().map(|s| expand_vars(s, env)).collect::<Vec<_>>();
+    let mut out = match &c.command {
+        Some(cmd) if !cmd.is_empty() => expand(cmd),
+        _ => entrypoint,
+    };
+    if let Some(args) = &c.args {
+        out.extend(expand(args));
+    }
+    out
+}
+
+/// Kubernetes' `$(VAR)` expansion: known variables are replaced, unknown
+/// ones are left as written, and `$$` escapes a dollar.
+pub fn expand_vars(s: &str, env: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    if let Some(v) = env.get(name) {
+                        out.push_str(v);
+                        i += 3 + end;
+                        continue;
+                    }
+                }
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// A ConfigMap's or Secret's data, as the agent fetched it; `None` when the
+/// object does not exist.
+pub type Sources = HashMap<(&'static str, String), Option<BTreeMap<String, String>>>;
+
+/// The ConfigMaps and Secrets a container's environment reads.
+pub fn env_sources(c: &Container) -> Vec<(&'static str, String)> {
+    let mut out = vec![];
+    for e in c.env_from.iter().flatten() {
+        if let Some(r) = &e.config_map_ref {
+            out.push(("configmap", r.name.clone()));
+        }
+        if let Some(r) = &e.secret_ref {
+            out.push(("secret", r.name.clone()));
+        }
+    }
+    for e in c.env.iter().flatten() {
+        if let Some(vf) = &e.value_from {
+            if let Some(r) = &vf.config_map_key_ref {
+                out.push(("configmap", r.name.clone()));
+            }
+            if let Some(r) = &vf.secret_key_ref {
+                out.push(("secret", r.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// What the downward API may read about a pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodFacts {
+    pub pod_ip: String,
+    pub host_ip: String,
+    /// Node allocatable, the default for unset limits.
+    pub node_cpu: String,
+    pub node_memory: String,
+}
+
+/// The value of a `fieldRef`.
+pub fn field_value(pod: &Pod, f: &ObjectFieldSelector, facts: &PodFacts) -> Result<String, String> {
+    let m = &pod.metadata;
+    let quoted = |map: &Option<BTreeMap<String, String>>| {
+        map.iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let subscript = |path: &str, prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix("['"))
+            .and_then(|r| r.strip_suffix("']"))
+            .map(str::to_owned)
+    };
+    let p = f.field_path.as_str();
+    Ok(match p {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "metadata.labels" => quoted(&m.labels),
+        "metadata.annotations" => quoted(&m.annotations),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
+        "status.hostIP" | "status.hostIPs" => facts.host_ip.clone(),
+        "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
+        _ => {
+            if let Some(k) = subscript(p, "metadata.labels") {
+                m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(&k).cloned())
+                    .unwrap_or_default()
+            } else if let Some(k) = subscript(p, "metadata.annotations") {
+                m.annotations
+                    .as_ref()
+                    .and_then(|l| l.get(&k).cloned())
+                    .unwrap_or_default()
+            } else {
+                return Err(format!("unsupported fieldRef fieldPath {p:?}"));
+            }
+        }
+    })
+}
+
+/// The value of a `resourceFieldRef`: the container's limit or request,
+/// divided by the divisor and rounded up, as the kubelet computes it.
+pub fn resource_value(
+    pod: &Pod,
+    own: &Container,
+    r: &ResourceFieldSelector,
+    facts: &PodFacts,
+) -> Result<String, String> {
+    let c = match &r.container_name {
+        Some(n) if !n.is_empty() => pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .find(|c| &c.name == n)
+            .ok_or_else(|| format!("resourceFieldRef names no container {n:?}"))?,
+        _ => own,
+    };
+    let (kind, res) = r
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported resourceFieldRef resource {:?}", r.resource))?;
+    let res_of = |m: &Option<
+        BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| { m.as_ref().and_then(|m| m.get(res)).map(|q| q.0.clone()) };
+    let value = match kind {
+        "limits" => res_of(&c.resources.as_ref().and_then(|r| r.limits.clone())),
+        "requests" => res_of(&c.resources.as_ref().and_then(|r| r.requests.clone())),
+        _ => None,
+    };
+    let value = value.unwrap_or_else(|| match res {
+        "cpu" if kind == "limits" => facts.node_cpu.clone(),
+        "memory" if kind == "limits" => facts.node_memory.clone(),
+        _ => "0".into(),
+    });
+    let divisor = r
+        .divisor
+        .as_ref()
+        .map(|d| d.0.clone())
+        .unwrap_or_else(|| "1".into());
+    let (v, d) = (milli(&value), milli(&divisor));
+    match (v, d) {
+        (Some(v), Some(d)) if d > 0 => Ok(((v + d - 1) / d).to_string()),
+        _ => Err(format!(
+            "cannot compute {} with divisor {divisor:?}",
+            r.resource
+        )),
+    }
+}
+
+/// Why a container's environment cannot be built yet: `CreateContainerConfigError`.
+pub type ConfigError = String;
+
+/// The container's environment: defaults, then `envFrom`, then `env`, each
+/// value with `$(VAR)` expanded against what came before.
+pub fn build_env(
+    pod: &Pod,
+    c: &Container,
+    base: Vec<(String, String)>,
+    sources: &Sources,
+    facts: &PodFacts,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut order: Vec<String> = vec![];
+    let mut map: HashMap<String, String> = HashMap::new();
+    let set = |k: String, v: String, order: &mut Vec<String>, map: &mut HashMap<String, String>| {
+        if !map.contains_key(&k) {
+            order.push(k.clone());
+        }
+        map.insert(k, v);
+    };
+    for (k, v) in base {
+        set(k, v, &mut order, &mut map);
+    }
+    let fetch = |kind: &'static str,
+                 name: &str,
+                 optional: bool|
+     -> Result<Option<&BTreeMap<String, String>>, ConfigError> {
+        match sources.get(&(kind, name.to_owned())) {
+            Some(Some(d)) => Ok(Some(d)),
+            _ if optional => Ok(None),
+            _ => Err(format!("{kind} {name:?} not found")),
+        }
+    };
+    for e in c.env_from.iter().flatten() {
+        let prefix = e.prefix.clone().unwrap_or_default();
+        let data = if let Some(r) = &e.config_map_ref {
+            fetch("configmap", &r.name, r.optional.unwrap_or(false))?
+        } else if let Some(r) = &e.secret_ref {
+            fetch("secret", &r.name, r.optional.unwrap_or(false))?
+        } else {
+            None
+        };
+        for (k, v) in data.into_iter().flatten() {
+            set(format!("{prefix}{k}"), v.clone(), &mut order, &mut map);
+        }
+    }
+    for EnvVar {
+        name,
+        value,
+        value_from,
+    } in c.env.iter().flatten()
+    {
+        let v = if let Some(vf) = value_from {
+            if let Some(f) = &vf.field_ref {
+                Some(field_value(pod, f, facts)?)
+            } else if let Some(r) = &vf.resource_field_ref {
+                Some(resource_value(pod, c, r, facts)?)
+            } else if let Some(r) = &vf.config_map_key_ref {
+                let optional = r.optional.unwrap_or(false);
+                match fetch("configmap", &r.name, optional)? {
+                    Some(d) => match d.get(&r.key) {
+                        Some(v) => Some(v.clone()),
+                        None if optional => None,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key,
+                                pod.metadata.namespace.as_deref().unwrap_or(""),
+                                r.name
+                            ))
+                        }
+                    },
+                    None => None,
+                }
+            } else if let Some(r) = &vf.secret_key_ref {
+                let optional = r.optional.unwrap_or(false);
+                match fetch("secret", &r.name, optional)? {
+                    Some(d) => match d.get(&r.key) {
+                        Some(v) => Some(v.clone()),
+                        None if optional => None,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key,
+                                pod.metadata.namespace.as_deref().unwrap_or(""),
+                                r.name
+                            ))
+                        }
+                    },
+                    None => None,
+                }
+            } else {
+                None
+            }
+        } else {
+            Some(expand_vars(value.as_deref().unwrap_or(""), &map))
+        };
+        if let Some(v) = v {
+            set(name.clone(), v, &mut order, &mut map);
+        }
+    }
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = map.remove(&k).unwrap_or_default();
+            (k, v)
+        })
+        .collect())
+}
+
+/// cgroup v1 limits for a container, as files and values.
+pub fn cgroup_limits(
+    c: &Container,
+    pids_max: Option<u64>,
+) -> Vec<(&'static str, &'static str, String)> {
+    let get = |which: &str, res: &str| {
+        let r = c.resources.as_ref()?;
+        let m = if which == "limits" {
+            r.limits.as_ref()
+        } else {
+            r.requests.as_ref()
+        }?;
+        milli(&m.get(res)?.0)
+    };
+    let mut out = vec![];
+    if let Some(mem) = get("limits", "memory") {
+        out.push(("memory", "memory.limit_in_bytes", (mem / 1000).to_string()));
+    }
+    let period = 100_000i128;
+    if let Some(cpu) = get("limits", "cpu") {
+        // 1 CPU = one period of quota; at least 1 ms, as the kubelet does.
+        out.push(("cpu", "cpu.cfs_period_us", period.to_string()));
+        out.push((
+            "cpu",
+            "cpu.cfs_quota_us",
+            (cpu * period / 1000).max(1000).to_string(),
+        ));
+    }
+    let shares = get("requests", "cpu").or_else(|| get("limits", "cpu"));
+    if let Some(cpu) = shares {
+        out.push(("cpu", "cpu.shares", (cpu * 1024 / 1000).max(2).to_string()));
+    }
+    if let Some(p) = pids_max {
+        out.push(("pids", "pids.max", p.to_string()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn image_names() {
+        assert_eq!(image_program_name("busybox"), "busybox");
+        assert_eq!(
+            image_program_name("docker.io/library/busybox:1.36"),
+            "busybox"
+        );
+        assert_eq!(
+            image_program_name("registry:5000/x/sleep@sha256:abc"),
+            "sleep"
+        );
+        assert_eq!(
+            resolve_image("mast.dev/echo:v2", ""),
+            Ok(ImageRef::Builtin("echo"))
+        );
+        let e = resolve_image("mast.dev/nope", "").unwrap_err();
+        assert!(e.contains("mast.dev/echo"), "{e}");
+        let e = resolve_image("no-such-prog-xyz:1", "/usr/bin").unwrap_err();
+        assert!(e.contains("apt-get install no-such-prog-xyz"), "{e}");
+        assert_eq!(resolve_image("sh", "/bin:/usr/bin").map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn expansion() {
+        let env: HashMap<String, String> = [("A".to_owned(), "x".to_owned())].into();
+        assert_eq!(expand_vars("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
+        assert_eq!(expand_vars("héllo $(A)", &env), "héllo x");
+    }
+
+    #[test]
+    fn command_and_args() {
+        let c: Container =
+            serde_json::from_value(json!({"name": "c", "args": ["sleep", "$(T)"]})).unwrap();
+        let env: HashMap<String, String> = [("T".to_owned(), "5".to_owned())].into();
+        assert_eq!(
+            argv(vec!["busybox".into()], &c, &env),
+            ["busybox", "sleep", "5"]
+        );
+        let c: Container =
+            serde_json::from_value(json!({"name": "c", "command": ["sh", "-c"], "args": ["true"]}))
+                .unwrap();
+        assert_eq!(argv(vec!["busybox".into()], &c, &env), ["sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn env_value_from() {
+        let p = pod(
+            json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"app": "a"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"limits": {"memory": "64Mi"}},
+              "envFrom": [{"prefix": "CM_", "configMapRef": {"name": "cm"}}],
+              "env": [
+                {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
+                {"name": "GREETING", "value": "hi $(NAME) on $(CM_K)"}]}]}}),
+        );
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        let mut sources: Sources = HashMap::new();
+        sources.insert(
+            ("configmap", "cm".into()),
+            Some([("K".to_owned(), "v".to_owned())].into()),
+        );
+        sources.insert(
+            ("secret", "s".into()),
+            Some([("pw".to_owned(), "sekret".to_owned())].into()),
+        );
+        let facts = PodFacts {
+            pod_ip: "127.1.0.5".into(),
+            ..Default::default()
+        };
+        let env = build_env(&p, &c, vec![], &sources, &facts).unwrap();
+        let m: HashMap<_, _> = env.into_iter().collect();
+        assert_eq!(m["NAME"], "p");
+        assert_eq!(m["APP"], "a");
+        assert_eq!(m["IP"], "127.1.0.5");
+        assert_eq!(m["MEM"], "64");
+        assert_eq!(m["PASS"], "sekret");
+        assert_eq!(m["GREETING"], "hi p on v");
+        sources.remove(&("secret", "s".into()));
+        let e = build_env(&p, &c, vec![], &sources, &facts).unwrap_err();
+        assert_eq!(e, "secret \"s\" not found");
+    }
+
+    #[test]
+    fn limits() {
+        let c: Container = serde_json::from_value(
+            json!({"name": "c", "resources": {"limits": {"memory": "128Mi", "cpu": "500m"}}}),
+        )
+        .unwrap();
+        let l = cgroup_limits(&c, Some(100));
+        assert!(l.contains(&("memory", "memory.limit_in_bytes", "134217728".into())));
+        assert!(l.contains(&("cpu", "cpu.cfs_quota_us", "50000".into())));
+        assert!(l.contains(&("cpu", "cpu.shares", "512".into())));
+        assert!(l.contains(&("pids", "pids.max", "100".into())));
+    }
+}

@@ -1,0 +1,50 @@
+//! mast's built-in container images. An image named `mast.dev/<name>[:tag]`
+//! runs as `mast image <name> ARGS...`, so the process runtime needs nothing
+//! pulled or installed for them. Tests and the demo app use them; adding an
+//! image is one entry in [`IMAGES`].
+
+mod echo;
+
+/// A built-in image: its name under `mast.dev/` and its entrypoint.
+#[derive(Debug)]
+pub struct Image {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Runs the image's program with the container's args; returns the exit code.
+    pub run: fn(&[String]) -> anyhow::Result<i32>,
+}
+
+/// Every built-in image.
+pub const IMAGES: &[Image] = &[Image {
+    name: "echo",
+    about: "HTTP server on $PORT (8080) that answers with its pod, namespace, node, version and the request's headers; can be told to fail, delay or exit",
+    run: echo::run,
+}];
+
+/// The registry prefix of built-in images.
+pub const PREFIX: &str = "mast.dev/";
+
+/// The built-in image an image reference names, if any:
+/// `mast.dev/echo`, `mast.dev/echo:v2` and `mast.dev/echo@sha256:...` all name `echo`.
+pub fn lookup(image: &str) -> Option<&'static Image> {
+    let rest = image.strip_prefix(PREFIX)?;
+    let name = rest.split(['@', ':']).next().unwrap_or(rest);
+    IMAGES.iter().find(|i| i.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_strips_tags_and_digests() {
+        assert_eq!(lookup("mast.dev/echo").map(|i| i.name), Some("echo"));
+        assert_eq!(lookup("mast.dev/echo:v2").map(|i| i.name), Some("echo"));
+        assert_eq!(
+            lookup("mast.dev/echo@sha256:00").map(|i| i.name),
+            Some("echo")
+        );
+        assert!(lookup("mast.dev/nope").is_none());
+        assert!(lookup("docker.io/echo").is_none());
+    }
+}
