@@ -1624,3 +1624,51 @@ impl ProbeCtx {
         }
     }
 }
+
+/// Stop every pod an agent left in `data_dir` and remove their cgroups,
+/// mount points and files: `mast cleanup-node`, for tests and for taking a
+/// machine out of a cluster. The agent must be stopped first.
+pub fn cleanup_node(data_dir: &Path) -> usize {
+    let root = data_dir.join("pods");
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let uid = e.file_name().to_string_lossy().into_owned();
+        let rec = load_record(&e.path()).unwrap_or_default();
+        for c in rec.containers.values() {
+            if let Some(i) = &c.running {
+                if let Some(p) = i.pid {
+                    p.signal(Signal::SIGKILL);
+                }
+                sys::kill_cgroup(&i.cgroups);
+            }
+        }
+        if let Some(sb) = rec.sandbox {
+            sb.signal(Signal::SIGKILL);
+        }
+        for ctrl in ["memory", "cpu", "pids"] {
+            let pod_cg = Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join("mast")
+                .join(&uid);
+            for _ in 0..50 {
+                if let Ok(rd) = std::fs::read_dir(&pod_cg) {
+                    for c in rd.flatten().filter(|c| c.path().is_dir()) {
+                        sys::kill_cgroup(&[c.path()]);
+                        let _ = std::fs::remove_dir(c.path());
+                    }
+                }
+                if std::fs::remove_dir(&pod_cg).is_ok() || !pod_cg.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        volumes::remove_mountpoints(&rec.mountpoints);
+        let _ = std::fs::remove_dir_all(e.path());
+        n += 1;
+    }
+    n
+}

@@ -7,6 +7,8 @@
 //! - [`deployment`]: rolls Deployments out through ReplicaSets
 //!   (RollingUpdate with maxSurge/maxUnavailable, Recreate), with revision
 //!   history for `kubectl rollout history|undo`.
+//! - [`endpoints`]: Endpoints and EndpointSlices from Service selectors and
+//!   pod readiness, named targetPorts resolved per pod.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground
 //!   and orphan propagation).
 //! - [`nodelifecycle`]: silent nodes turn NotReady, get the unreachable
@@ -16,6 +18,7 @@
 //! (pods by a fresh consistent LIST) and acts on the difference.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -123,12 +126,14 @@ pub async fn run(
     let rs = tokio::spawn(replicaset::run(client.clone(), shutdown.clone()));
     let dep = tokio::spawn(deployment::run(client.clone(), shutdown.clone()));
     let gc = tokio::spawn(gc::run(client.clone(), shutdown.clone()));
+    let eps = tokio::spawn(endpoints::run(client.clone(), shutdown.clone()));
     let nodes = tokio::spawn(nodelifecycle::run(
         client,
         shutdown,
         settings.node_monitor_grace_period,
     ));
-    let (a, b, c, d) = tokio::join!(rs, dep, gc, nodes);
+    let (a, b, c, d, e) = tokio::join!(rs, dep, gc, nodes, eps);
+    e??;
     a??;
     b??;
     c??;

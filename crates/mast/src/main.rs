@@ -48,6 +48,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Stop every pod a (stopped) agent left running and remove its
+    /// cgroups, mount points and files.
+    CleanupNode {
+        /// The agent's --agent-data-dir.
+        #[arg(long = "agent-data-dir")]
+        agent_data_dir: PathBuf,
+    },
     /// (internal) Create a pod sandbox; used by the agent.
     #[command(hide = true)]
     Pause {
@@ -544,6 +551,11 @@ fn main() -> Result<()> {
             tty,
             command,
         } => helper_exit(mast_agent::sys::nsexec(*target, *tty, command)),
+        Command::CleanupNode { agent_data_dir } => {
+            let n = mast_agent::pods::cleanup_node(agent_data_dir);
+            println!("removed {n} pod(s) from {}", agent_data_dir.display());
+            return Ok(());
+        }
         Command::Image { name, args } => {
             let Some(img) = mast_images::IMAGES.iter().find(|i| i.name == name) else {
                 let names: Vec<&str> = mast_images::IMAGES.iter().map(|i| i.name).collect();
@@ -595,7 +607,8 @@ fn main() -> Result<()> {
             Command::Pause { .. }
             | Command::Shim { .. }
             | Command::Nsexec { .. }
-            | Command::Image { .. } => {
+            | Command::Image { .. }
+            | Command::CleanupNode { .. } => {
                 unreachable!("dispatched before the runtime started")
             }
             Command::Agent(a) => {

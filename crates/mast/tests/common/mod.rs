@@ -176,6 +176,24 @@ impl Cluster {
         Background(child)
     }
 
+    /// Start a real node agent (the process runtime) named `node`. Its pods
+    /// are stopped and cleaned up when the guard drops.
+    pub fn agent(&self, node: &str, extra: &[&str]) -> Agent {
+        let data = self.dir.path().join("agents").join(node);
+        let mut args = vec![
+            "agent".to_owned(),
+            format!("--node-name={node}"),
+            "--agent-listen=127.0.0.1:0".to_owned(),
+            format!("--agent-data-dir={}", data.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent {
+            process: Some(self.component(&refs)),
+            data,
+        }
+    }
+
     /// The admin bearer token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pki/admin.token"))
@@ -240,4 +258,28 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// A real node agent; dropping it stops the agent and everything it ran.
+pub struct Agent {
+    pub process: Option<Background>,
+    pub data: PathBuf,
+}
+
+impl Agent {
+    /// Stop the agent process only; its pods keep running.
+    pub fn stop(&mut self) {
+        self.process.take();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.process.take();
+        let _ = Command::new(env!("CARGO_BIN_EXE_mast"))
+            .arg("cleanup-node")
+            .arg(format!("--agent-data-dir={}", self.data.display()))
+            .stdout(Stdio::null())
+            .status();
+    }
 }

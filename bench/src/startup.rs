@@ -1,0 +1,138 @@
+//! Pod startup latency on the process runtime: creates pods at a steady
+//! rate and times each from its create request to the moment a watch shows
+//! it Ready (all containers started; the pods have no probes), as the
+//! Kubernetes pod-startup SLO measures it.
+//!
+//! `bench-startup --kubeconfig FILE [--pods 100] [--rate 20]`
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let kubeconfig = arg("--kubeconfig", "");
+    let pods: usize = arg("--pods", "100").parse()?;
+    let rate: f64 = arg("--rate", "20").parse()?;
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(cfg)?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    let ready_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = ready_at.clone();
+    let wc = watcher::Config::default().labels("bench=startup");
+    let watch = tokio::spawn(async move {
+        let mut s = std::pin::pin!(watcher(api_for(&client), wc).applied_objects());
+        while let Some(Ok(p)) = s.next().await {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                seen.lock()
+                    .expect("lock")
+                    .entry(name)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    for i in 0..pods {
+        let name = format!("startup-{i}");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"bench": "startup"}},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "echo", "image": "mast.dev/echo"}]}
+        }))?;
+        let next = start + gap * i as u32;
+        tokio::time::sleep_until(next.into()).await;
+        created.insert(name, Instant::now());
+        api.create(&PostParams::default(), &pod).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready_at.lock().expect("lock").len() < pods && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watch.abort();
+    let ready = ready_at.lock().expect("lock").clone();
+    let mut lat: Vec<f64> = created
+        .iter()
+        .filter_map(|(n, t)| ready.get(n).map(|r| r.duration_since(*t).as_secs_f64()))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99, max) = (
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+    );
+    println!();
+    println!("{:<46} {:>10}  unit", "measure", "value");
+    println!(
+        "{:<46} {:>10}  of {pods} created at {rate}/s",
+        "pods Ready",
+        lat.len()
+    );
+    println!(
+        "{:<46} {:>10.0}  ms",
+        "startup latency p50 (create → Ready)",
+        p50 * 1000.0
+    );
+    println!(
+        "{:<46} {:>10.0}  ms  (target 1000: ratio {:.2}x; Kubernetes SLO 5000: ratio {:.2}x)",
+        "startup latency p99",
+        p99 * 1000.0,
+        p99 / 1.0,
+        p99 / 5.0
+    );
+    println!("{:<46} {:>10.0}  ms", "startup latency max", max * 1000.0);
+    // Leave nothing behind.
+    for n in created.keys() {
+        let _ = api
+            .delete(
+                n,
+                &DeleteParams {
+                    grace_period_seconds: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await;
+    }
+    if lat.len() < pods {
+        anyhow::bail!(
+            "only {} of {pods} pods became Ready within 120 s",
+            lat.len()
+        );
+    }
+    Ok(())
+}
+
+fn api_for(client: &kube::Client) -> Api<Pod> {
+    Api::namespaced(client.clone(), "default")
+}

@@ -1,0 +1,618 @@
+//! The process runtime end to end, with the real kubectl: pods are real
+//! processes, and logs, exec, restarts, probes, volumes and agent restarts
+//! behave as on Kubernetes. These tests need root (namespaces, cgroups),
+//! as CI runs them.
+
+mod common;
+use common::{eventually, Cluster};
+use serde_json::Value;
+
+fn cluster_with_agent(node: &str) -> (Cluster, common::Agent, Vec<common::Background>) {
+    let c = Cluster::start();
+    let sched = c.component(&["scheduler"]);
+    let ctrl = c.component(&["controllers"]);
+    let agent = c.agent(node, &[]);
+    assert!(
+        eventually(30, || c.kubectl(&["get", "node", node]).success),
+        "the agent never registered its node"
+    );
+    (c, agent, vec![sched, ctrl])
+}
+
+fn pod_json(c: &Cluster, name: &str) -> Value {
+    serde_json::from_str(&c.ok(&["get", "pod", name, "-o", "json"])).expect("pod json")
+}
+
+fn ready(p: &Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn restarts(p: &Value) -> i64 {
+    p["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+fn wait_ready(c: &Cluster, name: &str, secs: u64) {
+    assert!(
+        eventually(secs, || c
+            .kubectl(&["get", "pod", name, "-o", "json"])
+            .success
+            && ready(&pod_json(c, name))),
+        "pod {name} never became Ready: {}\n{}",
+        c.kubectl(&["get", "pod", name, "-o", "yaml"]).stdout,
+        c.kubectl(&["describe", "pod", name]).stdout
+    );
+}
+
+fn apply(c: &Cluster, yaml: &str) {
+    let path = c.dir.path().join(format!("m{}.yaml", rand_suffix()));
+    std::fs::write(&path, yaml).expect("write manifest");
+    c.ok(&["apply", "-f", path.to_str().expect("path")]);
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn curl(url: &str) -> Option<Value> {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+#[test]
+fn the_course_busybox_lab_runs_logs_and_execs() {
+    let (c, _agent, _bg) = cluster_with_agent("lab");
+    c.ok(&["run", "busybox", "--image=busybox", "--", "sleep", "3600"]);
+    wait_ready(&c, "busybox", 60);
+    let table = c.ok(&["get", "pods"]);
+    assert!(
+        table.contains("1/1") && table.contains("Running"),
+        "{table}"
+    );
+    // `-ti` without a terminal: kubectl warns and runs without a TTY.
+    let o = c.kubectl(&["exec", "-ti", "busybox", "--", "printenv"]);
+    assert!(o.success, "{o:?}");
+    assert!(o.stdout.contains("HOSTNAME=busybox"), "{}", o.stdout);
+    assert!(o.stdout.contains("PATH="), "{}", o.stdout);
+    // The pod has its own pid namespace and hostname.
+    let ps = c.ok(&["exec", "busybox", "--", "ps", "-e", "-o", "pid,comm"]);
+    assert!(ps.contains("pause"), "{ps}");
+    assert_eq!(
+        c.ok(&["exec", "busybox", "--", "hostname"]).trim(),
+        "busybox"
+    );
+    // Exit codes and stdin pass through.
+    let o = c.kubectl(&[
+        "exec",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert!(!o.success);
+    assert_eq!(o.stdout.trim(), "out");
+    assert!(
+        o.stderr.contains("err") && o.stderr.contains("exit code 3"),
+        "{}",
+        o.stderr
+    );
+    let out = std::process::Command::new(common::KUBECTL)
+        .args(["exec", "-i", "busybox", "--", "cat"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdin(std::fs::File::open(c.dir.path().join("pki/ca.crt")).expect("stdin file"))
+        .output()
+        .expect("kubectl exec -i");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"),
+        "{out:?}"
+    );
+    // kubectl logs of a quiet container is empty, not an error.
+    assert_eq!(c.ok(&["logs", "busybox"]), "");
+    // Deleting the pod stops its processes promptly (SIGTERM).
+    c.ok(&["delete", "pod", "busybox", "--wait=true"]);
+    assert!(c.ok(&["get", "pods"]).is_empty());
+}
+
+#[test]
+fn logs_follow_tail_previous_and_crash_loop_back_off() {
+    let (c, _agent, _bg) = cluster_with_agent("logs");
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; sleep 0.5; exit 3"]
+"#,
+    );
+    // It exits 3: restarts once at once, then backs off.
+    assert!(
+        eventually(60, || {
+            let p = pod_json(&c, "talker");
+            restarts(&p) >= 1
+                && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                    == "CrashLoopBackOff"
+        }),
+        "{}",
+        c.kubectl(&["get", "pod", "talker", "-o", "yaml"]).stdout
+    );
+    let p = pod_json(&c, "talker");
+    let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 3, "{p}");
+    assert_eq!(last["reason"], "Error");
+    let table = c.ok(&["get", "pod", "talker"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+    let prev = c.ok(&["logs", "talker", "--previous"]);
+    assert!(
+        prev.contains("line 1") && prev.contains("line 5") && prev.contains("oops"),
+        "{prev}"
+    );
+    let tail = c.ok(&["logs", "talker", "--tail=2"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    assert!(tail.contains("line 5") && tail.contains("oops"), "{tail}");
+    let ts = c.ok(&["logs", "talker", "--timestamps", "--tail=1"]);
+    assert!(ts.starts_with("20") && ts.contains("Z oops"), "{ts}");
+    let describe = c.ok(&["describe", "pod", "talker"]);
+    assert!(
+        describe.contains("Back-off restarting failed container main"),
+        "{describe}"
+    );
+
+    // follow: streams lines as they are written.
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
+"#,
+    );
+    wait_ready(&c, "ticker", 60);
+    let mut child = std::process::Command::new(common::KUBECTL)
+        .args(["logs", "-f", "ticker"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let _guard = common::Background(std::process::Command::new("true").spawn().expect("true"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = vec![];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while seen.len() < 15 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            seen.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.len() >= 15, "follow delivered only {seen:?}");
+    let nums: Vec<u64> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+
+    // An image that resolves to nothing: ErrImagePull, then ImagePullBackOff.
+    c.ok(&[
+        "run",
+        "ghost",
+        "--image=registry.example/no-such-program-xyz:1.0",
+    ]);
+    assert!(
+        eventually(30, || {
+            let p = pod_json(&c, "ghost");
+            let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+            (w["reason"] == "ErrImagePull" || w["reason"] == "ImagePullBackOff")
+                && w["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("no-such-program-xyz"))
+        }),
+        "{}",
+        c.kubectl(&["get", "pod", "ghost", "-o", "yaml"]).stdout
+    );
+    let describe = c.ok(&["describe", "pod", "ghost"]);
+    assert!(describe.contains("apt-get install"), "{describe}");
+}
+
+#[test]
+fn volumes_env_init_containers_and_limits() {
+    let (c, _agent, _bg) = cluster_with_agent("vols");
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello, color: blue}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: full, labels: {app: full, tier: web}}
+spec:
+  initContainers:
+  - name: init
+    image: busybox
+    command: ["sh", "-c", "echo prepared > /work/ready.txt"]
+    volumeMounts: [{name: scratch, mountPath: /work}]
+  containers:
+  - name: main
+    image: busybox
+    command: ["sleep", "3600"]
+    resources:
+      limits: {memory: 64Mi, cpu: 500m}
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: MY_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    - {name: MESSAGE, value: "$(GREETING) from $(MY_POD)"}
+    volumeMounts:
+    - {name: scratch, mountPath: /work}
+    - {name: config, mountPath: /etc/mast-test-config, readOnly: true}
+    - {name: info, mountPath: /etc/mast-test-podinfo}
+  - name: side
+    image: busybox
+    command: ["sh", "-c", "echo from-side > /shared/side.txt; sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /shared}]
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: config, configMap: {name: settings}}
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+"#,
+    );
+    wait_ready(&c, "full", 60);
+    let exec = |cmd: &str| c.ok(&["exec", "full", "-c", "main", "--", "sh", "-c", cmd]);
+    let env = exec("printenv");
+    for want in [
+        "GREETING=hello",
+        "PASSWORD=s3cret",
+        "MY_POD=full",
+        "MEM_MI=64",
+        "MESSAGE=hello from full",
+    ] {
+        assert!(env.contains(want), "missing {want} in {env}");
+    }
+    let ip = pod_json(&c, "full")["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(env.contains(&format!("MY_IP={ip}")), "{env}");
+    assert_eq!(exec("cat /work/ready.txt").trim(), "prepared");
+    assert!(
+        eventually(10, || exec("cat /work/side.txt 2>/dev/null").trim()
+            == "from-side"),
+        "the emptyDir is not shared"
+    );
+    assert_eq!(exec("cat /etc/mast-test-config/greeting"), "hello");
+    assert_eq!(exec("cat /etc/mast-test-podinfo/name"), "full");
+    assert!(exec("cat /etc/mast-test-podinfo/labels").contains("tier=\"web\""));
+    // readOnly is enforced, and the mounts are the pod's own: the host
+    // does not see them.
+    let o = c.kubectl(&[
+        "exec",
+        "full",
+        "-c",
+        "main",
+        "--",
+        "sh",
+        "-c",
+        "echo x > /etc/mast-test-config/new",
+    ]);
+    assert!(!o.success, "a readOnly mount was writable");
+    assert!(!std::path::Path::new("/etc/mast-test-config/greeting").exists());
+    // The memory limit is a real cgroup limit.
+    let cg = exec("cat /proc/self/cgroup");
+    let mem_path = cg
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+        .unwrap_or_else(|| panic!("no memory cgroup in {cg}"));
+    assert!(mem_path.starts_with("/mast/"), "{mem_path}");
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{mem_path}/memory.limit_in_bytes"
+    ))
+    .expect("read the limit");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{mem_path}/cpu.cfs_quota_us"))
+        .expect("read the quota");
+    assert_eq!(quota.trim(), "50000");
+    // Init containers show as done.
+    let p = pod_json(&c, "full");
+    assert_eq!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    // A missing ConfigMap holds the pod in ContainerCreating with an event.
+    c.ok(&["run", "needs-config", "--image=busybox", "--overrides",
+        r#"{"spec": {"volumes": [{"name": "v", "configMap": {"name": "absent"}}], "containers": [{"name": "needs-config", "image": "busybox", "args": ["sleep", "60"], "volumeMounts": [{"name": "v", "mountPath": "/etc/absent"}]}]}}"#]);
+    assert!(
+        eventually(30, || c
+            .ok(&["describe", "pod", "needs-config"])
+            .contains("configmap \"absent\" not found")),
+        "{}",
+        c.ok(&["describe", "pod", "needs-config"])
+    );
+    assert!(c
+        .ok(&["get", "pod", "needs-config"])
+        .contains("ContainerCreating"));
+    // Deleting the pod removes its cgroups and the mount points mast made.
+    c.ok(&["delete", "pod", "full"]);
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory{mem_path}")).exists());
+    assert!(!std::path::Path::new("/etc/mast-test-config").exists());
+}
+
+#[test]
+fn probes_restart_and_agent_restart_adopts_pods() {
+    let (c, mut agent, _bg) = cluster_with_agent("probes");
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+  - name: echo
+    image: mast.dev/echo
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      httpGet: {path: /readyz, port: http}
+      periodSeconds: 1
+      failureThreshold: 1
+    livenessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    );
+    wait_ready(&c, "web", 60);
+    let ip = pod_json(&c, "web")["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = curl(&format!("http://{ip}:8080/hello")).expect("echo answers");
+    assert_eq!(body["pod"], "web");
+    assert_eq!(body["path"], "/hello");
+    // Readiness follows the probe.
+    curl(&format!("http://{ip}:8080/readyz/off"));
+    assert!(
+        eventually(20, || !ready(&pod_json(&c, "web"))),
+        "never turned unready"
+    );
+    curl(&format!("http://{ip}:8080/readyz/on"));
+    wait_ready(&c, "web", 20);
+    // A failing liveness probe restarts the container.
+    curl(&format!("http://{ip}:8080/healthz/off"));
+    assert!(
+        eventually(30, || restarts(&pod_json(&c, "web")) == 1),
+        "liveness never restarted it"
+    );
+    wait_ready(&c, "web", 30);
+    assert!(c
+        .ok(&["describe", "pod", "web"])
+        .contains("Liveness probe failed"));
+
+    // The agent restarts: its pod keeps running, untouched.
+    let before = pod_json(&c, "web");
+    let started = before["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+    agent.stop();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        curl(&format!("http://{ip}:8080/")).is_some(),
+        "the pod died with the agent"
+    );
+    let _agent2 = {
+        let a = c.agent("probes", &[]);
+        // The same data dir: take the new agent's guard, leave the old one's
+        // cleanup to this guard only.
+        agent.data = c.dir.path().join("unused");
+        a
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let after = pod_json(&c, "web");
+    assert_eq!(restarts(&after), 1, "{after}");
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["state"]["running"]["startedAt"],
+        started
+    );
+    assert_eq!(
+        c.ok(&["exec", "web", "--", "echo", "adopted"]).trim(),
+        "adopted"
+    );
+    // Exits are still noticed after adoption.
+    curl(&format!("http://{ip}:8080/exit?code=7"));
+    assert!(
+        eventually(30, || {
+            let p = pod_json(&c, "web");
+            restarts(&p) == 2
+                && p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 7
+        }),
+        "{}",
+        c.kubectl(&["get", "pod", "web", "-o", "yaml"]).stdout
+    );
+}
+
+#[test]
+fn a_deployment_of_echo_replicas_restarts_scales_rolls_and_undoes() {
+    let (c, _agent, _bg) = cluster_with_agent("deploy");
+    apply(
+        &c,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: echo}}
+  strategy: {rollingUpdate: {maxUnavailable: 1, maxSurge: 1}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: echo
+        image: mast.dev/echo
+        env: [{name: VERSION, value: v1}]
+        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+    );
+    let pods = |c: &Cluster| -> Vec<Value> {
+        let v: Value =
+            serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=echo", "-o", "json"]))
+                .expect("json");
+        v["items"].as_array().cloned().unwrap_or_default()
+    };
+    let ready_count = |c: &Cluster| {
+        pods(c)
+            .iter()
+            .filter(|p| ready(p) && p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    assert!(
+        eventually(60, || ready_count(&c) == 3),
+        "{}",
+        c.ok(&["get", "pods", "-o", "wide"])
+    );
+    // The Service's Endpoints and EndpointSlice list the three pods.
+    assert!(
+        eventually(20, || {
+            let eps: Value =
+                serde_json::from_str(&c.ok(&["get", "endpoints", "echo", "-o", "json"]))
+                    .unwrap_or_default();
+            eps["subsets"][0]["addresses"].as_array().map(|a| a.len()) == Some(3)
+                && eps["subsets"][0]["ports"][0]["port"] == 8080
+        }),
+        "{}",
+        c.ok(&["get", "endpoints", "echo", "-o", "yaml"])
+    );
+    let slices = c.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=echo",
+    ]);
+    assert!(slices.contains("8080"), "{slices}");
+    // Each replica answers on its own IP with its own name.
+    for p in pods(&c) {
+        let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+        let body = curl(&format!("http://{ip}:8080/")).expect("echo answers");
+        assert_eq!(body["pod"], p["metadata"]["name"]);
+        assert_eq!(body["version"], "v1");
+    }
+    // Killing one container's process: RESTARTS goes up by one.
+    let victim = pods(&c)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    c.ok(&["exec", &victim, "--", "pkill", "-9", "-f", "image echo"]);
+    assert!(
+        eventually(30, || restarts(&pod_json(&c, &victim)) == 1),
+        "{}",
+        c.ok(&["get", "pods"])
+    );
+    let table = c.ok(&["get", "pod", &victim]);
+    assert!(
+        table.contains(" 1 ("),
+        "RESTARTS shows 1 (... ago): {table}"
+    );
+    // Deleting a pod gets it replaced.
+    c.ok(&["delete", "pod", &victim]);
+    assert!(eventually(60, || ready_count(&c) == 3
+        && pods(&c)
+            .iter()
+            .all(|p| p["metadata"]["name"] != victim.as_str())));
+    // Scale 3 → 10 → 2.
+    c.ok(&["scale", "deployment/echo", "--replicas=10"]);
+    assert!(
+        eventually(90, || ready_count(&c) == 10),
+        "{}",
+        c.ok(&["get", "pods"])
+    );
+    c.ok(&["scale", "deployment/echo", "--replicas=2"]);
+    assert!(
+        eventually(60, || pods(&c).len() == 2),
+        "{}",
+        c.ok(&["get", "pods"])
+    );
+    c.ok(&["scale", "deployment/echo", "--replicas=3"]);
+    assert!(eventually(60, || ready_count(&c) == 3));
+    // An image change rolls out with maxUnavailable respected throughout.
+    c.ok(&["set", "image", "deployment/echo", "echo=mast.dev/echo:v2"]);
+    let mut min_ready = usize::MAX;
+    let done = eventually(120, || {
+        min_ready = min_ready.min(ready_count(&c));
+        let all = pods(&c);
+        all.len() == 3
+            && all
+                .iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "mast.dev/echo:v2" && ready(p))
+    });
+    assert!(
+        done,
+        "the rollout never finished: {}",
+        c.ok(&["get", "pods", "-o", "wide"])
+    );
+    assert!(
+        min_ready >= 2,
+        "ready pods fell to {min_ready} (maxUnavailable 1 of 3)"
+    );
+    let status = c.ok(&["rollout", "status", "deployment/echo", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    // rollout undo returns to the first image.
+    c.ok(&["rollout", "undo", "deployment/echo"]);
+    assert!(eventually(120, || {
+        let all = pods(&c);
+        all.len() == 3
+            && all
+                .iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "mast.dev/echo" && ready(p))
+    }));
+}
