@@ -4,6 +4,10 @@
 //! Kubernetes pod-startup SLO measures it.
 //!
 //! `bench-startup --kubeconfig FILE [--pods 100] [--rate 20]`
+//!
+//! With `--wait-bound N`, it only watches instead: it prints the Unix time
+//! at which N pods are bound to nodes and then Running, one line each, so
+//! that bench/pods times the scheduler without polling the API server.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -38,6 +42,10 @@ async fn main() -> anyhow::Result<()> {
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(cfg)?;
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let wait_bound: usize = arg("--wait-bound", "0").parse()?;
+    if wait_bound > 0 {
+        return wait_for_bound(api, wait_bound).await;
+    }
 
     let ready_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let seen = ready_at.clone();
@@ -135,4 +143,37 @@ async fn main() -> anyhow::Result<()> {
 
 fn api_for(client: &kube::Client) -> Api<Pod> {
     Api::namespaced(client.clone(), "default")
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_bound(api: Api<Pod>, n: usize) -> anyhow::Result<()> {
+    let mut bound = std::collections::HashSet::new();
+    let mut running = std::collections::HashSet::new();
+    let mut printed_bound = false;
+    let mut s = std::pin::pin!(watcher(api, watcher::Config::default()).applied_objects());
+    while let Some(p) = s.next().await {
+        let p = p?;
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+            bound.insert(name.clone());
+        }
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            running.insert(name);
+        }
+        if !printed_bound && bound.len() >= n {
+            println!("bound {}", unix_now());
+            printed_bound = true;
+        }
+        if running.len() >= n {
+            println!("running {}", unix_now());
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the watch ended early")
 }

@@ -176,6 +176,8 @@ pub struct ApiState {
     pub client_ca_pem: String,
     /// TLS client configuration for proxying to node agents.
     pub kubelet_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
+    /// Watch events decoded once for all watchers.
+    pub event_cache: crate::watch::EventCache,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -201,6 +203,7 @@ impl ApiState {
             tokens,
             client_ca_pem,
             kubelet_tls: std::sync::OnceLock::new(),
+            event_cache: Default::default(),
         })
     }
 

@@ -14,6 +14,66 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// One stored event, decoded once and shared by every watcher of it: with
+/// dozens of watchers on pods (one per node agent), parsing and encoding
+/// each event per watcher was the API server's main cost.
+pub struct Decoded {
+    pub obj: Value,
+    /// The object as JSON with its resourceVersion, when the stored bytes
+    /// can be served as they are (no version conversion).
+    raw: Option<Bytes>,
+}
+
+/// Recently decoded events, keyed by (key, mod revision).
+#[derive(Default)]
+pub struct EventCache {
+    inner: std::sync::Mutex<(
+        std::collections::HashMap<(String, i64), Arc<Decoded>>,
+        std::collections::VecDeque<(String, i64)>,
+    )>,
+}
+
+const EVENT_CACHE: usize = 4096;
+
+impl EventCache {
+    fn get(&self, t: &Target, kv: &mast_store::KeyValue, deleted: bool) -> Option<Arc<Decoded>> {
+        let id = (kv.key.clone(), kv.mod_revision);
+        if let Some(d) = self.inner.lock().ok()?.0.get(&id) {
+            return Some(d.clone());
+        }
+        let mut obj = from_stored(&t.res, kv).ok()?;
+        if deleted {
+            obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+        }
+        let raw = if t.res.storage_version.is_none() {
+            crate::rest::splice_resource_version(&kv.value, kv.mod_revision).map(Bytes::from)
+        } else {
+            None
+        };
+        let d = Arc::new(Decoded { obj, raw });
+        let mut g = self.inner.lock().ok()?;
+        if g.0.insert(id.clone(), d.clone()).is_none() {
+            g.1.push_back(id);
+            while g.1.len() > EVENT_CACHE {
+                if let Some(old) = g.1.pop_front() {
+                    g.0.remove(&old);
+                }
+            }
+        }
+        Some(d)
+    }
+}
+
+fn raw_line(ev_type: &str, raw: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(raw.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(ev_type.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(raw);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
 fn line(ev_type: &str, object: Value) -> Bytes {
     let mut s = json!({"type": ev_type, "object": object}).to_string();
     s.push('\n');
@@ -177,11 +237,8 @@ pub async fn watch(state: Arc<ApiState>, t: &Target, req: &Request) -> ApiResult
                         _ => return,
                     };
                     last = ev.kv.mod_revision;
-                    let Ok(mut obj) = from_stored(&t.res, &ev.kv) else { continue };
-                    if ev.kind == EventKind::Delete {
-                        obj["metadata"]["resourceVersion"] = json!(ev.kv.mod_revision.to_string());
-                    }
-                    let now_matches = filters.matches(&obj);
+                    let Some(d) = state.event_cache.get(&t, &ev.kv, ev.kind == EventKind::Delete) else { continue };
+                    let now_matches = !selective || filters.matches(&d.obj);
                     let ty = if selective {
                         let was = matching.contains(&ev.kv.key);
                         match (ev.kind, was, now_matches) {
@@ -199,7 +256,11 @@ pub async fn watch(state: Arc<ApiState>, t: &Target, req: &Request) -> ApiResult
                             EventKind::Delete => "DELETED",
                         }
                     };
-                    if tx.send(enc.encode(ty, obj)).await.is_err() {
+                    let out = match (&d.raw, &enc.wants) {
+                        (Some(raw), Wants::Object) => raw_line(ty, raw),
+                        _ => enc.encode(ty, d.obj.clone()),
+                    };
+                    if tx.send(out).await.is_err() {
                         return;
                     }
                 }
