@@ -24,12 +24,14 @@ pub struct Decoded {
     raw: Option<Bytes>,
 }
 
-/// Recently decoded events, keyed by (key, mod revision).
+type EventId = (String, i64);
+
+/// Recently decoded events, keyed by (key, mod revision), oldest evicted first.
 #[derive(Default)]
 pub struct EventCache {
     inner: std::sync::Mutex<(
-        std::collections::HashMap<(String, i64), Arc<Decoded>>,
-        std::collections::VecDeque<(String, i64)>,
+        std::collections::HashMap<EventId, Arc<Decoded>>,
+        std::collections::VecDeque<EventId>,
     )>,
 }
 
