@@ -29,10 +29,13 @@ type EventId = (String, i64);
 /// Recently decoded events, keyed by (key, mod revision), oldest evicted first.
 #[derive(Default)]
 pub struct EventCache {
-    inner: std::sync::Mutex<(
-        std::collections::HashMap<EventId, Arc<Decoded>>,
-        std::collections::VecDeque<EventId>,
-    )>,
+    inner: std::sync::Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: std::collections::HashMap<EventId, Arc<Decoded>>,
+    order: std::collections::VecDeque<EventId>,
 }
 
 const EVENT_CACHE: usize = 4096;
@@ -40,7 +43,7 @@ const EVENT_CACHE: usize = 4096;
 impl EventCache {
     fn get(&self, t: &Target, kv: &mast_store::KeyValue, deleted: bool) -> Option<Arc<Decoded>> {
         let id = (kv.key.clone(), kv.mod_revision);
-        if let Some(d) = self.inner.lock().ok()?.0.get(&id) {
+        if let Some(d) = self.inner.lock().ok()?.map.get(&id) {
             return Some(d.clone());
         }
         let mut obj = from_stored(&t.res, kv).ok()?;
@@ -54,11 +57,11 @@ impl EventCache {
         };
         let d = Arc::new(Decoded { obj, raw });
         let mut g = self.inner.lock().ok()?;
-        if g.0.insert(id.clone(), d.clone()).is_none() {
-            g.1.push_back(id);
-            while g.1.len() > EVENT_CACHE {
-                if let Some(old) = g.1.pop_front() {
-                    g.0.remove(&old);
+        if g.map.insert(id.clone(), d.clone()).is_none() {
+            g.order.push_back(id);
+            while g.order.len() > EVENT_CACHE {
+                if let Some(old) = g.order.pop_front() {
+                    g.map.remove(&old);
                 }
             }
         }
