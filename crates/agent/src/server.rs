@@ -266,7 +266,8 @@ async fn logs(
         info.restart_count
     };
     let path = pod.log_path(container, restart);
-    if !path.exists() {
+    // (Just after a rotation the current file may not exist yet.)
+    if !path.exists() && !crate::sys::rotated(&path).exists() {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",

@@ -616,3 +616,94 @@ spec:
                 .all(|p| p["spec"]["containers"][0]["image"] == "mast.dev/echo" && ready(p))
     }));
 }
+
+#[test]
+fn logs_are_capped_and_termination_is_graceful() {
+    let c = Cluster::start();
+    let _sched = c.component(&["scheduler"]);
+    let _agent = c.agent("caps", &["--container-log-max-size=1Mi"]);
+    assert!(eventually(30, || c
+        .kubectl(&["get", "node", "caps"])
+        .success));
+    let out = c.dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("out dir");
+    apply(
+        &c,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: flood}}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "yes 0123456789012345678901234567890123456789 | head -c 60000000; echo; echo last-line; sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: polite}}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "trap 'echo term >> /out/events; exit 0' TERM; while true; do sleep 0.1; done"]
+    lifecycle:
+      preStop:
+        exec: {{command: ["sh", "-c", "echo prestop >> /out/events"]}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - {{name: out, hostPath: {{path: {out}, type: Directory}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+"#,
+            out = out.display()
+        ),
+    );
+    wait_ready(&c, "flood", 60);
+    assert!(
+        eventually(60, || c.ok(&["logs", "flood", "--tail=1"]).trim()
+            == "last-line"),
+        "the flood never finished"
+    );
+    // 60 MB written; the files on disk stay within two caps.
+    let uid = pod_json(&c, "flood")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let logs = c
+        .dir
+        .path()
+        .join("agents/caps/pods")
+        .join(&uid)
+        .join("logs/main");
+    let total: u64 = std::fs::read_dir(&logs)
+        .expect("log dir")
+        .flatten()
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(total <= 2 * (1 << 20) + 4096, "{total} bytes of logs kept");
+    assert_eq!(
+        c.ok(&["exec", "flood", "--", "echo", "alive"]).trim(),
+        "alive"
+    );
+
+    // Graceful: preStop runs, then SIGTERM, which the container handles.
+    wait_ready(&c, "polite", 60);
+    c.ok(&["delete", "pod", "polite"]);
+    let events = std::fs::read_to_string(out.join("events")).unwrap_or_default();
+    assert_eq!(events, "prestop\nterm\n");
+    // A container that ignores SIGTERM is killed after its grace period.
+    wait_ready(&c, "stubborn", 60);
+    c.ok(&["delete", "pod", "stubborn", "--timeout=30s"]);
+    assert!(!c.kubectl(&["get", "pod", "stubborn"]).success);
+}

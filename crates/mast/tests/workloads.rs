@@ -152,7 +152,8 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
         "--register-with-taints",
         "dedicated=gpu:NoSchedule",
     ]);
-    let _d = c.component(&["agent", "--hollow", "--node-name", "plain", "--cpu", "2"]);
+    // One real node (the process runtime) beside two hollow ones.
+    let _d = c.agent("plain", &["--cpu", "2"]);
     assert!(eventually(30, || count(
         &c.ok(&["get", "nodes", "--no-headers"]),
         " Ready "
@@ -165,7 +166,7 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
     let node_of = |pod: &str| c.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
 
     // nodeSelector
-    apply("sel", "apiVersion: v1\nkind: Pod\nmetadata: {name: wants-ssd}\nspec:\n  nodeSelector: {disk: ssd}\n  containers: [{name: c, image: busybox}]\n");
+    apply("sel", "apiVersion: v1\nkind: Pod\nmetadata: {name: wants-ssd}\nspec:\n  nodeSelector: {disk: ssd}\n  containers: [{name: c, image: busybox, args: [sleep, '3600']}]\n");
     assert!(eventually(20, || node_of("wants-ssd") == "ssd"));
     // A taint keeps pods without a toleration away; a toleration lets one in.
     c.ok(&[
@@ -174,6 +175,9 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
         "many",
         "--image=busybox",
         "--replicas=6",
+        "--",
+        "sleep",
+        "3600",
     ]);
     c.ok(&["rollout", "status", "deployment/many", "--timeout=60s"]);
     let wide = c.ok(&[
@@ -186,7 +190,7 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
         "--no-headers",
     ]);
     assert_eq!(count(&wide, " gpu "), 0, "{wide}");
-    apply("tol", "apiVersion: v1\nkind: Pod\nmetadata: {name: tolerates}\nspec:\n  nodeSelector: {kubernetes.io/hostname: gpu}\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  containers: [{name: c, image: busybox}]\n");
+    apply("tol", "apiVersion: v1\nkind: Pod\nmetadata: {name: tolerates}\nspec:\n  nodeSelector: {kubernetes.io/hostname: gpu}\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  containers: [{name: c, image: busybox, args: [sleep, '3600']}]\n");
     assert!(eventually(20, || node_of("tolerates") == "gpu"));
     // Required anti-affinity: one per host; with two untainted hosts the
     // third replica cannot be placed.
@@ -206,7 +210,7 @@ spec:
           requiredDuringSchedulingIgnoredDuringExecution:
           - topologyKey: kubernetes.io/hostname
             labelSelector: {matchLabels: {app: solo}}
-      containers: [{name: c, image: busybox}]
+      containers: [{name: c, image: busybox, args: [sleep, '3600']}]
 "#,
     );
     assert!(eventually(30, || running(&c, "app=solo") == 2));
@@ -253,7 +257,7 @@ spec:
       tolerations: [{key: dedicated, operator: Exists}]
       topologySpreadConstraints:
       - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: spread}}}
-      containers: [{name: c, image: busybox}]
+      containers: [{name: c, image: busybox, args: [sleep, '3600']}]
 "#,
     );
     assert!(eventually(30, || running(&c, "app=spread") == 6));
