@@ -11,6 +11,7 @@
 
 mod events;
 pub mod pods;
+mod portforward;
 mod probe;
 mod server;
 pub mod spec;
@@ -266,7 +267,7 @@ async fn run_pods(
 ) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};
     let mut stream = std::pin::pin!(pods_of_node(&client, &cfg.node_name));
-    let mut workers: HashMap<String, tokio::sync::watch::Sender<Pod>> = HashMap::new();
+    let mut workers: HashMap<String, tokio::sync::watch::Sender<Option<Pod>>> = HashMap::new();
     let mut listed: BTreeSet<String> = BTreeSet::new();
     let mut first_list = true;
     loop {
@@ -284,7 +285,7 @@ async fn run_pods(
                 let uid = pod.uid().unwrap_or_default();
                 listed.insert(uid.clone());
                 if let Some(tx) = workers.get(&uid) {
-                    tx.send_replace(pod);
+                    tx.send_replace(Some(pod));
                     continue;
                 }
                 let phase = pod
@@ -299,15 +300,23 @@ async fn run_pods(
                 workers.insert(uid, rt.spawn_worker(pod));
             }
             watcher::Event::InitDone => {
-                // Dropping a worker's sender tells it its pod is gone.
-                workers.retain(|uid, _| listed.contains(uid));
+                // Pods missing from the fresh list are gone.
+                workers.retain(|uid, tx| {
+                    let keep = listed.contains(uid);
+                    if !keep {
+                        tx.send_replace(None);
+                    }
+                    keep
+                });
                 if first_list {
                     first_list = false;
                     rt.clean_orphans(&listed).await;
                 }
             }
             watcher::Event::Delete(pod) => {
-                workers.remove(&pod.uid().unwrap_or_default());
+                if let Some(tx) = workers.remove(&pod.uid().unwrap_or_default()) {
+                    tx.send_replace(None);
+                }
             }
         }
         workers.retain(|_, tx| !tx.is_closed());

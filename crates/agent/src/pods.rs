@@ -44,6 +44,8 @@ pub struct Runtime {
 pub struct PodShared {
     pub uid: String,
     pub dir: PathBuf,
+    /// The pod's IP, where port-forwards connect.
+    pub ip: Mutex<String>,
     pub containers: Mutex<BTreeMap<String, ContainerShared>>,
 }
 
@@ -155,9 +157,9 @@ impl Runtime {
     fn alloc_ip(&self, want: Option<&str>) -> String {
         let (base, size) = self.cfg.pod_ip_range;
         let mut used = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        // A pod keeps the IP it has (it may predate a change of range).
         if let Some(ip) = want.and_then(|w| w.parse::<std::net::Ipv4Addr>().ok()) {
-            let n = u32::from(ip);
-            if n > base && n < base + size && used.insert(n) {
+            if used.insert(u32::from(ip)) {
                 return ip.to_string();
             }
         }
@@ -196,8 +198,13 @@ impl Runtime {
     }
 
     /// Start the worker of a pod, or hand it the pod's new version.
-    pub fn spawn_worker(self: &Arc<Self>, pod: Pod) -> watch::Sender<Pod> {
-        let (tx, rx) = watch::channel(pod);
+    ///
+    /// Sending `None` tells the worker its pod is gone from the API: it
+    /// stops the pod's containers and removes it from the machine. Dropping
+    /// the sender instead (the agent stopping) leaves everything running
+    /// for the next agent to adopt.
+    pub fn spawn_worker(self: &Arc<Self>, pod: Pod) -> watch::Sender<Option<Pod>> {
+        let (tx, rx) = watch::channel(Some(pod));
         let rt = self.clone();
         tokio::spawn(async move { Worker::run(rt, rx).await });
         tx
@@ -261,8 +268,10 @@ impl Worker {
         }
     }
 
-    async fn run(rt: Arc<Runtime>, mut pods: watch::Receiver<Pod>) {
-        let pod = pods.borrow().clone();
+    async fn run(rt: Arc<Runtime>, mut pods: watch::Receiver<Option<Pod>>) {
+        let Some(mut pod) = pods.borrow().clone() else {
+            return;
+        };
         let uid = pod.uid().unwrap_or_default();
         let dir = rt.root.join(&uid);
         let adopted = load_record(&dir);
@@ -283,6 +292,7 @@ impl Worker {
         } else {
             rt.alloc_ip(Some(&w.rec.ip))
         };
+        *w.shared.ip.lock().unwrap_or_else(|e| e.into_inner()) = w.rec.ip.clone();
         if w.rec.start_time.is_empty() {
             w.rec.start_time = sys::now_rfc3339();
         }
@@ -290,7 +300,14 @@ impl Worker {
             w.adopt(&pod);
         }
         loop {
-            let pod = pods.borrow_and_update().clone();
+            let Some(next) = pods.borrow_and_update().clone() else {
+                // The pod is gone from the API (force-deleted).
+                w.kill_all(&pod, Duration::from_secs(2), true).await;
+                w.teardown(Duration::from_secs(2)).await;
+                w.forget();
+                return;
+            };
+            pod = next;
             if pod.metadata.deletion_timestamp.is_some() {
                 let grace = pod
                     .metadata
@@ -328,10 +345,7 @@ impl Worker {
             tokio::select! {
                 changed = pods.changed() => {
                     if changed.is_err() {
-                        // The pod is gone from the API (force-deleted).
-                        w.kill_all(&pod, Duration::from_secs(2), true).await;
-                        w.teardown(Duration::from_secs(2)).await;
-                        w.forget();
+                        // The agent is stopping; the pod runs on.
                         return;
                     }
                 }

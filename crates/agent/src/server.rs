@@ -5,6 +5,8 @@
 //! - `GET /pods/{ns}/{name}/log?container=&follow=&previous=&tailLines=&timestamps=&sinceSeconds=&limitBytes=`
 //! - `GET|POST /pods/{ns}/{name}/exec?container=&command=...&stdin=&stdout=&stderr=&tty=`,
 //!   a WebSocket speaking `v5.channel.k8s.io` or `v4.channel.k8s.io`.
+//! - `GET|POST /pods/{ns}/{name}/portforward`: SPDY/3.1, plain or tunneled
+//!   in a WebSocket (see [`crate::portforward`]).
 
 use crate::pods::{PodShared, Runtime};
 use bytes::Bytes;
@@ -127,6 +129,23 @@ async fn route(rt: Arc<Runtime>, req: Request<hyper::body::Incoming>) -> Respons
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
         ["healthz"] => Response::new(full("ok")),
+        ["pods", ns, name, "portforward"] => {
+            let key = format!("{ns}/{name}");
+            let pod = rt
+                .pods
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned();
+            match pod {
+                Some(pod) => port_forward(req, pod, name),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("pod {name:?} is not running on this node"),
+                ),
+            }
+        }
         ["pods", ns, name, op @ ("log" | "exec")] => {
             let key = format!("{ns}/{name}");
             let pod = rt
@@ -656,4 +675,118 @@ async fn w_flush(
         w.flush().await?;
     }
     Ok(())
+}
+
+const PF_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// Accept a port-forward: a WebSocket tunnel (kubectl 1.31+) or a plain
+/// SPDY/3.1 upgrade.
+fn port_forward(
+    mut req: Request<hyper::body::Incoming>,
+    pod: Arc<PodShared>,
+    pod_name: &str,
+) -> Response<Body> {
+    let h = req.headers();
+    let upgrade = h
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let ip = pod.ip.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let name = pod_name.to_owned();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let h = req.headers();
+    if upgrade == "websocket" {
+        let offered = h
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == PF_TUNNEL);
+        let Some(key) = h.get("sec-websocket-key").filter(|_| offered) else {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("port-forward over WebSocket needs the {PF_TUNNEL} subprotocol"),
+            );
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        tokio::spawn(async move {
+            let Ok(up) = on_upgrade.await else { return };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(up),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            crate::portforward::serve(ws_bytes(ws), ip, name).await;
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-accept", accept)
+            .header("sec-websocket-protocol", PF_TUNNEL)
+            .body(full(""))
+            .unwrap_or_default();
+    }
+    if upgrade != "spdy/3.1" {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "port-forward needs an Upgrade to SPDY/3.1 or a WebSocket",
+        );
+    }
+    tokio::spawn(async move {
+        let Ok(up) = on_upgrade.await else { return };
+        crate::portforward::serve(hyper_util::rt::TokioIo::new(up), ip, name).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "SPDY/3.1")
+        .header("connection", "Upgrade")
+        .header("x-stream-protocol-version", "portforward.k8s.io")
+        .body(full(""))
+        .unwrap_or_default()
+}
+
+/// A WebSocket as a byte stream: each binary message is the next chunk.
+fn ws_bytes(ws: Ws) -> tokio::io::DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(theirs);
+    let (mut sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = stream.next().await {
+            match m {
+                Message::Binary(b) => {
+                    if wr.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return;
+                }
+                Ok(n) => {
+                    if sink
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    ours
 }

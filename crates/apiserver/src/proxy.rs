@@ -173,11 +173,11 @@ pub async fn pod_subresource(
     name: &str,
     sub: &str,
 ) -> Result<Response<Body>, ApiError> {
-    if sub == "attach" || sub == "portforward" {
+    if sub == "attach" {
         return Err(ApiError::new(
             501,
             "NotImplemented",
-            format!("pods/{sub} is not implemented by mast yet; use `kubectl logs -f` and `kubectl exec`"),
+            "pods/attach is not implemented by mast yet; use `kubectl logs -f` and `kubectl exec`",
         ));
     }
     let (ip, port) = agent_of(&state, ns, name).await?;

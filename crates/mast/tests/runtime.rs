@@ -707,3 +707,44 @@ spec:
     c.ok(&["delete", "pod", "stubborn", "--timeout=30s"]);
     assert!(!c.kubectl(&["get", "pod", "stubborn"]).success);
 }
+
+#[test]
+fn port_forward_over_websocket_and_spdy() {
+    let (c, _agent, _bg) = cluster_with_agent("pf");
+    c.ok(&["run", "web", "--image=mast.dev/echo", "--port=8080"]);
+    wait_ready(&c, "web", 60);
+    // kubectl 1.32 tunnels SPDY in a WebSocket; 1.29 upgrades to SPDY.
+    for kubectl in [
+        std::path::PathBuf::from(common::KUBECTL),
+        common::kubectl_version(29),
+    ] {
+        let mut child = std::process::Command::new(&kubectl)
+            .args(["port-forward", "pod/web", ":8080"])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl port-forward");
+        let _guard = common::Background(std::process::Command::new("true").spawn().expect("true"));
+        let mut line = String::new();
+        // Keep the pipe open: kubectl dies of SIGPIPE if it cannot write.
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut out, &mut line).expect("read the forwarding line");
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        // "Forwarding from 127.0.0.1:41234 -> 8080"
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected output {line:?}"))
+            .to_owned();
+        for i in 0..3 {
+            let body = curl(&format!("http://127.0.0.1:{port}/through/{i}"));
+            let body = body.unwrap_or_else(|| panic!("no answer through {kubectl:?}"));
+            assert_eq!(body["pod"], "web");
+            assert_eq!(body["path"], format!("/through/{i}"));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

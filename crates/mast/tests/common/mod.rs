@@ -179,12 +179,25 @@ impl Cluster {
     /// Start a real node agent (the process runtime) named `node`. Its pods
     /// are stopped and cleaned up when the guard drops.
     pub fn agent(&self, node: &str, extra: &[&str]) -> Agent {
+        // Tests run side by side on one machine: each agent takes its own
+        // loopback range for pod IPs, so their pods never collide.
+        // (A restarted agent keeps its node's range.)
+        static RANGES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
         let data = self.dir.path().join("agents").join(node);
+        let range = {
+            let mut r = RANGES.lock().unwrap_or_else(|e| e.into_inner());
+            let i = r.iter().position(|d| d == &data).unwrap_or_else(|| {
+                r.push(data.clone());
+                r.len() - 1
+            });
+            16 + i % 200
+        };
         let mut args = vec![
             "agent".to_owned(),
             format!("--node-name={node}"),
             "--agent-listen=127.0.0.1:0".to_owned(),
             format!("--agent-data-dir={}", data.display()),
+            format!("--pod-ip-range=127.{range}.0.0/16"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -267,9 +280,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Stop the agent process only; its pods keep running.
+    /// Stop the agent process only (SIGTERM, as a service manager would);
+    /// its pods keep running.
     pub fn stop(&mut self) {
-        self.process.take();
+        if let Some(mut p) = self.process.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.0.id().to_string()])
+                .status();
+            let _ = p.0.wait();
+        }
     }
 }
 
