@@ -332,11 +332,7 @@ where
                     ));
                 }
             }
-            PING => {
-                if tx.send(control(PING, 0, &body)).await.is_err() {
-                    break;
-                }
-            }
+            PING if tx.send(control(PING, 0, &body)).await.is_err() => break,
             RST_STREAM if body.len() >= 4 => {
                 let id = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) & 0x7fff_ffff;
                 if let Some(sink) = to_pod.remove(&id) {

@@ -758,11 +758,7 @@ fn ws_bytes(ws: Ws) -> tokio::io::DuplexStream {
     tokio::spawn(async move {
         while let Some(Ok(m)) = stream.next().await {
             match m {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        return;
-                    }
-                }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => return,
                 Message::Close(_) => return,
                 _ => {}
             }
