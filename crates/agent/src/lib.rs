@@ -329,9 +329,7 @@ async fn run_hollow(
     cfg: AgentConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
-    let mut stream = std::pin::pin!(watcher(pods, wc).default_backoff().applied_objects());
+    let mut stream = std::pin::pin!(pods_of_node(&client, &cfg.node_name).applied_objects());
     loop {
         let pod = tokio::select! {
             _ = shutdown.changed() => return Ok(()),

@@ -222,6 +222,16 @@ fn restart_policy(pod: &Pod) -> &str {
         .unwrap_or("Always")
 }
 
+/// Whether a container that exited with `code` runs again under the pod's
+/// restartPolicy.
+fn restarts_after(policy: &str, code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    }
+}
+
 fn rand_id() -> String {
     use rand::Rng;
     let mut r = rand::rng();
@@ -519,12 +529,7 @@ impl Worker {
         let mut want = |d: Duration| wake = Some(wake.map_or(d, |w: Duration| w.min(d)));
         // Init containers, one at a time, each to success.
         for c in spec.init_containers.iter().flatten() {
-            let r = self
-                .rec
-                .containers
-                .get(&c.name)
-                .cloned()
-                .unwrap_or_default();
+            let r = self.record(&c.name);
             if r.running.is_some() {
                 return wake;
             }
@@ -544,24 +549,15 @@ impl Worker {
             return wake.or(Some(Duration::from_millis(100)));
         }
         for c in &spec.containers {
-            let r = self
-                .rec
-                .containers
-                .get(&c.name)
-                .cloned()
-                .unwrap_or_default();
+            let r = self.record(&c.name);
             if r.running.is_some() {
                 continue;
             }
-            if let Some(t) = &r.term {
-                let again = match policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => t.exit_code != 0,
-                    _ => true,
-                };
-                if !again {
-                    continue;
-                }
+            if r.term
+                .as_ref()
+                .is_some_and(|t| !restarts_after(&policy, t.exit_code))
+            {
+                continue;
             }
             if let Some(d) = self.due(&c.name, now) {
                 want(d);
@@ -572,17 +568,20 @@ impl Worker {
         let all_done = spec.containers.iter().all(|c| {
             self.rec.containers.get(&c.name).is_some_and(|r| {
                 r.running.is_none()
-                    && r.term.as_ref().is_some_and(|t| match policy.as_str() {
-                        "Never" => true,
-                        "OnFailure" => t.exit_code == 0,
-                        _ => false,
-                    })
+                    && r.term
+                        .as_ref()
+                        .is_some_and(|t| !restarts_after(&policy, t.exit_code))
             })
         });
         if all_done {
             self.finish(pod).await;
         }
         wake
+    }
+
+    /// What is known of a container (empty if it never ran).
+    fn record(&self, name: &str) -> CtrRecord {
+        self.rec.containers.get(name).cloned().unwrap_or_default()
     }
 
     /// How long until a container may start again, if it must wait.
@@ -1041,12 +1040,7 @@ impl Worker {
                             > 2 * BACKOFF_MAX.as_secs() as i64
                     })
                     .unwrap_or(false);
-                let policy = restart_policy(pod).to_owned();
-                let restarts = match policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => rec.exit_code != 0,
-                    _ => true,
-                };
+                let restarts = restarts_after(restart_policy(pod), rec.exit_code);
                 let m = self.mem.entry(name.clone()).or_default();
                 for h in m.probes.drain(..) {
                     h.abort();
@@ -1320,12 +1314,7 @@ impl Worker {
     }
 
     fn container_status(&self, c: &Container, init_pending: bool) -> Value {
-        let r = self
-            .rec
-            .containers
-            .get(&c.name)
-            .cloned()
-            .unwrap_or_default();
+        let r = self.record(&c.name);
         let m = self.mem.get(&c.name);
         let term_json = |t: &Term| {
             let mut v = json!({"exitCode": t.exit_code, "reason": t.reason, "startedAt": t.started_at, "finishedAt": t.finished_at, "containerID": t.container_id});
@@ -1400,13 +1389,7 @@ impl Worker {
         let recs: Vec<CtrRecord> = spec
             .containers
             .iter()
-            .map(|c| {
-                self.rec
-                    .containers
-                    .get(&c.name)
-                    .cloned()
-                    .unwrap_or_default()
-            })
+            .map(|c| self.record(&c.name))
             .collect();
         let phase = if init_failed {
             "Failed"

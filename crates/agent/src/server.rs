@@ -472,13 +472,7 @@ async fn exec(
             "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported: use kubectl 1.30 or newer, or set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true",
         );
     };
-    let offered: Vec<String> = h
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_owned())
-        .collect();
+    let offered = offered_protocols(h);
     let Some(proto) = PROTOCOLS
         .iter()
         .find(|p| offered.iter().any(|o| o == *p))
@@ -492,9 +486,41 @@ async fn exec(
     };
     let tty = flag(q, "tty");
     let stdin = flag(q, "stdin");
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let upgrade = hyper::upgrade::on(&mut req);
     let exe = rt.exe.clone();
+    accept_websocket(&mut req, key.as_bytes(), proto, move |ws| async move {
+        let v5 = proto == PROTOCOLS[0];
+        if let Err(e) = session(ws, &exe, pid.pid, tty, stdin, v5, command).await {
+            tracing::debug!(error = %e, "exec session ended with an error");
+        }
+    })
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The WebSocket subprotocols a client offers.
+fn offered_protocols(h: &hyper::HeaderMap) -> Vec<String> {
+    h.get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+/// Finish a WebSocket upgrade in the background, then run `session` on it.
+/// Returns the 101 answer.
+fn accept_websocket<F, Fut>(
+    req: &mut Request<hyper::body::Incoming>,
+    key: &[u8],
+    protocol: &str,
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(Ws) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -503,31 +529,17 @@ async fn exec(
             None,
         )
         .await;
-        if let Err(e) = session(
-            ws,
-            &exe,
-            pid.pid,
-            tty,
-            stdin,
-            proto == PROTOCOLS[0],
-            command,
-        )
-        .await
-        {
-            tracing::debug!(error = %e, "exec session ended with an error");
-        }
+        session(ws).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("upgrade", "websocket")
         .header("connection", "Upgrade")
         .header("sec-websocket-accept", accept)
-        .header("sec-websocket-protocol", proto)
+        .header("sec-websocket-protocol", protocol)
         .body(full(""))
         .unwrap_or_default()
 }
-
-type Ws = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 async fn session(
     ws: Ws,
@@ -694,42 +706,27 @@ fn port_forward(
         .to_ascii_lowercase();
     let ip = pod.ip.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let name = pod_name.to_owned();
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let h = req.headers();
     if upgrade == "websocket" {
-        let offered = h
-            .get_all("sec-websocket-protocol")
+        let offered = offered_protocols(req.headers())
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim() == PF_TUNNEL);
-        let Some(key) = h.get("sec-websocket-key").filter(|_| offered) else {
+            .any(|p| p == PF_TUNNEL);
+        let Some(key) = req
+            .headers()
+            .get("sec-websocket-key")
+            .cloned()
+            .filter(|_| offered)
+        else {
             return status(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
                 &format!("port-forward over WebSocket needs the {PF_TUNNEL} subprotocol"),
             );
         };
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        tokio::spawn(async move {
-            let Ok(up) = on_upgrade.await else { return };
-            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                hyper_util::rt::TokioIo::new(up),
-                tokio_tungstenite::tungstenite::protocol::Role::Server,
-                None,
-            )
-            .await;
+        return accept_websocket(&mut req, key.as_bytes(), PF_TUNNEL, move |ws| async move {
             crate::portforward::serve(ws_bytes(ws), ip, name).await;
         });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("upgrade", "websocket")
-            .header("connection", "Upgrade")
-            .header("sec-websocket-accept", accept)
-            .header("sec-websocket-protocol", PF_TUNNEL)
-            .body(full(""))
-            .unwrap_or_default();
     }
+    let on_upgrade = hyper::upgrade::on(&mut req);
     if upgrade != "spdy/3.1" {
         return status(
             StatusCode::BAD_REQUEST,

@@ -216,37 +216,22 @@ async fn prepare_one(
     // the current data.
     let _ = std::fs::remove_dir_all(dir);
     mkdir(dir)?;
+    let src = |kind, name: &str, items, mode: Option<i32>, optional: Option<bool>| KeySource {
+        kind,
+        name: name.to_owned(),
+        items,
+        mode: mode.unwrap_or(0o644),
+        optional: optional.unwrap_or(false),
+    };
     if let Some(c) = &v.config_map {
-        let optional = c.optional.unwrap_or(false);
-        match configmap(client, ns, &c.name).await? {
-            Some(d) => write_keys(
-                dir,
-                &d,
-                &c.items,
-                c.default_mode.unwrap_or(0o644),
-                &format!("configmap {:?}", c.name),
-                optional,
-            )?,
-            None if optional => {}
-            None => return Err(format!("configmap {:?} not found", c.name)),
-        }
+        let s = src("configmap", &c.name, &c.items, c.default_mode, c.optional);
+        s.write(client, ns, dir).await?;
         return Ok(dir.to_owned());
     }
-    if let Some(s) = &v.secret {
-        let name = s.secret_name.clone().unwrap_or_default();
-        let optional = s.optional.unwrap_or(false);
-        match secret(client, ns, &name).await? {
-            Some(d) => write_keys(
-                dir,
-                &d,
-                &s.items,
-                s.default_mode.unwrap_or(0o644),
-                &format!("secret {name:?}"),
-                optional,
-            )?,
-            None if optional => {}
-            None => return Err(format!("secret {name:?} not found")),
-        }
+    if let Some(sec) = &v.secret {
+        let name = sec.secret_name.clone().unwrap_or_default();
+        let s = src("secret", &name, &sec.items, sec.default_mode, sec.optional);
+        s.write(client, ns, dir).await?;
         return Ok(dir.to_owned());
     }
     if let Some(d) = &v.downward_api {
@@ -261,41 +246,19 @@ async fn prepare_one(
     }
     if let Some(p) = &v.projected {
         let mode = p.default_mode.unwrap_or(0o644);
-        for src in p.sources.iter().flatten() {
-            if let Some(c) = &src.config_map {
-                let optional = c.optional.unwrap_or(false);
-                match configmap(client, ns, &c.name).await? {
-                    Some(d) => write_keys(
-                        dir,
-                        &d,
-                        &c.items,
-                        mode,
-                        &format!("configmap {:?}", c.name),
-                        optional,
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("configmap {:?} not found", c.name)),
-                }
+        for source in p.sources.iter().flatten() {
+            if let Some(c) = &source.config_map {
+                let s = src("configmap", &c.name, &c.items, Some(mode), c.optional);
+                s.write(client, ns, dir).await?;
             }
-            if let Some(s) = &src.secret {
-                let optional = s.optional.unwrap_or(false);
-                match secret(client, ns, &s.name).await? {
-                    Some(d) => write_keys(
-                        dir,
-                        &d,
-                        &s.items,
-                        mode,
-                        &format!("secret {:?}", s.name),
-                        optional,
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("secret {:?} not found", s.name)),
-                }
+            if let Some(sec) = &source.secret {
+                let s = src("secret", &sec.name, &sec.items, Some(mode), sec.optional);
+                s.write(client, ns, dir).await?;
             }
-            if let Some(d) = &src.downward_api {
+            if let Some(d) = &source.downward_api {
                 write_downward(dir, pod, d.items.as_deref().unwrap_or(&[]), mode, facts)?;
             }
-            if let Some(t) = &src.service_account_token {
+            if let Some(t) = &source.service_account_token {
                 // Bound service account tokens need the TokenRequest API,
                 // which mast does not serve yet; an empty file keeps paths
                 // valid for programs that only check for it.
@@ -305,6 +268,31 @@ async fn prepare_one(
         return Ok(dir.to_owned());
     }
     Err("this volume type is not supported by mast's process runtime (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected)".into())
+}
+
+/// A ConfigMap or Secret whose keys become files.
+struct KeySource<'a> {
+    kind: &'static str,
+    name: String,
+    items: &'a Option<Vec<KeyToPath>>,
+    mode: i32,
+    optional: bool,
+}
+
+impl KeySource<'_> {
+    async fn write(&self, client: &Client, ns: &str, dir: &Path) -> Result<(), String> {
+        let data = if self.kind == "configmap" {
+            configmap(client, ns, &self.name).await?
+        } else {
+            secret(client, ns, &self.name).await?
+        };
+        let what = format!("{} {:?}", self.kind, self.name);
+        match data {
+            Some(d) => write_keys(dir, &d, self.items, self.mode, &what, self.optional),
+            None if self.optional => Ok(()),
+            None => Err(format!("{what} not found")),
+        }
+    }
 }
 
 /// The bind mounts of one container.

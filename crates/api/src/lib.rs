@@ -5,6 +5,7 @@
 //! store and the API server, so its rules can be unit-tested and fuzzed alone.
 
 pub mod defaults;
+pub mod events;
 pub mod json;
 pub mod openapi;
 pub mod patch;

@@ -239,13 +239,12 @@ async fn mark_unschedulable(client: &Client, pod: &Pod, msg: &str) {
 async fn event(client: &Client, pod: &Pod, ty: &str, reason: &str, msg: &str) {
     let ns = pod.namespace().unwrap_or_default();
     let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let ev = json!({"apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{}.", pod.name_any()), "namespace": ns},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod.name_any(), "namespace": ns, "uid": pod.uid()},
-        "reason": reason, "message": msg, "type": ty, "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now,
-        "source": {"component": DEFAULT_SCHEDULER}, "reportingComponent": DEFAULT_SCHEDULER});
+    let src = mast_api::events::Source {
+        component: DEFAULT_SCHEDULER,
+        host: None,
+    };
+    let uid = pod.uid().unwrap_or_default();
+    let ev = mast_api::events::pod_event(&ns, &pod.name_any(), &uid, src, ty, reason, msg);
     match serde_json::from_value::<Event>(ev) {
         Ok(ev) => {
             if let Err(e) = api.create(&PostParams::default(), &ev).await {
