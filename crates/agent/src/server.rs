@@ -460,16 +460,64 @@ async fn exec(
             &format!("unable to upgrade connection: container not found ({container:?} in pod {pod_name:?} is not running)"),
         );
     };
+    let opts = ExecOpts {
+        stdin: flag(q, "stdin"),
+        stdout: flag(q, "stdout"),
+        stderr: flag(q, "stderr"),
+        tty: flag(q, "tty"),
+    };
+    let exe = rt.exe.clone();
     let h = req.headers();
-    let is_ws = h
+    let upgrade = h
         .get("upgrade")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = h.get("sec-websocket-key").cloned().filter(|_| is_ws) else {
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if upgrade == "spdy/3.1" {
+        // kubectl 1.29 and older: SPDY, protocol offered in X-Stream-Protocol-Version.
+        let offered: Vec<String> = h
+            .get_all("x-stream-protocol-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_owned())
+            .collect();
+        if !offered.iter().any(|p| p == SPDY_EXEC) {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("none of the offered stream protocols {offered:?} is supported; mast speaks {SPDY_EXEC} over SPDY"),
+            );
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(up) = on_upgrade.await else { return };
+            spdy_session(
+                hyper_util::rt::TokioIo::new(up),
+                exe,
+                pid.pid,
+                opts,
+                command,
+            )
+            .await;
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "SPDY/3.1")
+            .header("connection", "Upgrade")
+            .header("x-stream-protocol-version", SPDY_EXEC)
+            .body(full(""))
+            .unwrap_or_default();
+    }
+    let Some(key) = h
+        .get("sec-websocket-key")
+        .cloned()
+        .filter(|_| upgrade == "websocket")
+    else {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported: use kubectl 1.30 or newer, or set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true",
+            "exec needs an upgrade to a WebSocket (v5.channel.k8s.io) or to SPDY/3.1",
         );
     };
     let offered = offered_protocols(h);
@@ -484,16 +532,23 @@ async fn exec(
             &format!("none of the offered subprotocols {offered:?} is supported; mast speaks {PROTOCOLS:?}"),
         );
     };
-    let tty = flag(q, "tty");
-    let stdin = flag(q, "stdin");
-    let exe = rt.exe.clone();
     accept_websocket(&mut req, key.as_bytes(), proto, move |ws| async move {
         let v5 = proto == PROTOCOLS[0];
-        if let Err(e) = session(ws, &exe, pid.pid, tty, stdin, v5, command).await {
+        let p = match ExecProc::spawn(&exe, pid.pid, opts.tty, opts.stdin, command) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start an exec");
+                return;
+            }
+        };
+        if let Err(e) = session(ws, p, v5).await {
             tracing::debug!(error = %e, "exec session ended with an error");
         }
     })
 }
+
+/// The stream protocol of exec over SPDY.
+const SPDY_EXEC: &str = "v4.channel.k8s.io";
 
 type Ws = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -541,80 +596,167 @@ where
         .unwrap_or_default()
 }
 
-async fn session(
-    ws: Ws,
-    exe: &Path,
-    pid: i32,
-    tty: bool,
-    want_stdin: bool,
-    v5: bool,
+/// A command running inside a container for `kubectl exec`: its output as
+/// (channel, bytes) with 1 = stdout and 2 = stderr, its stdin, and with a
+/// TTY the terminal to resize.
+struct ExecProc {
+    child: tokio::process::Child,
+    output: tokio::sync::mpsc::Receiver<(u8, Vec<u8>)>,
+    stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
+    pty: Option<std::os::fd::OwnedFd>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
     command: Vec<String>,
-) -> anyhow::Result<()> {
-    let (mut sink, mut stream) = ws.split();
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("nsexec").arg(format!("--target={pid}"));
-    if tty {
-        cmd.arg("--tty");
-    }
-    cmd.arg("--").args(&command).kill_on_drop(true);
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(32);
-    let mut stdin_w: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
-    let mut pty_master: Option<std::os::fd::OwnedFd> = None;
-    let spawn_reader = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                        ch: u8,
-                        tx: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>| {
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if tx.send((ch, buf[..n].to_vec())).await.is_err() {
-                            return;
+}
+
+impl ExecProc {
+    fn spawn(
+        exe: &Path,
+        pid: i32,
+        tty: bool,
+        want_stdin: bool,
+        command: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("nsexec").arg(format!("--target={pid}"));
+        if tty {
+            cmd.arg("--tty");
+        }
+        cmd.arg("--").args(&command).kill_on_drop(true);
+        let (tx, output) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(32);
+        let reader = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>, ch: u8| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if tx.send((ch, buf[..n].to_vec())).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
+            })
+        };
+        let mut p = if tty {
+            let pty = nix::pty::openpty(None, None)?;
+            let slave = std::fs::File::from(pty.slave);
+            cmd.stdin(slave.try_clone()?)
+                .stdout(slave.try_clone()?)
+                .stderr(slave);
+            let child = cmd.spawn()?;
+            drop(cmd);
+            let master = std::fs::File::from(pty.master);
+            let readers = vec![reader(
+                Box::new(tokio::fs::File::from_std(master.try_clone()?)),
+                1,
+            )];
+            ExecProc {
+                child,
+                output,
+                pty: Some(master.try_clone()?.into()),
+                stdin: None,
+                readers,
+                command,
+            }
+            .with_stdin(want_stdin.then(|| Box::new(tokio::fs::File::from_std(master)) as _))
+        } else {
+            cmd.stdin(if want_stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn()?;
+            let mut readers = vec![];
+            if let Some(o) = child.stdout.take() {
+                readers.push(reader(Box::new(o), 1));
+            }
+            if let Some(e) = child.stderr.take() {
+                readers.push(reader(Box::new(e), 2));
+            }
+            let stdin = child.stdin.take().map(|i| Box::new(i) as _);
+            ExecProc {
+                child,
+                output,
+                pty: None,
+                stdin,
+                readers,
+                command,
+            }
+        };
+        drop(tx);
+        p.readers.shrink_to_fit();
+        Ok(p)
+    }
+
+    fn with_stdin(mut self, stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>) -> Self {
+        self.stdin = stdin;
+        self
+    }
+
+    async fn write_stdin(&mut self, data: &[u8]) {
+        if let Some(w) = self.stdin.as_mut() {
+            if w.write_all(data).await.is_err() || w.flush().await.is_err() {
+                self.stdin = None;
+            }
+        }
+    }
+
+    /// Apply a terminal size message, `{"Width": 80, "Height": 24}`.
+    fn resize(&self, msg: &[u8]) {
+        let Some(m) = &self.pty else { return };
+        // Several messages may arrive in one read.
+        for size in serde_json::Deserializer::from_slice(msg)
+            .into_iter::<serde_json::Value>()
+            .flatten()
+        {
+            let cols = size["Width"].as_u64().unwrap_or(80) as u16;
+            let rows = size["Height"].as_u64().unwrap_or(24) as u16;
+            crate::sys::set_winsize(m, cols, rows);
+        }
+    }
+
+    /// What the command wrote after it ended, for up to 2 s.
+    async fn drain(
+        &mut self,
+        mut send: impl FnMut(u8, Vec<u8>) -> futures::future::BoxFuture<'static, bool>,
+    ) {
+        self.stdin = None;
+        let output = &mut self.output;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some((ch, data)) = output.recv().await {
+                if !send(ch, data).await {
+                    break;
+                }
             }
         })
-    };
-    let mut readers = vec![];
-    let mut child = if tty {
-        let p = nix::pty::openpty(None, None)?;
-        let slave = std::fs::File::from(p.slave);
-        cmd.stdin(slave.try_clone()?)
-            .stdout(slave.try_clone()?)
-            .stderr(slave);
-        let child = cmd.spawn()?;
-        drop(cmd);
-        let master = std::fs::File::from(p.master);
-        pty_master = Some(master.try_clone()?.into());
-        let reader = tokio::fs::File::from_std(master.try_clone()?);
-        readers.push(spawn_reader(Box::new(reader), 1, out_tx.clone()));
-        if want_stdin {
-            stdin_w = Some(Box::new(tokio::fs::File::from_std(master)));
+        .await;
+        for r in &self.readers {
+            r.abort();
         }
-        child
-    } else {
-        cmd.stdin(if want_stdin {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn()?;
-        if let Some(o) = child.stdout.take() {
-            readers.push(spawn_reader(Box::new(o), 1, out_tx.clone()));
+    }
+
+    /// The exit as the Status kubectl reads from the error stream.
+    fn status(&self, exit: std::process::ExitStatus) -> serde_json::Value {
+        let code = exit.code().unwrap_or(137);
+        if code == 0 {
+            return json!({"metadata": {}, "status": "Success"});
         }
-        if let Some(e) = child.stderr.take() {
-            readers.push(spawn_reader(Box::new(e), 2, out_tx.clone()));
-        }
-        if let Some(i) = child.stdin.take() {
-            stdin_w = Some(Box::new(i));
-        }
-        child
-    };
-    drop(out_tx);
+        json!({"metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {:?}, exit code {code}", self.command),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+    }
+}
+
+/// `kubectl exec` over a WebSocket (`v5.channel.k8s.io`/`v4.channel.k8s.io`):
+/// each binary message is a channel byte and data.
+async fn session(ws: Ws, mut p: ExecProc, v5: bool) -> anyhow::Result<()> {
+    let (sink, mut stream) = ws.split();
+    let sink = std::sync::Arc::new(tokio::sync::Mutex::new(sink));
     let frame = |ch: u8, data: &[u8]| {
         let mut v = Vec::with_capacity(data.len() + 1);
         v.push(ch);
@@ -625,51 +767,31 @@ async fn session(
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
-                    0 => if let Some(w) = stdin_w.as_mut() {
-                        if w.write_all(&b[1..]).await.is_err() { stdin_w = None; }
-                        let _ = w_flush(&mut stdin_w).await;
-                    },
-                    4 => if let (Some(m), Ok(size)) = (&pty_master, serde_json::from_slice::<serde_json::Value>(&b[1..])) {
-                        let cols = size["Width"].as_u64().unwrap_or(80) as u16;
-                        let rows = size["Height"].as_u64().unwrap_or(24) as u16;
-                        crate::sys::set_winsize(m, cols, rows);
-                    },
-                    255 if v5 && b.get(1) == Some(&0) => stdin_w = None,
+                    0 => p.write_stdin(&b[1..]).await,
+                    4 => p.resize(&b[1..]),
+                    255 if v5 && b.get(1) == Some(&0) => p.stdin = None,
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    let _ = child.start_kill();
+                    let _ = p.child.start_kill();
                     return Ok(());
                 }
                 _ => {}
             },
-            Some((ch, data)) = out_rx.recv() => sink.send(frame(ch, &data)).await?,
-            st = child.wait() => break st?,
+            Some((ch, data)) = p.output.recv() => sink.lock().await.send(frame(ch, &data)).await?,
+            st = p.child.wait() => break st?,
         }
     };
-    // Drain what the command wrote before it ended.
-    drop(stdin_w);
-    let drain = async {
-        while let Some((ch, data)) = out_rx.recv().await {
-            if sink.send(frame(ch, &data)).await.is_err() {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    for r in readers {
-        r.abort();
-    }
-    let code = exit.code().unwrap_or(137);
-    let st = if code == 0 {
-        json!({"metadata": {}, "status": "Success"})
-    } else {
-        json!({"metadata": {}, "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
-            "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
-    };
-    sink.send(frame(3, st.to_string().as_bytes())).await?;
+    let s2 = sink.clone();
+    p.drain(move |ch, data| {
+        let s = s2.clone();
+        let m = frame(ch, &data);
+        Box::pin(async move { s.lock().await.send(m).await.is_ok() })
+    })
+    .await;
+    let mut sink = sink.lock().await;
+    sink.send(frame(3, p.status(exit).to_string().as_bytes()))
+        .await?;
     // A normal-closure code: kubectl reads it as the end of the streams
     // (no code reads as an error).
     let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
@@ -680,13 +802,130 @@ async fn session(
     Ok(())
 }
 
-async fn w_flush(
-    w: &mut Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
-) -> std::io::Result<()> {
-    if let Some(w) = w.as_mut() {
-        w.flush().await?;
+/// `kubectl exec` over SPDY/3.1 (`v4.channel.k8s.io`, kubectl 1.29 and
+/// older): kubectl opens one stream per channel, tagged `streamtype`.
+async fn spdy_session<S>(
+    io: S,
+    exe: std::path::PathBuf,
+    pid: i32,
+    opts: ExecOpts,
+    command: Vec<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use crate::spdy::Event;
+    let (out, mut events) = crate::spdy::serve(io);
+    let mut ids: std::collections::HashMap<String, u32> = Default::default();
+    let mut early: Vec<Event> = vec![];
+    let wanted = |ids: &std::collections::HashMap<String, u32>| {
+        ids.contains_key("error")
+            && (!opts.stdin || ids.contains_key("stdin"))
+            && (!opts.stdout || ids.contains_key("stdout"))
+            && (!opts.stderr || opts.tty || ids.contains_key("stderr"))
+            && (!opts.tty || ids.contains_key("resize"))
+    };
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while !wanted(&ids) {
+            match events.recv().await {
+                Some(Event::Stream { id, headers }) => {
+                    ids.insert(headers.get("streamtype").cloned().unwrap_or_default(), id);
+                }
+                Some(e) => early.push(e),
+                None => return false,
+            }
+        }
+        true
+    })
+    .await;
+    if ready != Ok(true) {
+        return;
     }
-    Ok(())
+    let id = |name: &str| ids.get(name).copied();
+    let (stdin_id, resize_id, err_id) = (id("stdin"), id("resize"), id("error"));
+    let mut p = match ExecProc::spawn(&exe, pid, opts.tty, opts.stdin, command) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(err) = err_id {
+                out.data(err, format!("starting the command: {e}").as_bytes())
+                    .await;
+            }
+            return;
+        }
+    };
+    let stream_of = |ch: u8| {
+        if ch == 2 && !opts.tty {
+            id("stderr")
+        } else {
+            id("stdout")
+        }
+    };
+    let apply = |p: &mut ExecProc, e: Event| -> Option<Vec<u8>> {
+        match e {
+            Event::Data { id, data } if Some(id) == stdin_id => Some(data),
+            Event::Data { id, data } if Some(id) == resize_id => {
+                p.resize(&data);
+                None
+            }
+            Event::Fin { id } | Event::Reset { id } if Some(id) == stdin_id => {
+                p.stdin = None;
+                None
+            }
+            _ => None,
+        }
+    };
+    for e in std::mem::take(&mut early) {
+        if let Some(d) = apply(&mut p, e) {
+            p.write_stdin(&d).await;
+        }
+    }
+    let exit = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(e) => if let Some(d) = apply(&mut p, e) { p.write_stdin(&d).await },
+                None => {
+                    let _ = p.child.start_kill();
+                    return;
+                }
+            },
+            Some((ch, data)) = p.output.recv() => {
+                if let Some(s) = stream_of(ch) {
+                    out.data(s, &data).await;
+                }
+            }
+            st = p.child.wait() => match st {
+                Ok(st) => break st,
+                Err(_) => return,
+            },
+        }
+    };
+    let o2 = out.clone();
+    p.drain(move |ch, data| {
+        let o = o2.clone();
+        let s = stream_of(ch);
+        Box::pin(async move {
+            match s {
+                Some(s) => o.data(s, &data).await,
+                None => true,
+            }
+        })
+    })
+    .await;
+    let status = p.status(exit);
+    if let Some(err) = err_id {
+        out.data(err, status.to_string().as_bytes()).await;
+    }
+    for s in ids.values() {
+        out.fin(*s).await;
+    }
+}
+
+/// What an exec asks for.
+#[derive(Debug, Clone, Copy)]
+struct ExecOpts {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
 }
 
 const PF_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";

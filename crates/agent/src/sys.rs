@@ -619,7 +619,7 @@ pub fn nsexec(target: i32, tty: bool, argv: &[String]) -> Result<i32> {
     if argv.is_empty() {
         bail!("nsexec needs a command");
     }
-    let env: Vec<(String, String)> = std::fs::read(format!("/proc/{target}/environ"))
+    let mut env: Vec<(String, String)> = std::fs::read(format!("/proc/{target}/environ"))
         .with_context(|| format!("the container (process {target}) is not running"))?
         .split(|b| *b == 0)
         .filter_map(|kv| {
@@ -628,6 +628,10 @@ pub fn nsexec(target: i32, tty: bool, argv: &[String]) -> Result<i32> {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect();
+    if tty && !env.iter().any(|(k, _)| k == "TERM") {
+        // As container runtimes do for `exec -t`.
+        env.push(("TERM".into(), "xterm".into()));
+    }
     let cwd = std::fs::read_link(format!("/proc/{target}/cwd")).ok();
     let root = privileged();
     let cgroups = if root { cgroups_of(target) } else { vec![] };

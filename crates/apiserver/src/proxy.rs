@@ -210,6 +210,7 @@ pub async fn pod_subresource(
         "sec-websocket-key",
         "sec-websocket-version",
         "sec-websocket-protocol",
+        "x-stream-protocol-version",
     ] {
         for v in req.headers().get_all(h) {
             out = out.header(h, v);

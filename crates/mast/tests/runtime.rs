@@ -117,6 +117,41 @@ fn the_course_busybox_lab_runs_logs_and_execs() {
         String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"),
         "{out:?}"
     );
+    // Every supported kubectl: 1.30+ speak WebSocket, 1.27-1.29 SPDY.
+    for minor in 27..=33 {
+        let k = common::kubectl_version(minor);
+        let o = c.kubectl_with(
+            &k,
+            &[
+                "exec",
+                "busybox",
+                "--",
+                "sh",
+                "-c",
+                "echo out-$0; echo err >&2; exit 5",
+            ],
+        );
+        assert!(!o.success, "1.{minor}: {o:?}");
+        assert_eq!(o.stdout.trim(), "out-sh", "1.{minor}: {o:?}");
+        assert!(
+            o.stderr.contains("err") && o.stderr.contains("exit code 5"),
+            "1.{minor}: {o:?}"
+        );
+        let out = std::process::Command::new(&k)
+            .args(["exec", "-i", "busybox", "--", "wc", "-c"])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .stdin(std::fs::File::open(c.dir.path().join("pki/ca.crt")).expect("stdin file"))
+            .output()
+            .expect("kubectl exec -i");
+        let len = std::fs::metadata(c.dir.path().join("pki/ca.crt"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            len.to_string(),
+            "1.{minor}: {out:?}"
+        );
+    }
     // kubectl logs of a quiet container is empty, not an error.
     assert_eq!(c.ok(&["logs", "busybox"]), "");
     // Deleting the pod stops its processes promptly (SIGTERM).
