@@ -783,3 +783,35 @@ fn port_forward_over_websocket_and_spdy() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn a_container_over_its_memory_limit_is_oom_killed() {
+    let (c, _agent, _bg) = cluster_with_agent("oom");
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    # A shell variable of 100 MB against a 32 MiB limit.
+    command: ["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}"]
+    resources: {limits: {memory: 32Mi}}
+"#,
+    );
+    assert!(
+        eventually(60, || {
+            let p = pod_json(&c, "hog");
+            p["status"]["phase"] == "Failed"
+                && p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+        }),
+        "{}",
+        c.kubectl(&["get", "pod", "hog", "-o", "yaml"]).stdout
+    );
+    let table = c.ok(&["get", "pod", "hog"]);
+    assert!(table.contains("OOMKilled"), "{table}");
+}
