@@ -14,7 +14,7 @@ pub mod pods;
 mod portforward;
 mod probe;
 mod server;
-mod spdy;
+pub mod spdy;
 pub mod spec;
 pub mod sys;
 mod volumes;

@@ -232,6 +232,13 @@ fn data(stream: u32, flags: u8, body: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Decode one compressed header block on a fresh connection (for fuzzing:
+/// any input must give headers or an error, never a panic).
+pub fn decode_header_block(block: &[u8]) -> Result<HashMap<String, String>, String> {
+    let _ = parse_block(block);
+    Headers::new().decode(block)
+}
+
 /// What the client did.
 #[derive(Debug)]
 pub enum Event {

@@ -1,15 +1,14 @@
 //! Per-kind work the API server itself does around writes, as the real one
 //! does in its registry strategies: Service IP and NodePort allocation, CRD
-//! establishment, and namespace termination.
+//! establishment, protected namespaces. (Emptying a deleted namespace is the
+//! namespace controller's job, in mast-controllers.)
 
-use crate::rest::{self, ApiResult, DeleteOpts, Target};
+use crate::rest::{self, ApiResult, Target};
 use crate::state::ApiState;
 use crate::status::ApiError;
 use mast_api::validation::FieldError;
 use mast_store::{object_key, RangeRequest};
 use serde_json::{json, Value};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Addresses and ports claimed for an object not yet stored; released if
 /// the write fails, so a rejected request leaves nothing behind.
@@ -311,93 +310,4 @@ async fn ensure_default_service_account(state: &ApiState, ns: &str) {
         .store
         .create(&key, bytes::Bytes::from(sa.to_string()))
         .await;
-}
-
-/// The namespace lifecycle controller's finalizer, run in the API server
-/// until the controllers exist as their own component: empties terminating
-/// namespaces, then removes them.
-pub async fn run_namespace_finalizer(state: Arc<ApiState>) {
-    loop {
-        let terminating: Vec<String> = match state
-            .store
-            .range(RangeRequest {
-                prefix: "/registry/namespaces/".into(),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(r) => r
-                .kvs
-                .iter()
-                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-                .filter(|ns| !ns["metadata"]["deletionTimestamp"].is_null())
-                .filter_map(|ns| ns["metadata"]["name"].as_str().map(str::to_owned))
-                .collect(),
-            Err(_) => vec![],
-        };
-        for ns in terminating {
-            if let Err(e) = finalize_namespace(&state, &ns).await {
-                tracing::debug!(namespace = %ns, error = %e, "namespace not yet empty");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn finalize_namespace(state: &ApiState, ns: &str) -> ApiResult<()> {
-    let reg = state.registry();
-    let mut remaining = 0;
-    let mut seen = std::collections::HashSet::new();
-    for res in reg
-        .resources
-        .iter()
-        .filter(|r| r.namespaced && r.kind != "Binding")
-    {
-        if !seen.insert(res.storage.clone()) {
-            continue;
-        }
-        let t = Target {
-            res: res.clone(),
-            ns: Some(ns.to_owned()),
-            name: None,
-            sub: None,
-        };
-        let r = state
-            .store
-            .range(RangeRequest {
-                prefix: t.prefix(),
-                ..Default::default()
-            })
-            .await?;
-        for kv in r.kvs {
-            remaining += 1;
-            let name = kv.key.rsplit('/').next().unwrap_or_default().to_owned();
-            let _ = rest::delete_object(
-                state,
-                &t,
-                &name,
-                &DeleteOpts {
-                    grace: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await;
-        }
-    }
-    if remaining > 0 {
-        return Err(ApiError::conflict_message(format!(
-            "{remaining} objects left"
-        )));
-    }
-    let key = object_key("namespaces", None, ns);
-    if let Some(kv) = state.store.get(&key).await? {
-        let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-        let others = obj["metadata"]["finalizers"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty());
-        if !others {
-            state.store.delete(&key, Some(kv.mod_revision)).await?;
-        }
-    }
-    Ok(())
 }

@@ -258,7 +258,6 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Handle, Star
     let server_url = format!("https://{}:{}", config.advertise_address, addr.port());
     let kubeconfig = pki.write_kubeconfig(&config.data_dir, &server_url)?;
 
-    tokio::spawn(hooks::run_namespace_finalizer(state.clone()));
     tokio::spawn(run_compactor(
         state.clone(),
         config.compaction_interval,

@@ -1007,7 +1007,17 @@ pub async fn write_update(
             .as_i64()
             .unwrap_or(0)
             > 0;
-    if !merged["metadata"]["deletionTimestamp"].is_null() && finalizers_done && !graceful_pod {
+    // A namespace also waits for its spec.finalizers (the namespace
+    // controller's `kubernetes`, removed through `finalize`).
+    let namespace_done = kind != "Namespace"
+        || merged["spec"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
+    if !merged["metadata"]["deletionTimestamp"].is_null()
+        && finalizers_done
+        && namespace_done
+        && !graceful_pod
+    {
         let kv = match state
             .store
             .delete(&old_kv.key, Some(old_kv.mod_revision))
@@ -1049,6 +1059,42 @@ pub async fn write_update(
 }
 
 /// PUT on an object (or its status).
+/// `PUT namespaces/{name}/finalize`: replace only `spec.finalizers`, as the
+/// namespace controller does once the namespace is empty. A terminating
+/// namespace left with no finalizers is then removed.
+pub async fn finalize_namespace(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    req: &Request,
+) -> ApiResult<Reply> {
+    let body = decode_body_def(state, "io.k8s.api.core.v1.Namespace", req)?;
+    let (old, kv) = get(state, t, name).await?;
+    let mut new = old.clone();
+    match body["spec"]["finalizers"].as_array() {
+        Some(f) => new["spec"]["finalizers"] = json!(f),
+        None => {
+            if let Some(spec) = new["spec"].as_object_mut() {
+                spec.remove("finalizers");
+            }
+        }
+    }
+    let out = write_update(
+        state,
+        t,
+        &old,
+        &kv,
+        new,
+        WriteOpts {
+            part: Part::Main,
+            manager: Some((&req.manager(), "Update")),
+            dry_run: req.param("dryRun").is_some(),
+        },
+    )
+    .await?;
+    Ok(render_one(t, req, out, 200))
+}
+
 pub async fn update(
     state: &ApiState,
     t: &Target,

@@ -452,6 +452,9 @@ async fn dispatch(
         (Some(name), Some("scale")) if matches!(*m, Method::GET | Method::PUT | Method::PATCH) => {
             rest::scale(&state, &t, name, req).await
         }
+        (Some(name), Some("finalize")) if *m == Method::PUT => {
+            rest::finalize_namespace(&state, &t, name, req).await
+        }
         (Some(name), Some("binding")) if *m == Method::POST => {
             rest::bind(&state, &t, name, req).await
         }

@@ -11,6 +11,7 @@
 //!   pod readiness, named targetPorts resolved per pod.
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground
 //!   and orphan propagation).
+//! - [`namespace`]: empties a deleted namespace, then lets it go.
 //! - [`nodelifecycle`]: silent nodes turn NotReady, get the unreachable
 //!   taints, and their pods are evicted per their tolerations.
 //!
@@ -20,6 +21,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 mod util;
@@ -127,13 +129,15 @@ pub async fn run(
     let dep = tokio::spawn(deployment::run(client.clone(), shutdown.clone()));
     let gc = tokio::spawn(gc::run(client.clone(), shutdown.clone()));
     let eps = tokio::spawn(endpoints::run(client.clone(), shutdown.clone()));
+    let nss = tokio::spawn(namespace::run(client.clone(), shutdown.clone()));
     let nodes = tokio::spawn(nodelifecycle::run(
         client,
         shutdown,
         settings.node_monitor_grace_period,
     ));
-    let (a, b, c, d, e) = tokio::join!(rs, dep, gc, nodes, eps);
+    let (a, b, c, d, e, f) = tokio::join!(rs, dep, gc, nodes, eps, nss);
     e??;
+    f??;
     a??;
     b??;
     c??;

@@ -625,7 +625,8 @@ fn finalizers_generate_name_pagination_and_restart() {
         "{all}"
     );
 
-    // A namespace is emptied, then removed.
+    // A namespace is emptied by the namespace controller, then removed.
+    let _ctrl = c.component(&["controllers"]);
     c.ok(&["create", "namespace", "scratch"]);
     c.ok(&["create", "configmap", "x", "-n", "scratch"]);
     c.ok(&["delete", "namespace", "scratch"]);

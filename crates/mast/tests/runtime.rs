@@ -807,11 +807,65 @@ spec:
         eventually(60, || {
             let p = pod_json(&c, "hog");
             p["status"]["phase"] == "Failed"
-                && p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+                && p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"]
+                    == "OOMKilled"
         }),
         "{}",
         c.kubectl(&["get", "pod", "hog", "-o", "yaml"]).stdout
     );
     let table = c.ok(&["get", "pod", "hog"]);
     assert!(table.contains("OOMKilled"), "{table}");
+}
+
+#[test]
+fn deleting_a_namespace_stops_its_pods_then_removes_it() {
+    let (c, _agent, _bg) = cluster_with_agent("nsdel");
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "team",
+        "--image=mast.dev/echo",
+        "--replicas=2",
+    ]);
+    c.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "team",
+        "--from-literal=a=b",
+    ]);
+    c.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "team",
+        "--timeout=60s",
+    ]);
+    let ips = c.ok(&[
+        "get",
+        "pods",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let ips: Vec<String> = ips.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    for ip in &ips {
+        assert!(curl(&format!("http://{ip}:8080/")).is_some());
+    }
+    c.ok(&["delete", "namespace", "team", "--timeout=60s"]);
+    assert!(c.fails(&["get", "namespace", "team"]).contains("NotFound"));
+    // Its pods were stopped, not just forgotten.
+    for ip in &ips {
+        assert!(
+            curl(&format!("http://{ip}:8080/")).is_none(),
+            "{ip} still answers"
+        );
+    }
 }
