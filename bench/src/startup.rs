@@ -120,6 +120,21 @@ async fn main() -> anyhow::Result<()> {
         p99 / 5.0
     );
     println!("{:<46} {:>10.0}  ms", "startup latency max", max * 1000.0);
+    let (n_shim, shim) = memory_of(|args| args.get(1).map(String::as_str) == Some("shim"));
+    let (n_pause, pause) = memory_of(|args| args.get(1).map(String::as_str) == Some("pause"));
+    let (_, agent) = memory_of(|args| {
+        args.get(1).map(String::as_str) == Some("agent") && !args.iter().any(|a| a == "--hollow")
+    });
+    if n_shim > 0 && n_pause > 0 {
+        println!(
+            "{:<46} {:>10.2}  MB  (PSS: mast shim {:.2} + mast pause {:.2})",
+            "memory per pod, beside the app",
+            (shim / n_shim as f64) + (pause / n_pause as f64),
+            shim / n_shim as f64,
+            pause / n_pause as f64
+        );
+        println!("{:<46} {:>10.1}  MB  (PSS)", "agent with these pods", agent);
+    }
     // Leave nothing behind.
     for n in created.keys() {
         let _ = api
@@ -176,4 +191,36 @@ async fn wait_for_bound(api: Api<Pod>, n: usize) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the watch ended early")
+}
+
+/// Processes whose mast arguments match, and their total PSS in MB.
+fn memory_of(select: impl Fn(&[String]) -> bool) -> (usize, f64) {
+    let mut n = 0;
+    let mut kb = 0u64;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = e.path();
+        let Ok(cmd) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("/mast")) || !select(&args) {
+            continue;
+        }
+        let pss = std::fs::read_to_string(dir.join("smaps_rollup"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("Pss:")
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+            });
+        if let Some(p) = pss {
+            n += 1;
+            kb += p;
+        }
+    }
+    (n, kb as f64 / 1024.0)
 }

@@ -869,3 +869,157 @@ fn deleting_a_namespace_stops_its_pods_then_removes_it() {
         );
     }
 }
+
+#[test]
+fn startup_exec_and_tcp_probes_post_start_hooks_and_on_failure() {
+    let (c, _agent, _bg) = cluster_with_agent("checks");
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: checks}
+spec:
+  containers:
+  - name: slow
+    image: busybox
+    command: ["sh", "-c", "sleep 2; touch /state/up; sleep 3600"]
+    volumeMounts: [{name: state, mountPath: /state}]
+    startupProbe:
+      exec: {command: ["test", "-f", "/state/up"]}
+      periodSeconds: 1
+      failureThreshold: 30
+    lifecycle:
+      postStart:
+        exec: {command: ["sh", "-c", "echo hooked > /state/hook"]}
+  - name: web
+    image: mast.dev/echo
+    args: ["--port", "9090"]
+    readinessProbe:
+      tcpSocket: {port: 9090}
+      periodSeconds: 1
+  volumes: [{name: state, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: retry}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: main
+    image: busybox
+    # Fails twice, then succeeds.
+    command: ["sh", "-c", "n=$(cat /s/n 2>/dev/null || echo 0); echo $((n+1)) > /s/n; test $n -ge 2"]
+    volumeMounts: [{name: s, mountPath: /s}]
+  volumes: [{name: s, emptyDir: {}}]
+"#,
+    );
+    // Not started (so not ready) until the startup probe passes.
+    assert!(eventually(30, || {
+        let p = pod_json(&c, "checks");
+        p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| {
+                cs.iter().any(|s| {
+                    s["name"] == "slow"
+                        && s["state"]["running"].is_object()
+                        && s["started"] == false
+                })
+            })
+    }));
+    assert!(!ready(&pod_json(&c, "checks")));
+    wait_ready(&c, "checks", 30);
+    assert_eq!(
+        c.ok(&["exec", "checks", "-c", "slow", "--", "cat", "/state/hook"])
+            .trim(),
+        "hooked"
+    );
+    let logs = c.ok(&["logs", "checks", "-c", "web"]);
+    assert!(
+        logs.contains("listening on") && logs.contains(":9090"),
+        "{logs}"
+    );
+    // OnFailure: restarted after each failure, then Succeeded.
+    assert!(
+        eventually(60, || {
+            let p = pod_json(&c, "retry");
+            p["status"]["phase"] == "Succeeded" && restarts(&p) == 2
+        }),
+        "{}",
+        c.kubectl(&["get", "pod", "retry", "-o", "yaml"]).stdout
+    );
+    assert!(c.ok(&["get", "pod", "retry"]).contains("Completed"));
+}
+
+#[test]
+fn without_root_pods_run_as_plain_processes() {
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipping: setpriv (util-linux) is not installed");
+        return;
+    }
+    let c = Cluster::start();
+    let _sched = c.component(&["scheduler"]);
+    // A directory the unprivileged agent may use, with the cluster CA.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut perms = std::fs::metadata(dir.path()).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir.path(), perms).expect("chmod");
+    let ca = dir.path().join("ca.crt");
+    std::fs::copy(c.dir.path().join("pki/ca.crt"), &ca).expect("copy the CA");
+    let data = dir.path().join("agent");
+    let agent = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_mast"))
+        .args([
+            "agent",
+            "--node-name=plain",
+            "--agent-listen=127.0.0.1:0",
+            "--pod-ip-range=127.250.0.0/16",
+        ])
+        .arg(format!("--agent-data-dir={}", data.display()))
+        .args([
+            "--server",
+            &c.url,
+            &format!("--token={}", c.token()),
+            "--certificate-authority",
+        ])
+        .arg(&ca)
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start an unprivileged agent");
+    let mut agent = common::Background(agent);
+    let stderr = agent.0.stderr.take().expect("stderr");
+    let cleanup = Cleanup(data.clone());
+    assert!(eventually(30, || c
+        .kubectl(&["get", "node", "plain"])
+        .success));
+    c.ok(&["run", "busybox", "--image=busybox", "--", "sleep", "3600"]);
+    wait_ready(&c, "busybox", 60);
+    let id = c.ok(&["exec", "busybox", "--", "id", "-u"]);
+    assert_eq!(id.trim(), "65534");
+    assert!(c
+        .ok(&["exec", "busybox", "--", "printenv"])
+        .contains("HOSTNAME=busybox"));
+    c.ok(&["delete", "pod", "busybox"]);
+    drop(agent);
+    // It said what is degraded.
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut log).ok();
+    assert!(log.contains("not running as root"), "{log}");
+    drop(cleanup);
+}
+
+/// Runs `mast cleanup-node` on a data dir when dropped.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_mast"))
+            .arg("cleanup-node")
+            .arg(format!("--agent-data-dir={}", self.0.display()))
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
