@@ -799,6 +799,13 @@ impl Worker {
         } else {
             rec.restart_count
         };
+        // Keep the logs of this run and the one before (`--previous`) only,
+        // however often a container crashes.
+        if let Some(old) = restart.checked_sub(2) {
+            let p = log_path(&self.dir, &name, old);
+            let _ = std::fs::remove_file(sys::rotated(&p));
+            let _ = std::fs::remove_file(p);
+        }
         let inst_dir = self.dir.join("c").join(&name).join(&id[..12]);
         let cgroups = self.cgroups_for(c, &id);
         let sc = c.security_context.as_ref();
@@ -1034,6 +1041,8 @@ impl Worker {
                 for cg in inst.cgroups.iter().rev() {
                     let _ = std::fs::remove_dir(cg);
                 }
+                // How it ended is in state.json now; the instance's files can go.
+                let _ = std::fs::remove_dir_all(&inst.dir);
                 let ran_long = chrono::DateTime::parse_from_rfc3339(&inst.started_at)
                     .map(|s| {
                         chrono::Utc::now().signed_duration_since(s).num_seconds()

@@ -486,11 +486,17 @@ async fn run_server(
         });
     }
     let mode = if all_in_one { "cluster" } else { "API server" };
-    println!("mast {mode} is up: https://{}", handle.addr);
-    println!("Use it with kubectl:");
-    println!("  export KUBECONFIG={}", handle.kubeconfig.display());
-    println!("  kubectl get namespaces");
-    println!("Stop with Ctrl-C; start again with the same --data-dir to resume.");
+    // One write, and no panic if whoever started us stopped reading.
+    let banner = format!(
+        "mast {mode} is up: https://{}\nUse it with kubectl:\n  export KUBECONFIG={}\n  kubectl get namespaces\nStop with Ctrl-C; start again with the same --data-dir to resume.\n",
+        handle.addr,
+        handle.kubeconfig.display()
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
