@@ -12,6 +12,7 @@
 //! - [`gc`]: the garbage collector (ownerReferences; background, foreground
 //!   and orphan propagation).
 //! - [`namespace`]: empties a deleted namespace, then lets it go.
+//! - [`nodeipam`]: a pod CIDR for every node, from the cluster CIDR.
 //! - [`nodelifecycle`]: silent nodes turn NotReady, get the unreachable
 //!   taints, and their pods are evicted per their tolerations.
 //!
@@ -22,6 +23,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 mod util;
@@ -108,12 +110,21 @@ pub enum Error {
 pub struct Settings {
     /// How long a node may stay silent before it is marked unreachable.
     pub node_monitor_grace_period: Duration,
+    /// Where nodes' pod CIDRs come from.
+    pub pod_ranges: nodeipam::Ranges,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             node_monitor_grace_period: Duration::from_secs(40),
+            pod_ranges: nodeipam::Ranges {
+                cluster: nodeipam::Cidr {
+                    base: std::net::Ipv4Addr::new(10, 42, 0, 0),
+                    bits: 16,
+                },
+                node_mask: 24,
+            },
         }
     }
 }
@@ -130,14 +141,20 @@ pub async fn run(
     let gc = tokio::spawn(gc::run(client.clone(), shutdown.clone()));
     let eps = tokio::spawn(endpoints::run(client.clone(), shutdown.clone()));
     let nss = tokio::spawn(namespace::run(client.clone(), shutdown.clone()));
+    let ipam = tokio::spawn(nodeipam::run(
+        client.clone(),
+        shutdown.clone(),
+        settings.pod_ranges,
+    ));
     let nodes = tokio::spawn(nodelifecycle::run(
         client,
         shutdown,
         settings.node_monitor_grace_period,
     ));
-    let (a, b, c, d, e, f) = tokio::join!(rs, dep, gc, nodes, eps, nss);
+    let (a, b, c, d, e, f, g) = tokio::join!(rs, dep, gc, nodes, eps, nss, ipam);
     e??;
     f??;
+    g??;
     a??;
     b??;
     c??;

@@ -110,6 +110,12 @@ struct ControllersArgs {
     /// NotReady and tainted unreachable (`40s`, `1m`).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// The range pod IPs come from; each node gets a slice of it.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: mast_controllers::nodeipam::Cidr,
+    /// The size of each node's slice of --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -604,8 +610,19 @@ fn main() -> Result<()> {
             }
             Command::Controllers(a) => {
                 let client = kube_client(&a.client).await?;
+                if a.node_cidr_mask_size < a.cluster_cidr.bits || a.node_cidr_mask_size > 30 {
+                    bail!(
+                        "--node-cidr-mask-size {} must be between the --cluster-cidr's /{} and /30",
+                        a.node_cidr_mask_size,
+                        a.cluster_cidr.bits
+                    );
+                }
                 let settings = mast_controllers::Settings {
                     node_monitor_grace_period: a.node_monitor_grace_period,
+                    pod_ranges: mast_controllers::nodeipam::Ranges {
+                        cluster: a.cluster_cidr,
+                        node_mask: a.node_cidr_mask_size,
+                    },
                 };
                 run_component(
                     "controllers",

@@ -164,6 +164,20 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
         c.ok(&["apply", "-f", p.to_str().unwrap()]);
     };
     let node_of = |pod: &str| c.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
+    // Node IPAM: each node gets its own slice of the cluster CIDR.
+    assert!(
+        eventually(20, || {
+            let cidrs = c.ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]);
+            let mut v: Vec<&str> = cidrs.split_whitespace().collect();
+            v.sort();
+            v.dedup();
+            v.len() == 3
+                && v.iter()
+                    .all(|c| c.starts_with("10.42.") && c.ends_with(".0/24"))
+        }),
+        "{}",
+        c.ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"])
+    );
 
     // nodeSelector
     apply("sel", "apiVersion: v1\nkind: Pod\nmetadata: {name: wants-ssd}\nspec:\n  nodeSelector: {disk: ssd}\n  containers: [{name: c, image: busybox, args: [sleep, '3600']}]\n");
