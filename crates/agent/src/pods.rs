@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often ConfigMap, Secret and downwardAPI volumes are rewritten.
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 /// State shared by all pod workers and the agent's HTTPS server.
 pub struct Runtime {
@@ -247,6 +249,8 @@ struct Worker {
     rec: PodRecord,
     mem: HashMap<String, CtrMem>,
     volumes: Option<volumes::VolumePaths>,
+    /// When the ConfigMap/Secret/downwardAPI volumes were last rewritten.
+    volumes_at: Instant,
     shared: Arc<PodShared>,
     tx: mpsc::UnboundedSender<Ev>,
     rx: mpsc::UnboundedReceiver<Ev>,
@@ -270,6 +274,7 @@ impl Worker {
             rec,
             mem: HashMap::new(),
             volumes: None,
+            volumes_at: Instant::now(),
             tx,
             rx,
             last_status: Value::Null,
@@ -350,8 +355,8 @@ impl Worker {
             let wake = w.sync(&pod).await;
             w.publish(&pod).await;
             let sleep = wake
-                .map(|d| d.min(Duration::from_secs(30)))
-                .unwrap_or(Duration::from_secs(30));
+                .map(|d| d.min(VOLUME_REFRESH))
+                .unwrap_or(VOLUME_REFRESH);
             tokio::select! {
                 changed = pods.changed() => {
                     if changed.is_err() {
@@ -507,7 +512,17 @@ impl Worker {
             }
         }
         self.sandbox_ready = true;
+        if self.volumes.is_some() && self.volumes_at.elapsed() >= VOLUME_REFRESH {
+            // Running containers see ConfigMap and Secret changes, as on
+            // Kubernetes; if an object went away, the old files stay.
+            self.volumes_at = Instant::now();
+            let dir = self.dir.join("volumes");
+            if let Err(e) = volumes::prepare(&self.rt.client, pod, &dir, &self.facts()).await {
+                tracing::debug!(pod = %self.pod_key, error = %e, "volume refresh failed");
+            }
+        }
         if self.volumes.is_none() {
+            self.volumes_at = Instant::now();
             match volumes::prepare(
                 &self.rt.client,
                 pod,

@@ -212,10 +212,61 @@ async fn prepare_one(
         }
         return Ok(p);
     }
-    // Content volumes are rewritten from scratch so that a restarted pod sees
-    // the current data.
-    let _ = std::fs::remove_dir_all(dir);
-    mkdir(dir)?;
+    // Content volumes are written to a staging directory and then moved
+    // into place file by file, so that the directory a running container has
+    // mounted stays the same and sees the new data (as the kubelet refreshes
+    // ConfigMap and Secret volumes).
+    let staging = dir.with_extension("staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    mkdir(&staging)?;
+    let filled = fill_content(client, ns, pod, v, &staging, facts).await;
+    let synced = filled.and_then(|_| sync_dir(&staging, dir));
+    let _ = std::fs::remove_dir_all(&staging);
+    synced.map(|_| dir.to_owned())
+}
+
+/// Move every file of `src` into `dst` (replacing, atomically per file) and
+/// remove what `dst` has that `src` does not.
+fn sync_dir(src: &Path, dst: &Path) -> Result<(), String> {
+    fn files(root: &Path, at: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(at).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(root, &p, out);
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                out.push(rel.to_owned());
+            }
+        }
+    }
+    let io = |e: std::io::Error| format!("updating {}: {e}", dst.display());
+    std::fs::create_dir_all(dst).map_err(io)?;
+    let mut new = vec![];
+    files(src, src, &mut new);
+    for rel in &new {
+        let to = dst.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::rename(src.join(rel), &to).map_err(io)?;
+    }
+    let mut old = vec![];
+    files(dst, dst, &mut old);
+    for rel in old.iter().filter(|r| !new.contains(r)) {
+        let _ = std::fs::remove_file(dst.join(rel));
+    }
+    Ok(())
+}
+
+/// Write a content volume's files (configMap, secret, downwardAPI,
+/// projected) into `dir`.
+async fn fill_content(
+    client: &Client,
+    ns: &str,
+    pod: &Pod,
+    v: &Volume,
+    dir: &Path,
+    facts: &PodFacts,
+) -> Result<(), String> {
     let src = |kind, name: &str, items, mode: Option<i32>, optional: Option<bool>| KeySource {
         kind,
         name: name.to_owned(),
@@ -226,13 +277,13 @@ async fn prepare_one(
     if let Some(c) = &v.config_map {
         let s = src("configmap", &c.name, &c.items, c.default_mode, c.optional);
         s.write(client, ns, dir).await?;
-        return Ok(dir.to_owned());
+        return Ok(());
     }
     if let Some(sec) = &v.secret {
         let name = sec.secret_name.clone().unwrap_or_default();
         let s = src("secret", &name, &sec.items, sec.default_mode, sec.optional);
         s.write(client, ns, dir).await?;
-        return Ok(dir.to_owned());
+        return Ok(());
     }
     if let Some(d) = &v.downward_api {
         write_downward(
@@ -242,7 +293,7 @@ async fn prepare_one(
             d.default_mode.unwrap_or(0o644),
             facts,
         )?;
-        return Ok(dir.to_owned());
+        return Ok(());
     }
     if let Some(p) = &v.projected {
         let mode = p.default_mode.unwrap_or(0o644);
@@ -265,7 +316,7 @@ async fn prepare_one(
                 write_file(dir, &t.path, b"", mode)?;
             }
         }
-        return Ok(dir.to_owned());
+        return Ok(());
     }
     Err("this volume type is not supported by mast's process runtime (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected)".into())
 }

@@ -392,6 +392,21 @@ spec:
     let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{mem_path}/cpu.cfs_quota_us"))
         .expect("read the quota");
     assert_eq!(quota.trim(), "50000");
+    // ConfigMap volumes follow the ConfigMap while the pod runs (env does not).
+    c.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data": {"greeting": "bonjour"}}"#,
+    ]);
+    assert!(
+        eventually(40, || exec("cat /etc/mast-test-config/greeting")
+            == "bonjour"),
+        "the configMap volume was not refreshed"
+    );
+    assert!(exec("printenv GREETING").trim() == "hello");
     // Init containers show as done.
     let p = pod_json(&c, "full");
     assert_eq!(
