@@ -56,6 +56,21 @@ pub struct AgentConfig {
     pub container_log_max_bytes: u64,
     /// Process limit per container cgroup.
     pub pod_max_pids: Option<u64>,
+    /// How pods are networked.
+    pub pod_network: PodNetwork,
+    /// The Service CIDR, routed from pods through the node.
+    pub service_cidr: (std::net::Ipv4Addr, u8),
+}
+
+/// How pods are networked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// The host's network; each pod gets a distinct loopback address from
+    /// `pod_ip_range`.
+    Loopback,
+    /// A network namespace per pod, joined by a veth pair to this bridge;
+    /// IPs from the Node's podCIDR. Needs root.
+    Bridge(String),
 }
 
 impl AgentConfig {
@@ -76,6 +91,8 @@ impl AgentConfig {
             ca_der: vec![],
             container_log_max_bytes: 10 << 20,
             pod_max_pids: Some(4096),
+            pod_network: PodNetwork::Loopback,
+            service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16),
         }
     }
 }
@@ -267,6 +284,27 @@ async fn run_pods(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use std::collections::{BTreeSet, HashMap};
+    if let PodNetwork::Bridge(bridge) = &cfg.pod_network {
+        if !sys::privileged() {
+            anyhow::bail!("--pod-network bridge needs root (network namespaces, links); use --pod-network loopback");
+        }
+        let cidr = wait_for_pod_cidr(&client, &cfg.node_name, &mut shutdown).await?;
+        let (gateway, prefix, base, size) = mast_net::plan(&cidr)?;
+        mast_net::ensure_bridge(bridge, gateway, prefix).await?;
+        std::fs::write(
+            cfg.data_dir.join("network.json"),
+            serde_json::to_vec(&json!({"bridge": bridge}))?,
+        )?;
+        rt.set_network(
+            pods::BridgeNet {
+                bridge: bridge.clone(),
+                gateway,
+                prefix,
+            },
+            (base, size),
+        );
+        tracing::info!(%bridge, %cidr, "pods get their own network namespaces on the bridge");
+    }
     let mut stream = std::pin::pin!(pods_of_node(&client, &cfg.node_name));
     let mut workers: HashMap<String, tokio::sync::watch::Sender<Option<Pod>>> = HashMap::new();
     let mut listed: BTreeSet<String> = BTreeSet::new();
@@ -321,6 +359,29 @@ async fn run_pods(
             }
         }
         workers.retain(|_, tx| !tx.is_closed());
+    }
+}
+
+/// The podCIDR the controllers give this node (node IPAM).
+async fn wait_for_pod_cidr(
+    client: &Client,
+    node: &str,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut said = false;
+    loop {
+        if let Some(c) = api.get(node).await.ok().and_then(|n| n.spec?.pod_cidr) {
+            return Ok(c);
+        }
+        if !said {
+            tracing::info!("waiting for the controllers to give this node a pod CIDR (node IPAM)");
+            said = true;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => anyhow::bail!("stopped while waiting for a pod CIDR"),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 

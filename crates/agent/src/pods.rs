@@ -37,8 +37,20 @@ pub struct Runtime {
     pub exe: PathBuf,
     pub privileged: bool,
     ips: Mutex<BTreeSet<u32>>,
+    /// Where pod IPs come from: (base, size).
+    range: Mutex<(u32, u32)>,
+    /// The bridge network, when pods get their own network namespaces.
+    net: std::sync::OnceLock<BridgeNet>,
     /// Running pods by `namespace/name`, for logs and exec.
     pub pods: Mutex<HashMap<String, Arc<PodShared>>>,
+}
+
+/// The node's pod bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeNet {
+    pub bridge: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix: u8,
 }
 
 /// What the HTTPS server needs to know about a pod.
@@ -145,6 +157,7 @@ impl Runtime {
         let root = cfg.data_dir.join("pods");
         std::fs::create_dir_all(&root)?;
         let exe = std::env::current_exe()?;
+        let cfg_range = cfg.pod_ip_range;
         Ok(Arc::new(Self {
             client,
             privileged: sys::privileged(),
@@ -152,12 +165,20 @@ impl Runtime {
             root,
             exe,
             ips: Mutex::new(BTreeSet::new()),
+            range: Mutex::new(cfg_range),
+            net: std::sync::OnceLock::new(),
             pods: Mutex::new(HashMap::new()),
         }))
     }
 
+    /// Pods get their own network namespaces on `net`, with IPs from `range`.
+    pub fn set_network(&self, net: BridgeNet, range: (u32, u32)) {
+        *self.range.lock().unwrap_or_else(|e| e.into_inner()) = range;
+        let _ = self.net.set(net);
+    }
+
     fn alloc_ip(&self, want: Option<&str>) -> String {
-        let (base, size) = self.cfg.pod_ip_range;
+        let (base, size) = *self.range.lock().unwrap_or_else(|e| e.into_inner());
         let mut used = self.ips.lock().unwrap_or_else(|e| e.into_inner());
         // A pod keeps the IP it has (it may predate a change of range).
         if let Some(ip) = want.and_then(|w| w.parse::<std::net::Ipv4Addr>().ok()) {
@@ -630,8 +651,18 @@ impl Worker {
             .and_then(|s| s.hostname.clone())
             .unwrap_or_else(|| pod.name_any());
         let hostname: String = hostname.chars().take(63).collect();
-        let out = tokio::process::Command::new(&self.rt.exe)
-            .arg("pause")
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let bridge = self.rt.net.get().filter(|_| !host_network).cloned();
+        let mut cmd = tokio::process::Command::new(&self.rt.exe);
+        cmd.arg("pause");
+        if bridge.is_some() {
+            cmd.arg("--net");
+        }
+        let out = cmd
             .arg(format!("--hostname={hostname}"))
             .arg("--pid-file")
             .arg(&pid_file)
@@ -645,6 +676,32 @@ impl Worker {
         let id: ProcId =
             serde_json::from_slice(&std::fs::read(&pid_file).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
+        if let Some(net) = bridge {
+            let ip: std::net::Ipv4Addr = self
+                .rec
+                .ip
+                .parse()
+                .map_err(|_| format!("bad pod IP {:?}", self.rec.ip))?;
+            let a = mast_net::Attachment {
+                bridge: net.bridge.clone(),
+                host_if: format!(
+                    "mv{}",
+                    self.uid
+                        .replace('-', "")
+                        .chars()
+                        .take(12)
+                        .collect::<String>()
+                ),
+                ip,
+                prefix: net.prefix,
+                gateway: net.gateway,
+                routes: vec![self.rt.cfg.service_cidr],
+            };
+            if let Err(e) = mast_net::attach(id.pid, &a).await {
+                id.signal(Signal::SIGKILL);
+                return Err(format!("setting up the pod's network: {e:#}"));
+            }
+        }
         self.rec.sandbox = Some(id);
         self.save();
         Ok(())
@@ -1690,6 +1747,23 @@ pub fn cleanup_node(data_dir: &Path) -> usize {
         volumes::remove_mountpoints(&rec.mountpoints);
         let _ = std::fs::remove_dir_all(e.path());
         n += 1;
+    }
+    // The node's bridge, if the agent made one.
+    let net = data_dir.join("network.json");
+    if let Some(bridge) = std::fs::read(&net)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["bridge"].as_str().map(str::to_owned))
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt {
+            if let Err(e) = rt.block_on(mast_net::delete_link(&bridge)) {
+                eprintln!("mast: could not remove the bridge {bridge}: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_file(net);
     }
     n
 }

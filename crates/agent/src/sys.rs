@@ -167,17 +167,20 @@ fn make_controlling_tty() -> std::io::Result<()> {
 }
 
 /// `mast pause`: create a pod sandbox — new mount, UTS, IPC and pid
-/// namespaces — and keep it alive as the pod's pid 1, reaping orphans.
+/// namespaces, and a network namespace with `net` — and keep it alive as
+/// the pod's pid 1, reaping orphans.
 /// Writes the sandbox's host pid to `pid_file` once it is ready, then the
 /// command itself returns, leaving the sandbox running.
-pub fn pause(hostname: &str, pid_file: &Path) -> Result<()> {
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWPID,
-    )
-    .context("creating the pod's namespaces (the process runtime needs root for this)")?;
+pub fn pause(hostname: &str, pid_file: &Path, net: bool) -> Result<()> {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID;
+    if net {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags)
+        .context("creating the pod's namespaces (the process runtime needs root for this)")?;
     let (r, w) = nix::unistd::pipe()?;
     // SAFETY: this process is single-threaded (no runtime was started).
     match unsafe { fork() }.context("fork")? {

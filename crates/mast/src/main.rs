@@ -67,6 +67,9 @@ enum Command {
         hostname: String,
         #[arg(long)]
         pid_file: PathBuf,
+        /// Also a network namespace.
+        #[arg(long)]
+        net: bool,
     },
     /// (internal) Supervise one container; used by the agent.
     #[command(hide = true)]
@@ -177,6 +180,17 @@ struct NodeArgs {
     /// Most processes one container may run (cgroup pids.max); 0 for no limit.
     #[arg(long, default_value_t = 4096)]
     pod_max_pids: u64,
+    /// How pods are networked: `loopback` (the host's network, a loopback
+    /// address per pod) or `bridge` (a network namespace per pod on a node
+    /// bridge, IPs from the Node's podCIDR; needs root).
+    #[arg(long, default_value = "loopback", value_parser = ["loopback", "bridge"])]
+    pod_network: String,
+    /// The bridge for --pod-network bridge.
+    #[arg(long, default_value = "mast0")]
+    bridge_name: String,
+    /// The Service CIDR, routed from pods through the node.
+    #[arg(long = "pod-service-cidr", default_value = "10.43.0.0/16")]
+    pod_service_cidr: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -403,6 +417,29 @@ fn node_config(cfg: &mut mast_agent::AgentConfig, n: &NodeArgs, data_dir: PathBu
         })?;
     cfg.container_log_max_bytes = (bytes / 1000) as u64;
     cfg.pod_max_pids = (n.pod_max_pids > 0).then_some(n.pod_max_pids);
+    cfg.pod_network = match n.pod_network.as_str() {
+        "bridge" => {
+            if n.bridge_name.is_empty() || n.bridge_name.len() > 15 {
+                bail!(
+                    "--bridge-name {:?} must be 1 to 15 characters",
+                    n.bridge_name
+                );
+            }
+            mast_agent::PodNetwork::Bridge(n.bridge_name.clone())
+        }
+        _ => mast_agent::PodNetwork::Loopback,
+    };
+    cfg.service_cidr = n
+        .pod_service_cidr
+        .split_once('/')
+        .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse().ok()?)))
+        .filter(|(_, bits): &(std::net::Ipv4Addr, u8)| *bits <= 32)
+        .with_context(|| {
+            format!(
+                "--pod-service-cidr {:?} must look like 10.43.0.0/16",
+                n.pod_service_cidr
+            )
+        })?;
     Ok(())
 }
 
@@ -559,9 +596,11 @@ fn main() -> Result<()> {
     // The runtime's helpers must stay single-threaded: dispatch them before
     // any thread starts.
     match &cli.command {
-        Command::Pause { hostname, pid_file } => {
-            helper_exit(mast_agent::sys::pause(hostname, pid_file).map(|_| 0))
-        }
+        Command::Pause {
+            hostname,
+            pid_file,
+            net,
+        } => helper_exit(mast_agent::sys::pause(hostname, pid_file, *net).map(|_| 0)),
         Command::Shim { dir } => helper_exit(mast_agent::sys::shim(dir).map(|_| 0)),
         Command::Nsexec {
             target,

@@ -1038,3 +1038,81 @@ impl Drop for Cleanup {
             .status();
     }
 }
+
+#[test]
+fn pods_get_their_own_network_namespaces_on_a_bridge() {
+    let c = Cluster::start();
+    let _sched = c.component(&["scheduler"]);
+    let _ctrl = c.component(&["controllers", "--cluster-cidr=10.211.0.0/16"]);
+    let agent = c.agent(
+        "netns",
+        &["--pod-network=bridge", "--bridge-name=masttest0"],
+    );
+    assert!(eventually(30, || c
+        .kubectl(&["get", "node", "netns"])
+        .success));
+    c.ok(&["run", "web", "--image=mast.dev/echo"]);
+    c.ok(&["run", "bb", "--image=busybox", "--", "sleep", "3600"]);
+    wait_ready(&c, "web", 60);
+    wait_ready(&c, "bb", 60);
+    let ip = |pod: &str| {
+        pod_json(&c, pod)["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (web, bb) = (ip("web"), ip("bb"));
+    assert!(
+        web.starts_with("10.211.0.") && bb.starts_with("10.211.0."),
+        "{web} {bb}"
+    );
+    // The node reaches pods, pods reach each other, each on its own eth0.
+    assert_eq!(
+        curl(&format!("http://{web}:8080/from-node")).expect("node → pod")["pod"],
+        "web"
+    );
+    let got = c.ok(&[
+        "exec",
+        "bb",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{web}:8080/from-pod"),
+    ]);
+    assert!(got.contains("\"path\":\"/from-pod\""), "{got}");
+    let addr = c.ok(&[
+        "exec", "bb", "--", "busybox", "ip", "-4", "addr", "show", "eth0",
+    ]);
+    assert!(addr.contains(&format!("inet {bb}/24")), "{addr}");
+    // No route leaves the machine.
+    let out = c.kubectl(&[
+        "exec",
+        "bb",
+        "--",
+        "busybox",
+        "ip",
+        "route",
+        "get",
+        "192.0.2.1",
+    ]);
+    assert!(
+        !out.success && out.stderr.contains("unreachable"),
+        "{out:?}"
+    );
+    // Deleting the pods removes their links; stopping the node removes the bridge.
+    c.ok(&["delete", "pod", "web", "bb"]);
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(links.contains("masttest0"), "{links}");
+    drop(agent);
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("masttest0"));
+}
