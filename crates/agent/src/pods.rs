@@ -12,7 +12,7 @@ use crate::probe::{self, Action, Target};
 use crate::spec::{self, ImageRef, PodFacts};
 use crate::sys::{self, ExitRecord, ProcId};
 use crate::{events, volumes, AgentConfig};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use nix::sys::signal::Signal;
@@ -768,6 +768,37 @@ impl Worker {
         out
     }
 
+    /// The Services whose variables a container gets, as the kubelet picks
+    /// them: those of the pod's namespace (unless `enableServiceLinks` is
+    /// false) and the `kubernetes` Service of `default`, sorted by name.
+    async fn services_for(&self, pod: &Pod) -> Vec<Service> {
+        let ns = pod.namespace().unwrap_or_default();
+        let links = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        let mut out = vec![];
+        if links {
+            if let Ok(l) = Api::<Service>::namespaced(self.rt.client.clone(), &ns)
+                .list(&Default::default())
+                .await
+            {
+                out.extend(l.items);
+            }
+        }
+        if ns != "default" || !links {
+            if let Ok(Some(k)) = Api::<Service>::namespaced(self.rt.client.clone(), "default")
+                .get_opt("kubernetes")
+                .await
+            {
+                out.push(k);
+            }
+        }
+        out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        out
+    }
+
     /// Back off a container that failed to start or exited.
     fn back_off(&mut self, name: &str, reason: &str, msg: String) {
         let m = self.mem.entry(name.to_owned()).or_default();
@@ -835,6 +866,7 @@ impl Worker {
         if c.tty.unwrap_or(false) {
             base.push(("TERM".into(), "xterm".into()));
         }
+        base.extend(spec::service_env(&self.services_for(pod).await));
         let env = match spec::build_env(pod, c, base, &sources, &self.facts()) {
             Ok(e) => e,
             Err(msg) => {

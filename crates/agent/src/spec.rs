@@ -375,6 +375,67 @@ pub fn build_env(
         .collect())
 }
 
+/// The kubelet's Service environment variables (`FOO_SERVICE_HOST`,
+/// `FOO_SERVICE_PORT`, `FOO_SERVICE_PORT_<NAME>`, `FOO_PORT` and the
+/// `FOO_PORT_<port>_<PROTO>` family) for the Services that exist when the
+/// container starts. Services without a cluster IP (headless, ExternalName)
+/// get none. `services` come sorted by name, as the kubelet orders them.
+pub fn service_env(services: &[k8s_openapi::api::core::v1::Service]) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let name = svc
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+            .replace('-', "_");
+        let ports = spec.ports.clone().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        out.push((format!("{name}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for p in &ports {
+            if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!(
+                        "{name}_SERVICE_PORT_{}",
+                        pn.to_ascii_uppercase().replace('-', "_")
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        out.push((
+            format!("{name}_PORT"),
+            format!(
+                "{}://{ip}:{}",
+                proto(first).to_ascii_lowercase(),
+                first.port
+            ),
+        ));
+        for p in &ports {
+            let pr = proto(p);
+            let prefix = format!("{name}_PORT_{}_{}", p.port, pr.to_ascii_uppercase());
+            out.push((
+                prefix.clone(),
+                format!("{}://{ip}:{}", pr.to_ascii_lowercase(), p.port),
+            ));
+            out.push((format!("{prefix}_PROTO"), pr.to_ascii_lowercase()));
+            out.push((format!("{prefix}_PORT"), p.port.to_string()));
+            out.push((format!("{prefix}_ADDR"), ip.clone()));
+        }
+    }
+    out
+}
+
 /// cgroup v1 limits for a container, as files and values.
 pub fn cgroup_limits(
     c: &Container,
@@ -505,6 +566,28 @@ mod tests {
         sources.remove(&("secret", "s".into()));
         let e = build_env(&p, &c, vec![], &sources, &facts).unwrap_err();
         assert_eq!(e, "secret \"s\" not found");
+    }
+
+    #[test]
+    fn service_links() {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": "my-db"},
+            "spec": {"clusterIP": "10.43.0.9", "ports": [{"name": "sql", "port": 5432}, {"port": 53, "protocol": "UDP"}]}}))
+        .unwrap();
+        let headless: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}}))
+        .unwrap();
+        let env: HashMap<String, String> = service_env(&[svc, headless]).into_iter().collect();
+        assert_eq!(env["MY_DB_SERVICE_HOST"], "10.43.0.9");
+        assert_eq!(env["MY_DB_SERVICE_PORT"], "5432");
+        assert_eq!(env["MY_DB_SERVICE_PORT_SQL"], "5432");
+        assert_eq!(env["MY_DB_PORT"], "tcp://10.43.0.9:5432");
+        assert_eq!(env["MY_DB_PORT_5432_TCP"], "tcp://10.43.0.9:5432");
+        assert_eq!(env["MY_DB_PORT_5432_TCP_PROTO"], "tcp");
+        assert_eq!(env["MY_DB_PORT_5432_TCP_PORT"], "5432");
+        assert_eq!(env["MY_DB_PORT_5432_TCP_ADDR"], "10.43.0.9");
+        assert_eq!(env["MY_DB_PORT_53_UDP"], "udp://10.43.0.9:53");
+        assert!(!env.keys().any(|k| k.starts_with("H_")));
     }
 
     #[test]

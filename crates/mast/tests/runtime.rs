@@ -84,6 +84,18 @@ fn the_course_busybox_lab_runs_logs_and_execs() {
     assert!(o.success, "{o:?}");
     assert!(o.stdout.contains("HOSTNAME=busybox"), "{}", o.stdout);
     assert!(o.stdout.contains("PATH="), "{}", o.stdout);
+    // The kubelet's Service variables, for the `kubernetes` Service.
+    assert!(
+        o.stdout.contains("KUBERNETES_SERVICE_HOST=10.43.0.1"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("KUBERNETES_PORT_443_TCP=tcp://10.43.0.1:443"),
+        "{}",
+        o.stdout
+    );
     // The pod has its own pid namespace and hostname.
     let ps = c.ok(&["exec", "busybox", "--", "ps", "-e", "-o", "pid,comm"]);
     assert!(ps.contains("pause"), "{ps}");
@@ -1115,4 +1127,68 @@ fn pods_get_their_own_network_namespaces_on_a_bridge() {
         .output()
         .expect("ip link");
     assert!(!String::from_utf8_lossy(&links.stdout).contains("masttest0"));
+}
+
+#[test]
+fn service_environment_variables_as_the_kubelet_writes_them() {
+    let (c, _agent, _bg) = cluster_with_agent("links");
+    c.ok(&["create", "namespace", "shop"]);
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: my-db, namespace: shop}
+spec:
+  selector: {app: db}
+  ports: [{name: sql, port: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: linked, namespace: shop}
+spec:
+  containers: [{name: c, image: busybox, args: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unlinked, namespace: shop}
+spec:
+  enableServiceLinks: false
+  containers: [{name: c, image: busybox, args: [sleep, "3600"]}]
+"#,
+    );
+    let ip = c.ok(&[
+        "get",
+        "svc",
+        "my-db",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    for p in ["linked", "unlinked"] {
+        assert!(eventually(60, || c.ok(&[
+            "get",
+            "pod",
+            p,
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.phase}"
+        ]) == "Running"));
+    }
+    let linked = c.ok(&["exec", "-n", "shop", "linked", "--", "printenv"]);
+    for want in [
+        format!("MY_DB_SERVICE_HOST={ip}"),
+        "MY_DB_SERVICE_PORT=5432".into(),
+        "MY_DB_SERVICE_PORT_SQL=5432".into(),
+        format!("MY_DB_PORT=tcp://{ip}:5432"),
+        format!("MY_DB_PORT_5432_TCP_ADDR={ip}"),
+        "KUBERNETES_SERVICE_HOST=".into(),
+    ] {
+        assert!(linked.contains(&want), "missing {want} in {linked}");
+    }
+    let unlinked = c.ok(&["exec", "-n", "shop", "unlinked", "--", "printenv"]);
+    assert!(!unlinked.contains("MY_DB_"), "{unlinked}");
+    assert!(unlinked.contains("KUBERNETES_SERVICE_HOST="), "{unlinked}");
 }
