@@ -39,7 +39,8 @@ enum Command {
     Server(ServerArgs),
     /// Run the scheduler against an API server.
     Scheduler(ClientArgs),
-    /// Run the controllers (Deployment, ReplicaSet, garbage collector, node
+    /// Run the controllers (Deployment, ReplicaSet, Endpoints and
+    /// EndpointSlices, garbage collector, namespaces, node IPAM and
     /// lifecycle) against an API server.
     Controllers(ControllersArgs),
     /// Run a node agent that registers a Node and runs the pods bound to it.
@@ -169,9 +170,9 @@ struct NodeArgs {
     /// The node's address, reported as its InternalIP and pods' hostIP.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
-    /// Pod IPs are taken from this range. Until pods get their own network
-    /// namespaces they are loopback addresses, so each pod can listen on
-    /// its own IP and port.
+    /// Pod IPs for --pod-network loopback: distinct loopback addresses, so
+    /// each pod can listen on its own IP and port. (With bridge, pod IPs come
+    /// from the Node's podCIDR.)
     #[arg(long, default_value = "127.1.0.0/16")]
     pod_ip_range: String,
     /// Rotate a container's log at this size; one older file is kept.
