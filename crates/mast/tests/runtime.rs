@@ -1192,3 +1192,63 @@ spec:
     assert!(!unlinked.contains("MY_DB_"), "{unlinked}");
     assert!(unlinked.contains("KUBERNETES_SERVICE_HOST="), "{unlinked}");
 }
+
+#[test]
+fn mast_up_runs_pods_and_picks_them_up_after_a_crash() {
+    let mut c = Cluster::start_up("allinone", "127.240.0.0/16");
+    c.ok(&[
+        "create",
+        "deployment",
+        "echo",
+        "--image=mast.dev/echo",
+        "--replicas=3",
+    ]);
+    c.ok(&["rollout", "status", "deployment/echo", "--timeout=90s"]);
+    let started = |c: &Cluster| {
+        let v: Value =
+            serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=echo", "-o", "json"]))
+                .expect("json");
+        let mut s: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["metadata"]["name"],
+                    p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+                )
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let before = started(&c);
+    assert_eq!(before.len(), 3);
+    // The whole cluster dies at once; its pods do not.
+    c.crash_and_restart();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        eventually(30, || started(&c) == before),
+        "{:?} vs {before:?}",
+        started(&c)
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=echo",
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[0].restartCount}"
+        ]),
+        "0 0 0"
+    );
+    // And it still runs new work and removes old.
+    c.ok(&["scale", "deployment/echo", "--replicas=1"]);
+    assert!(eventually(60, || c
+        .ok(&["get", "pods", "-l", "app=echo", "--no-headers"])
+        .lines()
+        .count()
+        == 1));
+}

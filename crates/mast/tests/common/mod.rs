@@ -37,9 +37,13 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A running mast server.
+/// A running mast server (or all-in-one `mast up`).
 pub struct Cluster {
     child: Option<Child>,
+    /// Extra arguments: `up` and its flags instead of `server`.
+    mode: Vec<String>,
+    /// For `mast up`: its agent's data dir, cleaned up after the cluster stops.
+    agent_data: Option<PathBuf>,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub url: String,
@@ -50,6 +54,8 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut c = Cluster {
             child: None,
+            mode: vec!["server".into()],
+            agent_data: None,
             kubeconfig: PathBuf::new(),
             url: String::new(),
             dir,
@@ -58,10 +64,34 @@ impl Cluster {
         c
     }
 
-    /// Start `mast server` on this cluster's data dir.
+    /// Start `mast up` (server, scheduler, controllers and a real agent
+    /// named `node`) instead of `mast server`. Its pods are cleaned up with
+    /// the agent's data dir when the cluster drops.
+    pub fn start_up(node: &str, pod_ip_range: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("agent").join(node);
+        let mut c = Cluster {
+            child: None,
+            mode: vec![
+                "up".into(),
+                format!("--node-name={node}"),
+                "--agent-listen=127.0.0.1:0".into(),
+                format!("--pod-ip-range={pod_ip_range}"),
+            ],
+            agent_data: Some(data),
+            kubeconfig: PathBuf::new(),
+            url: String::new(),
+            dir,
+        };
+        c.launch("127.0.0.1:0");
+        c
+    }
+
+    /// Start `mast server` (or `mast up`) on this cluster's data dir.
     fn launch(&mut self, listen: &str) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mast"))
-            .args(["server", "--data-dir"])
+            .args(&self.mode)
+            .arg("--data-dir")
             .arg(self.dir.path())
             .args(["--listen", listen])
             .env("MAST_LOG", "warn")
@@ -84,7 +114,10 @@ impl Cluster {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 .expect("mast did not print its kubeconfig within 60s");
-            if let Some(url) = line.strip_prefix("mast API server is up: ") {
+            if let Some(url) = line
+                .strip_prefix("mast API server is up: ")
+                .or_else(|| line.strip_prefix("mast cluster is up: "))
+            {
                 self.url = url.trim().to_owned();
             }
             if let Some(p) = line.trim().strip_prefix("export KUBECONFIG=") {
@@ -230,6 +263,12 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(data) = self.agent_data.take() {
+            drop(Agent {
+                process: None,
+                data,
+            });
+        }
     }
 }
 
