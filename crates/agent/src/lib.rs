@@ -97,6 +97,27 @@ impl AgentConfig {
     }
 }
 
+/// This machine's CPUs, as a quantity.
+pub fn machine_cpus() -> String {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .to_string()
+}
+
+/// This machine's memory (MemTotal), as a quantity in Ki.
+pub fn machine_memory() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| format!("{kb}Ki"))
+        .unwrap_or_else(|| "8Gi".into())
+}
+
 /// A node taint as the Node spec holds it.
 pub fn taint(key: &str, value: &str, effect: &str) -> Value {
     let mut t = json!({"key": key, "effect": effect});

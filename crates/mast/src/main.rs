@@ -139,12 +139,13 @@ struct AgentArgs {
     /// Node taints, `key=value:Effect,...` (Effect: NoSchedule, PreferNoSchedule, NoExecute).
     #[arg(long, default_value = "")]
     register_with_taints: String,
-    /// CPU the node offers.
-    #[arg(long, default_value = "4")]
-    cpu: String,
-    /// Memory the node offers.
-    #[arg(long, default_value = "8Gi")]
-    memory: String,
+    /// CPU the node offers (default: this machine's CPUs; 4 for hollow nodes).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory the node offers (default: this machine's memory; 8Gi for
+    /// hollow nodes).
+    #[arg(long)]
+    memory: Option<String>,
     /// Pods the node takes at most.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
@@ -449,8 +450,21 @@ fn agent_config(a: &AgentArgs) -> Result<mast_agent::AgentConfig> {
     let mut cfg = mast_agent::AgentConfig::new(name);
     node_config(&mut cfg, &a.node, default_data_dir())?;
     cfg.hollow = a.hollow;
-    cfg.cpu = a.cpu.clone();
-    cfg.memory = a.memory.clone();
+    if let Some(cpu) = &a.cpu {
+        cfg.cpu = cpu.clone();
+    } else if !a.hollow {
+        cfg.cpu = mast_agent::machine_cpus();
+    }
+    if let Some(mem) = &a.memory {
+        cfg.memory = mem.clone();
+    } else if !a.hollow {
+        cfg.memory = mast_agent::machine_memory();
+    }
+    for (flag, q) in [("--cpu", &cfg.cpu), ("--memory", &cfg.memory)] {
+        if mast_api::quantity::milli(q).is_none_or(|m| m <= 0) {
+            bail!("{flag} {q:?} is not a positive quantity like 4, 500m or 8Gi");
+        }
+    }
     cfg.max_pods = a.max_pods;
     cfg.heartbeat = std::time::Duration::from_millis(a.node_lease_duration_seconds.max(1) * 250);
     cfg.labels = parse_pairs(&a.node_labels, "--node-labels")?
@@ -521,6 +535,8 @@ async fn run_server(
         });
         let mut agent = mast_agent::AgentConfig::new(node.clone().unwrap_or_else(hostname));
         node_config(&mut agent, &node_args, cfg.api.data_dir.clone())?;
+        agent.cpu = mast_agent::machine_cpus();
+        agent.memory = mast_agent::machine_memory();
         agent.ca_der = config.root_cert.clone().unwrap_or_default();
         let s3 = stop_rx.clone();
         tokio::spawn(async move {
