@@ -96,6 +96,24 @@ fn the_course_busybox_lab_runs_logs_and_execs() {
         "{}",
         o.stdout
     );
+    // With a real terminal (script(1) provides one), exec -ti gets a TTY.
+    if std::path::Path::new("/usr/bin/script").exists() {
+        let cmd = format!(
+            "KUBECONFIG={} {} exec -ti busybox -- sh -c 'tty; echo term=$TERM'",
+            c.kubeconfig.display(),
+            common::KUBECTL
+        );
+        let out = std::process::Command::new("/usr/bin/script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("/dev/pts/") && text.contains("term=xterm"),
+            "{text}"
+        );
+    }
     // The pod has its own pid namespace and hostname.
     let ps = c.ok(&["exec", "busybox", "--", "ps", "-e", "-o", "pid,comm"]);
     assert!(ps.contains("pause"), "{ps}");
