@@ -12,7 +12,7 @@ use crate::probe::{self, Action, Target};
 use crate::spec::{self, ImageRef, PodFacts};
 use crate::sys::{self, ExitRecord, ProcId};
 use crate::{events, volumes, AgentConfig};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe, Secret, Service};
+use k8s_openapi::api::core::v1::{Container, Pod, Probe, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use nix::sys::signal::Signal;
@@ -740,29 +740,17 @@ impl Worker {
                 continue;
             }
             let data = if kind == "configmap" {
-                Api::<ConfigMap>::namespaced(self.rt.client.clone(), &ns)
-                    .get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|cm| cm.data.unwrap_or_default())
+                volumes::configmap(&self.rt.client, &ns, &name).await
             } else {
-                Api::<Secret>::namespaced(self.rt.client.clone(), &ns)
-                    .get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|s| {
-                        let mut m: BTreeMap<String, String> = s
-                            .data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                            .collect();
-                        m.extend(s.string_data.unwrap_or_default());
-                        m
-                    })
+                volumes::secret(&self.rt.client, &ns, &name).await
             };
+            // An object that cannot be read counts as missing: the error
+            // names it, and the start is retried with back-off.
+            let data = data.ok().flatten().map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect::<BTreeMap<String, String>>()
+            });
             out.insert((kind, name), data);
         }
         out

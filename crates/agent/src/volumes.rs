@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 /// Where each of a pod's volumes lives on the host.
 pub type VolumePaths = HashMap<String, PathBuf>;
 
-async fn configmap(
+/// A ConfigMap's keys (`data` and `binaryData`), or `None` if it does not exist.
+pub(crate) async fn configmap(
     client: &Client,
     ns: &str,
     name: &str,
@@ -42,7 +43,8 @@ async fn configmap(
     }
 }
 
-async fn secret(
+/// A Secret's keys (`data` and `stringData`), or `None` if it does not exist.
+pub(crate) async fn secret(
     client: &Client,
     ns: &str,
     name: &str,
