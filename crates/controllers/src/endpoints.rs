@@ -23,7 +23,7 @@ const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 
 pub async fn run(
     client: Client,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -33,8 +33,10 @@ pub async fn run(
         watcher::Config::default(),
     );
     let services = controller.store();
-    controller
-        .watches(Api::<Pod>::all(client), watcher::Config::default(), move |pod: Pod| {
+    let controller = controller.watches(
+        Api::<Pod>::all(client),
+        watcher::Config::default(),
+        move |pod: Pod| {
             let ns = pod.namespace();
             let labels = pod.labels().clone();
             services
@@ -43,24 +45,11 @@ pub async fn run(
                 .filter(|s| s.namespace() == ns && selects(s, &labels))
                 .map(|s| ObjectRef::from_obj(&*s))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(async move {
-            let _ = shutdown.changed().await;
-        })
-        .run(
-            reconcile,
-            |svc, e, _| {
-                tracing::warn!(controller = "endpoints", name = %svc.name_any(), error = %e, "reconcile failed; retrying in 5s");
-                Action::requeue(Duration::from_secs(5))
-            },
-            ctx,
-        )
-        .for_each(|_| async {})
-        .await;
+        },
+    );
+    crate::drive(controller, shutdown, "endpoints", reconcile, ctx).await;
     Ok(())
 }
-
-use futures::StreamExt;
 
 fn selector_of(svc: &Service) -> Option<&BTreeMap<String, String>> {
     svc.spec

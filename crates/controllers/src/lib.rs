@@ -41,41 +41,65 @@ pub(crate) struct Ctx {
     pub client: Client,
 }
 
+/// What a controller can watch: a built-in, typed Kubernetes object.
+pub(crate) trait Object:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Object for T where
+    T: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Run one kube-runtime `Controller` for `K`, woken by changes to the `C`
-/// objects it owns, until `shutdown` turns true. A failed reconcile is
-/// logged and retried after 5 s.
-pub(crate) async fn run_controller<K, C, Fut>(
+/// objects it owns, until `shutdown` turns true.
+pub(crate) async fn run_controller<K: Object, C: Object, Fut>(
     client: Client,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
     reconcile: fn(Arc<K>, Arc<Ctx>) -> Fut,
 ) -> anyhow::Result<()>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    C: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
     Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
 {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
     });
-    let error_policy = move |obj: Arc<K>, e: &Error, _: Arc<Ctx>| {
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<C>::all(client), watcher::Config::default());
+    drive(controller, shutdown, what, reconcile, ctx).await;
+    Ok(())
+}
+
+/// Run a configured `Controller` until `shutdown` turns true. A failed
+/// reconcile is logged and retried after 5 s.
+pub(crate) async fn drive<K: Object, T: Send + Sync + 'static, Fut>(
+    controller: Controller<K>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    reconcile: fn(Arc<K>, Arc<T>) -> Fut,
+    ctx: Arc<T>,
+) where
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let error_policy = move |obj: Arc<K>, e: &Error, _: Arc<T>| {
         tracing::warn!(controller = what, name = %obj.name_any(), error = %e, "reconcile failed; retrying in 5s");
         Action::requeue(Duration::from_secs(5))
     };
-    Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<C>::all(client), watcher::Config::default())
+    controller
         .graceful_shutdown_on(async move {
             let _ = shutdown.changed().await;
         })
@@ -86,7 +110,6 @@ where
             }
         })
         .await;
-    Ok(())
 }
 
 /// Why a reconcile failed; the error policy requeues with a delay.

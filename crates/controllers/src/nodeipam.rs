@@ -12,7 +12,6 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// An IPv4 range, `10.42.0.0/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +81,7 @@ struct IpamCtx {
 
 pub async fn run(
     client: Client,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     ranges: Ranges,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(IpamCtx {
@@ -90,24 +89,10 @@ pub async fn run(
         ranges,
         lock: Default::default(),
     });
-    Controller::new(Api::<Node>::all(client), watcher::Config::default())
-        .graceful_shutdown_on(async move {
-            let _ = shutdown.changed().await;
-        })
-        .run(
-            reconcile,
-            |node, e, _| {
-                tracing::warn!(controller = "nodeipam", name = %node.name_any(), error = %e, "reconcile failed; retrying in 5s");
-                Action::requeue(Duration::from_secs(5))
-            },
-            ctx,
-        )
-        .for_each(|_| async {})
-        .await;
+    let controller = Controller::new(Api::<Node>::all(client), watcher::Config::default());
+    crate::drive(controller, shutdown, "nodeipam", reconcile, ctx).await;
     Ok(())
 }
-
-use futures::StreamExt;
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<IpamCtx>) -> Result<Action, Error> {
     if node
