@@ -297,6 +297,24 @@ fn pods_of_node(
     watcher(pods, wc).default_backoff()
 }
 
+/// The next item of a pod watch; `None` once the agent stops or the watch
+/// ends. Failures are logged and the watch retries with back-off.
+async fn next_or_stop<T>(
+    stream: &mut (impl futures::Stream<Item = Result<T, watcher::Error>> + Unpin),
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<T> {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            e = stream.next() => match e {
+                Some(Ok(e)) => return Some(e),
+                Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+                None => return None,
+            },
+        }
+    }
+}
+
 /// The process runtime: one worker per pod.
 async fn run_pods(
     client: Client,
@@ -330,15 +348,7 @@ async fn run_pods(
     let mut workers: HashMap<String, tokio::sync::watch::Sender<Option<Pod>>> = HashMap::new();
     let mut listed: BTreeSet<String> = BTreeSet::new();
     let mut first_list = true;
-    loop {
-        let ev = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            e = stream.next() => match e {
-                Some(Ok(e)) => e,
-                Some(Err(e)) => { tracing::warn!(error = %e, "pod watch failed; retrying"); continue; }
-                None => return Ok(()),
-            },
-        };
+    while let Some(ev) = next_or_stop(&mut stream, &mut shutdown).await {
         match ev {
             watcher::Event::Init => listed.clear(),
             watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
@@ -381,6 +391,7 @@ async fn run_pods(
         }
         workers.retain(|_, tx| !tx.is_closed());
     }
+    Ok(())
 }
 
 /// The podCIDR the controllers give this node (node IPAM).
@@ -413,15 +424,7 @@ async fn run_hollow(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut stream = std::pin::pin!(pods_of_node(&client, &cfg.node_name).applied_objects());
-    loop {
-        let pod = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            p = stream.next() => match p {
-                Some(Ok(p)) => p,
-                Some(Err(e)) => { tracing::warn!(error = %e, "pod watch failed; retrying"); continue; }
-                None => return Ok(()),
-            },
-        };
+    while let Some(pod) = next_or_stop(&mut stream, &mut shutdown).await {
         let ns = pod.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         if pod.metadata.deletion_timestamp.is_some() {
@@ -458,4 +461,5 @@ async fn run_hollow(
             }
         }
     }
+    Ok(())
 }

@@ -129,24 +129,7 @@ async fn route(rt: Arc<Runtime>, req: Request<hyper::body::Incoming>) -> Respons
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
         ["healthz"] => Response::new(full("ok")),
-        ["pods", ns, name, "portforward"] => {
-            let key = format!("{ns}/{name}");
-            let pod = rt
-                .pods
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&key)
-                .cloned();
-            match pod {
-                Some(pod) => port_forward(req, pod, name),
-                None => status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("pod {name:?} is not running on this node"),
-                ),
-            }
-        }
-        ["pods", ns, name, op @ ("log" | "exec")] => {
+        ["pods", ns, name, op @ ("log" | "exec" | "portforward")] => {
             let key = format!("{ns}/{name}");
             let pod = rt
                 .pods
@@ -161,6 +144,9 @@ async fn route(rt: Arc<Runtime>, req: Request<hyper::body::Incoming>) -> Respons
                     &format!("pod {name:?} is not running on this node"),
                 );
             };
+            if *op == "portforward" {
+                return port_forward(req, pod, name);
+            }
             let container = match pick_container(&pod, param(&q, "container"), name) {
                 Ok(c) => c,
                 Err(r) => return *r,

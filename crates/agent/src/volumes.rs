@@ -15,32 +15,47 @@ use std::path::{Path, PathBuf};
 /// Where each of a pod's volumes lives on the host.
 pub type VolumePaths = HashMap<String, PathBuf>;
 
+/// Read one object and turn it into its keys; `None` if it does not exist.
+async fn keys_of<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    keys: fn(K) -> BTreeMap<String, Vec<u8>>,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found.map(keys)),
+        Err(e) => Err(format!("fetching {what} {name:?}: {e}")),
+    }
+}
+
 /// A ConfigMap's keys (`data` and `binaryData`), or `None` if it does not exist.
 pub(crate) async fn configmap(
     client: &Client,
     ns: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    match api.get_opt(name).await {
-        Ok(Some(cm)) => {
-            let mut out: BTreeMap<String, Vec<u8>> = cm
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect();
-            out.extend(
-                cm.binary_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0)),
-            );
-            Ok(Some(out))
-        }
-        Ok(None) => Ok(None),
-        Err(e) => Err(format!("fetching configmap {name:?}: {e}")),
-    }
+    keys_of(client, ns, name, "configmap", |cm: ConfigMap| {
+        let text = cm
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()));
+        let binary = cm
+            .binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0));
+        text.chain(binary).collect()
+    })
+    .await
 }
 
 /// A Secret's keys (`data` and `stringData`), or `None` if it does not exist.
@@ -49,26 +64,20 @@ pub(crate) async fn secret(
     ns: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    match api.get_opt(name).await {
-        Ok(Some(s)) => {
-            let mut out: BTreeMap<String, Vec<u8>> = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            out.extend(
-                s.string_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes())),
-            );
-            Ok(Some(out))
-        }
-        Ok(None) => Ok(None),
-        Err(e) => Err(format!("fetching secret {name:?}: {e}")),
-    }
+    keys_of(client, ns, name, "secret", |s: Secret| {
+        let data = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0));
+        let text = s
+            .string_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()));
+        data.chain(text).collect()
+    })
+    .await
 }
 
 fn write_file(dir: &Path, rel: &str, data: &[u8], mode: i32) -> Result<(), String> {

@@ -1058,7 +1058,6 @@ pub async fn write_update(
     }
 }
 
-/// PUT on an object (or its status).
 /// `PUT namespaces/{name}/finalize`: replace only `spec.finalizers`, as the
 /// namespace controller does once the namespace is empty. A terminating
 /// namespace left with no finalizers is then removed.
@@ -1095,6 +1094,7 @@ pub async fn finalize_namespace(
     Ok(render_one(t, req, out, 200))
 }
 
+/// PUT on an object (or its status).
 pub async fn update(
     state: &ApiState,
     t: &Target,
