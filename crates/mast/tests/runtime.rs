@@ -48,17 +48,13 @@ fn wait_ready(c: &Cluster, name: &str, secs: u64) {
     );
 }
 
-fn apply(c: &Cluster, yaml: &str) {
-    let path = c.dir.path().join(format!("m{}.yaml", rand_suffix()));
-    std::fs::write(&path, yaml).expect("write manifest");
-    c.ok(&["apply", "-f", path.to_str().expect("path")]);
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// Wait until the pod `name` satisfies `ok`; on timeout, fail showing it.
+fn wait_pod(c: &Cluster, name: &str, secs: u64, ok: impl Fn(&Value) -> bool) {
+    assert!(
+        eventually(secs, || ok(&pod_json(c, name))),
+        "{}",
+        c.kubectl(&["get", "pod", name, "-o", "yaml"]).stdout
+    );
 }
 
 fn curl(url: &str) -> Option<Value> {
@@ -192,8 +188,7 @@ fn the_course_busybox_lab_runs_logs_and_execs() {
 #[test]
 fn logs_follow_tail_previous_and_crash_loop_back_off() {
     let (c, _agent, _bg) = cluster_with_agent("logs");
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -206,16 +201,11 @@ spec:
 "#,
     );
     // It exits 3: restarts once at once, then backs off.
-    assert!(
-        eventually(60, || {
-            let p = pod_json(&c, "talker");
-            restarts(&p) >= 1
-                && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                    == "CrashLoopBackOff"
-        }),
-        "{}",
-        c.kubectl(&["get", "pod", "talker", "-o", "yaml"]).stdout
-    );
+    wait_pod(&c, "talker", 60, |p| {
+        restarts(p) >= 1
+            && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CrashLoopBackOff"
+    });
     let p = pod_json(&c, "talker");
     let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 3, "{p}");
@@ -239,8 +229,7 @@ spec:
     );
 
     // follow: streams lines as they are written.
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -295,18 +284,13 @@ spec:
         "ghost",
         "--image=registry.example/no-such-program-xyz:1.0",
     ]);
-    assert!(
-        eventually(30, || {
-            let p = pod_json(&c, "ghost");
-            let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
-            (w["reason"] == "ErrImagePull" || w["reason"] == "ImagePullBackOff")
-                && w["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("no-such-program-xyz"))
-        }),
-        "{}",
-        c.kubectl(&["get", "pod", "ghost", "-o", "yaml"]).stdout
-    );
+    wait_pod(&c, "ghost", 30, |p| {
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        (w["reason"] == "ErrImagePull" || w["reason"] == "ImagePullBackOff")
+            && w["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no-such-program-xyz"))
+    });
     let describe = c.ok(&["describe", "pod", "ghost"]);
     assert!(describe.contains("apt-get install"), "{describe}");
 }
@@ -314,8 +298,7 @@ spec:
 #[test]
 fn volumes_env_init_containers_and_limits() {
     let (c, _agent, _bg) = cluster_with_agent("vols");
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: v1
 kind: ConfigMap
@@ -465,8 +448,7 @@ spec:
 #[test]
 fn probes_restart_and_agent_restart_adopts_pods() {
     let (c, mut agent, _bg) = cluster_with_agent("probes");
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -542,22 +524,16 @@ spec:
     );
     // Exits are still noticed after adoption.
     curl(&format!("http://{ip}:8080/exit?code=7"));
-    assert!(
-        eventually(30, || {
-            let p = pod_json(&c, "web");
-            restarts(&p) == 2
-                && p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 7
-        }),
-        "{}",
-        c.kubectl(&["get", "pod", "web", "-o", "yaml"]).stdout
-    );
+    wait_pod(&c, "web", 30, |p| {
+        restarts(p) == 2
+            && p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 7
+    });
 }
 
 #[test]
 fn a_deployment_of_echo_replicas_restarts_scales_rolls_and_undoes() {
     let (c, _agent, _bg) = cluster_with_agent("deploy");
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -708,8 +684,7 @@ fn logs_are_capped_and_termination_is_graceful() {
         .success));
     let out = c.dir.path().join("out");
     std::fs::create_dir_all(&out).expect("out dir");
-    apply(
-        &c,
+    c.apply(
         &format!(
             r#"
 apiVersion: v1
@@ -833,8 +808,7 @@ fn port_forward_over_websocket_and_spdy() {
 #[test]
 fn a_container_over_its_memory_limit_is_oom_killed() {
     let (c, _agent, _bg) = cluster_with_agent("oom");
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -849,16 +823,10 @@ spec:
     resources: {limits: {memory: 32Mi}}
 "#,
     );
-    assert!(
-        eventually(60, || {
-            let p = pod_json(&c, "hog");
-            p["status"]["phase"] == "Failed"
-                && p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"]
-                    == "OOMKilled"
-        }),
-        "{}",
-        c.kubectl(&["get", "pod", "hog", "-o", "yaml"]).stdout
-    );
+    wait_pod(&c, "hog", 60, |p| {
+        p["status"]["phase"] == "Failed"
+            && p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+    });
     let table = c.ok(&["get", "pod", "hog"]);
     assert!(table.contains("OOMKilled"), "{table}");
 }
@@ -919,8 +887,7 @@ fn deleting_a_namespace_stops_its_pods_then_removes_it() {
 #[test]
 fn startup_exec_and_tcp_probes_post_start_hooks_and_on_failure() {
     let (c, _agent, _bg) = cluster_with_agent("checks");
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -986,14 +953,9 @@ spec:
         "{logs}"
     );
     // OnFailure: restarted after each failure, then Succeeded.
-    assert!(
-        eventually(60, || {
-            let p = pod_json(&c, "retry");
-            p["status"]["phase"] == "Succeeded" && restarts(&p) == 2
-        }),
-        "{}",
-        c.kubectl(&["get", "pod", "retry", "-o", "yaml"]).stdout
-    );
+    wait_pod(&c, "retry", 60, |p| {
+        p["status"]["phase"] == "Succeeded" && restarts(p) == 2
+    });
     assert!(c.ok(&["get", "pod", "retry"]).contains("Completed"));
 }
 
@@ -1152,8 +1114,7 @@ fn pods_get_their_own_network_namespaces_on_a_bridge() {
 fn service_environment_variables_as_the_kubelet_writes_them() {
     let (c, _agent, _bg) = cluster_with_agent("links");
     c.ok(&["create", "namespace", "shop"]);
-    apply(
-        &c,
+    c.apply(
         r#"
 apiVersion: v1
 kind: Service

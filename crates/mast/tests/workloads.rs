@@ -10,6 +10,11 @@ fn count(out: &str, needle: &str) -> usize {
     out.lines().filter(|l| l.contains(needle)).count()
 }
 
+/// `kubectl get pods -l SELECTOR -o wide --no-headers`.
+fn pods_wide(c: &Cluster, selector: &str) -> String {
+    c.ok(&["get", "pods", "-l", selector, "-o", "wide", "--no-headers"])
+}
+
 fn running(c: &Cluster, selector: &str) -> usize {
     count(
         &c.ok(&["get", "pods", "-l", selector, "--no-headers"]),
@@ -45,7 +50,7 @@ fn deployments_roll_out_scale_roll_back_and_replace_pods() {
     let ready = c.ok(&["get", "deploy", "web", "--no-headers"]);
     assert!(ready.split_whitespace().nth(1) == Some("3/3"), "{ready}");
     // Replicas spread over the nodes.
-    let wide = c.ok(&["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"]);
+    let wide = pods_wide(&c, "app=web");
     for n in ["node-1", "node-2", "node-3"] {
         assert_eq!(count(&wide, n), 1, "{wide}");
     }
@@ -158,11 +163,6 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
         &c.ok(&["get", "nodes", "--no-headers"]),
         " Ready "
     ) == 3));
-    let apply = |name: &str, yaml: &str| {
-        let p = c.dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&p, yaml).unwrap();
-        c.ok(&["apply", "-f", p.to_str().unwrap()]);
-    };
     let node_of = |pod: &str| c.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
     // Node IPAM: each node gets its own slice of the cluster CIDR.
     assert!(
@@ -180,7 +180,7 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
     );
 
     // nodeSelector
-    apply("sel", "apiVersion: v1\nkind: Pod\nmetadata: {name: wants-ssd}\nspec:\n  nodeSelector: {disk: ssd}\n  containers: [{name: c, image: busybox, args: [sleep, '3600']}]\n");
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: wants-ssd}\nspec:\n  nodeSelector: {disk: ssd}\n  containers: [{name: c, image: busybox, args: [sleep, '3600']}]\n");
     assert!(eventually(20, || node_of("wants-ssd") == "ssd"));
     // A taint keeps pods without a toleration away; a toleration lets one in.
     c.ok(&[
@@ -194,22 +194,13 @@ fn scheduling_rules_place_pods_as_kubernetes_would() {
         "3600",
     ]);
     c.ok(&["rollout", "status", "deployment/many", "--timeout=60s"]);
-    let wide = c.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=many",
-        "-o",
-        "wide",
-        "--no-headers",
-    ]);
+    let wide = pods_wide(&c, "app=many");
     assert_eq!(count(&wide, " gpu "), 0, "{wide}");
-    apply("tol", "apiVersion: v1\nkind: Pod\nmetadata: {name: tolerates}\nspec:\n  nodeSelector: {kubernetes.io/hostname: gpu}\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  containers: [{name: c, image: busybox, args: [sleep, '3600']}]\n");
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: tolerates}\nspec:\n  nodeSelector: {kubernetes.io/hostname: gpu}\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  containers: [{name: c, image: busybox, args: [sleep, '3600']}]\n");
     assert!(eventually(20, || node_of("tolerates") == "gpu"));
     // Required anti-affinity: one per host; with two untainted hosts the
     // third replica cannot be placed.
-    apply(
-        "anti",
+    c.apply(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: solo}
@@ -228,15 +219,7 @@ spec:
 "#,
     );
     assert!(eventually(30, || running(&c, "app=solo") == 2));
-    let solo = c.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=solo",
-        "-o",
-        "wide",
-        "--no-headers",
-    ]);
+    let solo = pods_wide(&c, "app=solo");
     assert!(
         count(&solo, " ssd ") == 1 && count(&solo, " plain ") == 1,
         "{solo}"
@@ -257,9 +240,7 @@ spec:
         .ok(&["describe", "pod", &pending])
         .contains("didn't match pod anti-affinity rules")));
     // Topology spread over all three hosts (tolerating the taint).
-    apply(
-        "spread",
-        r#"apiVersion: apps/v1
+    c.apply(r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: spread}
 spec:
@@ -275,20 +256,12 @@ spec:
 "#,
     );
     assert!(eventually(30, || running(&c, "app=spread") == 6));
-    let spread = c.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=spread",
-        "-o",
-        "wide",
-        "--no-headers",
-    ]);
+    let spread = pods_wide(&c, "app=spread");
     for n in [" ssd ", " gpu ", " plain "] {
         assert_eq!(count(&spread, n), 2, "{spread}");
     }
     // A pod that fits nowhere stays Pending with kube-scheduler's reason.
-    apply("huge", "apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec:\n  containers: [{name: c, image: busybox, resources: {requests: {cpu: \"64\"}}}]\n");
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec:\n  containers: [{name: c, image: busybox, resources: {requests: {cpu: \"64\"}}}]\n");
     assert!(eventually(20, || {
         let d = c.ok(&["describe", "pod", "huge"]);
         d.contains("FailedScheduling")
@@ -385,8 +358,7 @@ fn a_silent_node_goes_not_ready_and_its_pods_move() {
         &c.ok(&["get", "nodes", "--no-headers"]),
         " Ready "
     ) == 3));
-    let f = c.dir.path().join("d.yaml");
-    std::fs::write(&f, r#"apiVersion: apps/v1
+    c.apply(r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
 spec:
@@ -398,8 +370,7 @@ spec:
       tolerations:
       - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
       containers: [{name: c, image: nginx}]
-"#).unwrap();
-    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+"#);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert_eq!(
         count(
@@ -428,7 +399,7 @@ spec:
     // Its pod is evicted (left Terminating, as on Kubernetes, since no agent
     // confirms it) and replaced on the other nodes.
     assert!(eventually(60, || {
-        let wide = c.ok(&["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"]);
+        let wide = pods_wide(&c, "app=web");
         wide.lines()
             .filter(|l| l.contains(" Running ") && !l.contains(" node-1 "))
             .count()

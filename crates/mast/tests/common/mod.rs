@@ -209,6 +209,29 @@ impl Cluster {
         Background(child)
     }
 
+    /// `kubectl apply -f -` of a manifest; panics with kubectl's output if
+    /// it fails.
+    pub fn apply(&self, yaml: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(KUBECTL)
+            .args(["apply", "-f", "-"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl apply");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write the manifest");
+        let o = Out::from(child.wait_with_output().expect("kubectl apply"));
+        assert!(o.success, "kubectl apply failed:\n{}\n{yaml}", o.stderr);
+        o.stdout
+    }
+
     /// Start a real node agent (the process runtime) named `node`. Its pods
     /// are stopped and cleaned up when the guard drops.
     pub fn agent(&self, node: &str, extra: &[&str]) -> Agent {
