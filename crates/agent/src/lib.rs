@@ -297,6 +297,13 @@ fn pods_of_node(
     watcher(pods, wc).default_backoff()
 }
 
+fn phase_of(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
 /// The next item of a pod watch; `None` once the agent stops or the watch
 /// ends. Failures are logged and the watch retries with back-off.
 async fn next_or_stop<T>(
@@ -358,11 +365,7 @@ async fn run_pods(
                     tx.send_replace(Some(pod));
                     continue;
                 }
-                let phase = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.phase.clone())
-                    .unwrap_or_default();
+                let phase = phase_of(&pod);
                 let known = rt.root.join(&uid).exists();
                 if (phase == "Succeeded" || phase == "Failed") && !known {
                     continue;
@@ -438,11 +441,7 @@ async fn run_hollow(
             }
             continue;
         }
-        let phase = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
+        let phase = phase_of(&pod);
         let has_statuses = pod
             .status
             .as_ref()

@@ -453,12 +453,8 @@ async fn exec(
         tty: flag(q, "tty"),
     };
     let exe = rt.exe.clone();
+    let upgrade = upgrade_of(&req);
     let h = req.headers();
-    let upgrade = h
-        .get("upgrade")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
     if upgrade == "spdy/3.1" {
         // kubectl 1.29 and older: SPDY, protocol offered in X-Stream-Protocol-Version.
         let offered: Vec<String> = h
@@ -475,25 +471,9 @@ async fn exec(
                 &format!("none of the offered stream protocols {offered:?} is supported; mast speaks {SPDY_EXEC} over SPDY"),
             );
         }
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let Ok(up) = on_upgrade.await else { return };
-            spdy_session(
-                hyper_util::rt::TokioIo::new(up),
-                exe,
-                pid.pid,
-                opts,
-                command,
-            )
-            .await;
+        return accept_spdy(&mut req, SPDY_EXEC, move |io| {
+            spdy_session(io, exe, pid.pid, opts, command)
         });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("upgrade", "SPDY/3.1")
-            .header("connection", "Upgrade")
-            .header("x-stream-protocol-version", SPDY_EXEC)
-            .body(full(""))
-            .unwrap_or_default();
     }
     let Some(key) = h
         .get("sec-websocket-key")
@@ -923,12 +903,7 @@ fn port_forward(
     pod: Arc<PodShared>,
     pod_name: &str,
 ) -> Response<Body> {
-    let h = req.headers();
-    let upgrade = h
-        .get("upgrade")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let upgrade = upgrade_of(&req);
     let ip = pod.ip.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let name = pod_name.to_owned();
     if upgrade == "websocket" {
@@ -951,7 +926,6 @@ fn port_forward(
             crate::portforward::serve(ws_bytes(ws), ip, name).await;
         });
     }
-    let on_upgrade = hyper::upgrade::on(&mut req);
     if upgrade != "spdy/3.1" {
         return status(
             StatusCode::BAD_REQUEST,
@@ -959,17 +933,45 @@ fn port_forward(
             "port-forward needs an Upgrade to SPDY/3.1 or a WebSocket",
         );
     }
+    accept_spdy(&mut req, "portforward.k8s.io", move |io| {
+        crate::portforward::serve(io, ip, name)
+    })
+}
+
+type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+/// Finish an `Upgrade: SPDY/3.1` in the background, then run `session` on
+/// the connection. Returns the 101 answer naming the stream protocol.
+fn accept_spdy<F, Fut>(
+    req: &mut Request<hyper::body::Incoming>,
+    protocol: &str,
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        let Ok(up) = on_upgrade.await else { return };
-        crate::portforward::serve(hyper_util::rt::TokioIo::new(up), ip, name).await;
+        let Ok(up) = upgrade.await else { return };
+        session(hyper_util::rt::TokioIo::new(up)).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("upgrade", "SPDY/3.1")
         .header("connection", "Upgrade")
-        .header("x-stream-protocol-version", "portforward.k8s.io")
+        .header("x-stream-protocol-version", protocol)
         .body(full(""))
         .unwrap_or_default()
+}
+
+/// The protocol a request asks to upgrade to, lowercased ("" if none).
+fn upgrade_of(req: &Request<hyper::body::Incoming>) -> String {
+    req.headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 /// A WebSocket as a byte stream: each binary message is the next chunk.
