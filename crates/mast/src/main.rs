@@ -513,6 +513,7 @@ async fn run_server(
         .with_context(|| format!("cannot open the store at {}", cfg.store_path.display()))?;
     let handle = mast_apiserver::start(cfg.api.clone(), Arc::new(store)).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut pods_note = String::new();
     if all_in_one {
         // The scheduler and controllers run in-process but talk to the API
         // server over HTTPS, exactly as they would from another machine.
@@ -538,6 +539,12 @@ async fn run_server(
         agent.cpu = mast_agent::machine_cpus();
         agent.memory = mast_agent::machine_memory();
         agent.ca_der = config.root_cert.clone().unwrap_or_default();
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mast"));
+        pods_note = format!(
+            "Pods keep running while mast is stopped, and a restart picks them up; to remove them, stop mast and run:\n  {} cleanup-node --agent-data-dir {}\n",
+            exe.display(),
+            agent.data_dir.display()
+        );
         let s3 = stop_rx.clone();
         tokio::spawn(async move {
             if let Err(e) = mast_agent::run(client, agent, s3).await {
@@ -548,7 +555,7 @@ async fn run_server(
     let mode = if all_in_one { "cluster" } else { "API server" };
     // One write, and no panic if whoever started us stopped reading.
     let banner = format!(
-        "mast {mode} is up: https://{}\nUse it with kubectl:\n  export KUBECONFIG={}\n  kubectl get namespaces\nStop with Ctrl-C; start again with the same --data-dir to resume.\n",
+        "mast {mode} is up: https://{}\nUse it with kubectl:\n  export KUBECONFIG={}\n  kubectl get namespaces\nStop with Ctrl-C; start again with the same --data-dir to resume.\n{pods_note}",
         handle.addr,
         handle.kubeconfig.display()
     );
