@@ -14,6 +14,7 @@ pub mod pods;
 mod portforward;
 mod probe;
 mod server;
+pub mod services;
 pub mod spdy;
 pub mod spec;
 pub mod sys;
@@ -60,6 +61,20 @@ pub struct AgentConfig {
     pub pod_network: PodNetwork,
     /// The Service CIDR, routed from pods through the node.
     pub service_cidr: (std::net::Ipv4Addr, u8),
+    /// Every pod IP of the cluster; the service proxy masquerades traffic
+    /// from elsewhere.
+    pub cluster_cidr: (std::net::Ipv4Addr, u8),
+    /// The cluster DNS domain.
+    pub cluster_domain: String,
+    /// The DNS server pods use (the kube-dns Service's ClusterIP); by
+    /// default the tenth address of the Service range.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// NodePorts answer on the node's addresses in these blocks (all but
+    /// loopback when empty).
+    pub node_port_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    /// Where the Ingress controller listens (HTTP, HTTPS); `None` is off.
+    pub ingress_http: Option<std::net::SocketAddr>,
+    pub ingress_https: Option<std::net::SocketAddr>,
 }
 
 /// How pods are networked.
@@ -93,6 +108,12 @@ impl AgentConfig {
             pod_max_pids: Some(4096),
             pod_network: PodNetwork::Loopback,
             service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16),
+            cluster_cidr: (std::net::Ipv4Addr::new(10, 42, 0, 0), 16),
+            cluster_domain: "cluster.local".into(),
+            cluster_dns: None,
+            node_port_cidrs: vec![],
+            ingress_http: None,
+            ingress_https: None,
         }
     }
 }
@@ -350,6 +371,39 @@ async fn run_pods(
             (base, size),
         );
         tracing::info!(%bridge, %cidr, "pods get their own network namespaces on the bridge");
+        let (client, cfg, bridge, serving, stop) = (
+            client.clone(),
+            cfg.clone(),
+            bridge.clone(),
+            rt.serving.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = services::run(client, cfg, bridge, gateway, serving, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "the service proxy and cluster DNS stopped; Services will not answer on this node");
+            }
+        });
+    }
+    if cfg.ingress_http.is_some() || cfg.ingress_https.is_some() {
+        let listen_ip = cfg
+            .ingress_http
+            .or(cfg.ingress_https)
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        let status_address = listen_ip
+            .or_else(|| cfg.node_ip.parse().ok())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let ic = mast_ingress::IngressConfig {
+            http: cfg.ingress_http,
+            https: cfg.ingress_https,
+            status_address,
+        };
+        let (client, stop) = (client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = mast_ingress::run(client, ic, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "the Ingress controller stopped; Ingresses are not served on this node");
+            }
+        });
     }
     let mut stream = std::pin::pin!(pods_of_node(&client, &cfg.node_name));
     let mut workers: HashMap<String, tokio::sync::watch::Sender<Option<Pod>>> = HashMap::new();

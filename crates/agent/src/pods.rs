@@ -43,6 +43,8 @@ pub struct Runtime {
     net: std::sync::OnceLock<BridgeNet>,
     /// Running pods by `namespace/name`, for logs and exec.
     pub pods: Mutex<HashMap<String, Arc<PodShared>>>,
+    /// The pod IPs this node's service rules send traffic to.
+    pub serving: watch::Sender<Arc<std::collections::HashSet<std::net::Ipv4Addr>>>,
 }
 
 /// The node's pod bridge.
@@ -168,7 +170,20 @@ impl Runtime {
             range: Mutex::new(cfg_range),
             net: std::sync::OnceLock::new(),
             pods: Mutex::new(HashMap::new()),
+            serving: watch::channel(Arc::default()).0,
         }))
+    }
+
+    /// Wait (at most `bound`) until this node's Service rules no longer
+    /// send new connections to `ip`: the endpoints controller marks a
+    /// terminating pod not ready, the proxy drops it, and only then does
+    /// the pod get SIGTERM, so no request meets a closing server.
+    pub async fn leave_rotation(&self, ip: &str, bound: Duration) {
+        let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() else {
+            return;
+        };
+        let mut rx = self.serving.subscribe();
+        let _ = tokio::time::timeout(bound, rx.wait_for(|s| !s.contains(&ip))).await;
     }
 
     /// Pods get their own network namespaces on `net`, with IPs from `range`.
@@ -355,6 +370,8 @@ impl Worker {
                     })
                     .unwrap_or(30)
                     .max(0) as u64;
+                rt.leave_rotation(&w.rec.ip, Duration::from_secs(grace.min(10)))
+                    .await;
                 w.kill_all(&pod, Duration::from_secs(grace), true).await;
                 w.teardown(Duration::from_secs(2)).await;
                 w.forget();
@@ -707,6 +724,47 @@ impl Worker {
         Ok(())
     }
 
+    /// `/etc/resolv.conf` and `/etc/hosts` for the pod's containers, as
+    /// the kubelet writes them, unless a container mounts its own.
+    fn network_files(
+        &self,
+        pod: &Pod,
+        mounts: &[sys::BindMount],
+    ) -> Result<Vec<sys::BindMount>, String> {
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let net = self.rt.net.get();
+        let domain = &self.rt.cfg.cluster_domain;
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let mut files = vec![];
+        let dns = net.map(|_| crate::services::cluster_dns(&self.rt.cfg));
+        if let Some(text) = spec::resolv_conf(pod, dns, domain, &host) {
+            files.push(("resolv.conf", text));
+        }
+        if net.is_some() && !host_network {
+            files.push(("hosts", spec::hosts_file(pod, &self.rec.ip, domain)));
+        }
+        let mut out = vec![];
+        for (name, text) in files {
+            let target = Path::new("/etc").join(name);
+            if mounts.iter().any(|m| m.target == target) {
+                continue;
+            }
+            let source = self.dir.join(name);
+            std::fs::write(&source, text)
+                .map_err(|e| format!("writing {}: {e}", source.display()))?;
+            out.push(sys::BindMount {
+                source,
+                target,
+                read_only: false,
+            });
+        }
+        Ok(out)
+    }
+
     fn cgroups_for(&self, c: &Container, id: &str) -> Vec<PathBuf> {
         if !self.rt.privileged {
             return vec![];
@@ -808,11 +866,15 @@ impl Worker {
             .find(|e| e.name == "PATH")
             .and_then(|e| e.value.clone())
             .unwrap_or_else(|| spec::DEFAULT_PATH.into());
+        let mut applets = None;
         let entry = match spec::resolve_image(&c.image.clone().unwrap_or_default(), &path_env) {
             Ok(ImageRef::Builtin(n)) => {
                 vec![self.rt.exe.display().to_string(), "image".into(), n.into()]
             }
-            Ok(ImageRef::Program(p)) => vec![p.display().to_string()],
+            Ok(ImageRef::Program(p)) => {
+                applets = spec::applet_dir(&self.rt.cfg.data_dir, &p, &self.rt.exe);
+                vec![p.display().to_string()]
+            }
             Err(msg) => {
                 let first = !self.mem.get(&name).is_some_and(|m| {
                     m.waiting
@@ -839,8 +901,12 @@ impl Worker {
             }
         };
         let sources = self.fetch_sources(pod, c).await;
+        let path = match applets {
+            Some(dir) => format!("{}:{}", spec::DEFAULT_PATH, dir.display()),
+            None => spec::DEFAULT_PATH.to_owned(),
+        };
         let mut base = vec![
-            ("PATH".to_owned(), spec::DEFAULT_PATH.to_owned()),
+            ("PATH".to_owned(), path),
             (
                 "HOSTNAME".to_owned(),
                 pod.spec
@@ -871,6 +937,10 @@ impl Worker {
                 .and_then(|m| {
                     let created = volumes::ensure_mountpoints(&m)?;
                     self.rec.mountpoints.extend(created);
+                    Ok(m)
+                })
+                .and_then(|mut m| {
+                    m.extend(self.network_files(pod, &m)?);
                     Ok(m)
                 }) {
                 Ok(m) => m,
@@ -1781,6 +1851,10 @@ pub fn cleanup_node(data_dir: &Path) -> usize {
         if let Ok(rt) = rt {
             if let Err(e) = rt.block_on(mast_net::delete_link(&bridge)) {
                 eprintln!("mast: could not remove the bridge {bridge}: {e:#}");
+            }
+            let table = mast_net::proxy::ProxyConfig::table_for(&bridge);
+            if let Err(e) = rt.block_on(mast_net::proxy::delete_table(&table)) {
+                eprintln!("mast: could not remove the nftables table {table}: {e:#}");
             }
         }
         let _ = std::fs::remove_file(net);

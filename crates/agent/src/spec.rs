@@ -63,6 +63,40 @@ pub fn resolve_image(image: &str, path: &str) -> Result<ImageRef, String> {
     }
 }
 
+/// For an image that is a multi-call binary (busybox), a directory of its
+/// applets as symlinks, created once under `data_dir`: appended to the
+/// container's PATH, `nslookup` or `wget` run as they do in the busybox
+/// image, while the host's own programs still come first. `nslookup` is
+/// mast's own (`exe`), which resolves as busybox 1.28 did (see
+/// `mast_images::nslookup`).
+pub fn applet_dir(data_dir: &Path, program: &Path, exe: &Path) -> Option<PathBuf> {
+    if program.file_name()? != "busybox" {
+        return None;
+    }
+    let dir = data_dir.join("applets").join("busybox");
+    if !dir.join(".done").exists() {
+        let out = std::process::Command::new(program)
+            .arg("--list")
+            .output()
+            .ok()?;
+        std::fs::create_dir_all(&dir).ok()?;
+        for applet in String::from_utf8_lossy(&out.stdout).lines() {
+            let applet = applet.trim();
+            if !applet.is_empty() && !applet.contains('/') && applet != "nslookup" {
+                let _ = std::os::unix::fs::symlink(program, dir.join(applet));
+            }
+        }
+        std::fs::write(dir.join(".done"), "").ok()?;
+    }
+    // This binary may have moved since the directory was made.
+    let link = dir.join("nslookup");
+    if std::fs::read_link(&link).ok().as_deref() != Some(exe) {
+        let _ = std::fs::remove_file(&link);
+        let _ = std::os::unix::fs::symlink(exe, &link);
+    }
+    Some(dir)
+}
+
 /// Look a program up on a PATH string.
 pub fn find_on_path(prog: &str, path: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -436,6 +470,117 @@ pub fn service_env(services: &[k8s_openapi::api::core::v1::Service]) -> Vec<(Str
     out
 }
 
+/// A pod's `/etc/resolv.conf`, as the kubelet writes it for its
+/// `dnsPolicy`, or `None` when the pod sees the host's own file.
+/// `cluster_dns` is the cluster DNS server, when the pod can reach one.
+pub fn resolv_conf(
+    pod: &Pod,
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    domain: &str,
+    host: &str,
+) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let host_network = spec.host_network.unwrap_or(false);
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    type Options = Vec<(String, Option<String>)>;
+    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Options) = match policy {
+        "None" => (vec![], vec![], vec![]),
+        "ClusterFirst" | "ClusterFirstWithHostNet"
+            if cluster_dns.is_some() && (!host_network || policy == "ClusterFirstWithHostNet") =>
+        {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let mut search = vec![
+                format!("{ns}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.to_string(),
+            ];
+            search.extend(
+                host.lines()
+                    .filter_map(|l| l.trim().strip_prefix("search"))
+                    .flat_map(|l| l.split_whitespace().map(str::to_owned)),
+            );
+            (
+                vec![cluster_dns?.to_string()],
+                search,
+                vec![("ndots".into(), Some("5".into()))],
+            )
+        }
+        _ if spec.dns_config.is_none() => return None,
+        _ => {
+            let servers = host
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .map(|l| l.trim().to_owned())
+                .collect();
+            (servers, vec![], vec![])
+        }
+    };
+    if let Some(c) = &spec.dns_config {
+        servers.extend(c.nameservers.iter().flatten().cloned());
+        search.extend(c.searches.iter().flatten().cloned());
+        for o in c.options.iter().flatten() {
+            let Some(name) = o.name.clone() else { continue };
+            options.retain(|(n, _)| *n != name);
+            options.push((name, o.value.clone()));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    search.retain(|s| seen.insert(s.clone()));
+    let mut out = String::new();
+    for s in servers.iter().take(3) {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        let opts: Vec<String> = options
+            .iter()
+            .map(|(n, v)| match v {
+                Some(v) => format!("{n}:{v}"),
+                None => n.clone(),
+            })
+            .collect();
+        out.push_str(&format!("options {}\n", opts.join(" ")));
+    }
+    Some(out)
+}
+
+/// A pod's `/etc/hosts`, as the kubelet writes it for a pod with its own
+/// network namespace.
+pub fn hosts_file(pod: &Pod, ip: &str, domain: &str) -> String {
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    let spec = pod.spec.as_ref();
+    let hostname = spec
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    let names = match spec.and_then(|s| s.subdomain.as_deref()) {
+        Some(sub) if !sub.is_empty() => {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            format!("{hostname}.{sub}.{ns}.svc.{domain}\t{hostname}")
+        }
+        _ => hostname,
+    };
+    out.push_str(&format!("{ip}\t{names}\n"));
+    let aliases: Vec<_> = spec
+        .and_then(|s| s.host_aliases.clone())
+        .unwrap_or_default();
+    if !aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases {
+            out.push_str(&format!(
+                "{}\t{}\n",
+                a.ip,
+                a.hostnames.unwrap_or_default().join("\t")
+            ));
+        }
+    }
+    out
+}
+
 /// cgroup v1 limits for a container, as files and values.
 pub fn cgroup_limits(
     c: &Container,
@@ -601,5 +746,66 @@ mod tests {
         assert!(l.contains(&("cpu", "cpu.cfs_quota_us", "50000".into())));
         assert!(l.contains(&("cpu", "cpu.shares", "512".into())));
         assert!(l.contains(&("pids", "pids.max", "100".into())));
+    }
+
+    #[test]
+    fn resolv_conf_follows_dns_policy() {
+        let pod = |spec: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec}),
+            )
+            .unwrap()
+        };
+        let host = "nameserver 10.255.255.53\nsearch corp.example\n";
+        let dns = Some("10.42.0.1".parse().unwrap());
+        let base = serde_json::json!({"containers": []});
+        assert_eq!(
+            resolv_conf(&pod(base.clone()), dns, "cluster.local", host).unwrap(),
+            "nameserver 10.42.0.1\nsearch shop.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:5\n"
+        );
+        // Without a reachable cluster DNS, or on the host network, the pod
+        // sees the host's file.
+        assert_eq!(
+            resolv_conf(&pod(base.clone()), None, "cluster.local", host),
+            None
+        );
+        assert_eq!(
+            resolv_conf(
+                &pod(serde_json::json!({"containers": [], "hostNetwork": true})),
+                dns,
+                "cluster.local",
+                host
+            ),
+            None
+        );
+        assert_eq!(
+            resolv_conf(
+                &pod(serde_json::json!({"containers": [], "dnsPolicy": "None",
+                    "dnsConfig": {"nameservers": ["1.2.3.4"], "searches": ["a.b"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}})),
+                dns, "cluster.local", host
+            )
+            .unwrap(),
+            "nameserver 1.2.3.4\nsearch a.b\noptions ndots:2 edns0\n"
+        );
+        let merged = resolv_conf(
+            &pod(serde_json::json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}})),
+            dns, "cluster.local", host,
+        )
+        .unwrap();
+        assert!(merged.ends_with("options ndots:1\n"), "{merged}");
+    }
+
+    #[test]
+    fn hosts_file_names_the_pod() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {"containers": [], "subdomain": "web", "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo", "bar"]}]}}))
+        .unwrap();
+        let h = hosts_file(&pod, "10.42.0.9", "cluster.local");
+        assert!(
+            h.contains("\n10.42.0.9\tweb-0.web.shop.svc.cluster.local\tweb-0\n"),
+            "{h}"
+        );
+        assert!(h.contains("10.1.2.3\tfoo\tbar\n"), "{h}");
+        assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
     }
 }

@@ -1,4 +1,4 @@
-//! core/v1 Events about pods, shaped as Kubernetes components write them,
+//! core/v1 Events about pods and other objects, shaped as Kubernetes components write them,
 //! so `kubectl describe pod` lists them the same way.
 
 use serde_json::{json, Value};
@@ -20,6 +20,21 @@ pub fn pod_event(
     reason: &str,
     msg: &str,
 ) -> Value {
+    event("Pod", ns, name, uid, src, ty, reason, msg)
+}
+
+/// A new Event about the core/v1 object `kind` `ns/name` (uid).
+#[allow(clippy::too_many_arguments)]
+pub fn event(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    src: Source,
+    ty: &str,
+    reason: &str,
+    msg: &str,
+) -> Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut source = json!({"component": src.component});
     if let Some(h) = src.host {
@@ -27,7 +42,7 @@ pub fn pod_event(
     }
     json!({"apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": uid},
+        "involvedObject": {"apiVersion": "v1", "kind": kind, "name": name, "namespace": ns, "uid": uid},
         "reason": reason, "message": msg, "type": ty, "count": 1,
         "firstTimestamp": now, "lastTimestamp": now,
         "source": source, "reportingComponent": src.component, "reportingInstance": src.host.unwrap_or(src.component)})

@@ -276,14 +276,34 @@ pub fn decode_message(
     let fields_table = table()
         .get(def)
         .ok_or_else(|| ProtoError::Unsupported(short.to_owned()))?;
-    let schema = idx.defs.get(def).cloned().unwrap_or(Value::Null);
-    let props: Vec<String> = schema["properties"]
-        .as_object()
+    // The table names types as Rust does (`HttpIngressRuleValue`), the
+    // OpenAPI document as Go does (`HTTPIngressRuleValue`).
+    let schema = idx
+        .defs
+        .get(def)
+        .or_else(|| {
+            idx.defs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(def))
+                .map(|(_, v)| v)
+        })
+        .cloned();
+    let props: Vec<String> = schema
+        .as_ref()
+        .and_then(|s| s["properties"].as_object())
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
     let json_name = |rust: &str| -> Option<String> {
         let n = norm(rust);
-        props.iter().find(|p| norm(p) == n).cloned()
+        match props.iter().find(|p| norm(p) == n) {
+            Some(p) => Some(p.clone()),
+            // A type the OpenAPI document does not list is itself inlined
+            // in its parent (`IngressRuleValue`): its fields keep their
+            // own names. In a listed type, a field missing from the schema
+            // is an embedded struct (`None`), whose fields are the parent's.
+            None if schema.is_none() => Some(camel(rust)),
+            None => None,
+        }
     };
     let mut out = Map::new();
     for (tag, wt, bytes, v) in fields(msg)? {
@@ -339,6 +359,23 @@ pub fn decode_message(
     }
     out.retain(|k, v| !is_zero(v) || (KEEP_ZERO.contains(&k.as_str()) && !v.is_null()));
     Ok(Value::Object(out))
+}
+
+/// `path_type` → `pathType`.
+fn camel(snake: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in snake.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Decode a `application/vnd.kubernetes.protobuf` body whose object is of

@@ -132,6 +132,12 @@ fn base_columns(r: &Resource) -> &'static [Col] {
             ("Ports", "string", 0),
             ("Age", "string", 0),
         ],
+        ("networking.k8s.io", "IngressClass") => &[
+            ("Name", "string", 0),
+            ("Controller", "string", 0),
+            ("Parameters", "string", 0),
+            ("Age", "string", 0),
+        ],
         ("", "Event") => &[
             ("Last Seen", "string", 0),
             ("Type", "string", 0),
@@ -649,6 +655,24 @@ pub fn cells(r: &Resource, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 }),
                 json!(addr.join(",")),
                 json!(ports),
+                json!(age(created, now)),
+            ]
+        }
+        ("networking.k8s.io", "IngressClass") => {
+            let p = &spec["parameters"];
+            let params = if p.is_object() {
+                let group = p["apiGroup"]
+                    .as_str()
+                    .map(|g| format!(".{g}"))
+                    .unwrap_or_default();
+                format!("{}{group}/{}", s(&p["kind"]), s(&p["name"]))
+            } else {
+                "<none>".into()
+            };
+            vec![
+                name,
+                json!(s(&spec["controller"])),
+                json!(params),
                 json!(age(created, now)),
             ]
         }

@@ -13,6 +13,8 @@
 //!   and orphan propagation).
 //! - [`namespace`]: empties a deleted namespace, then lets it go.
 //! - [`nodeipam`]: a pod CIDR for every node, from the cluster CIDR.
+//! - [`servicelb`]: LoadBalancer Services get an address from a pool, as
+//!   k3s's ServiceLB gives them.
 //! - [`nodelifecycle`]: silent nodes turn NotReady, get the unreachable
 //!   taints, and their pods are evicted per their tolerations.
 //!
@@ -26,6 +28,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod servicelb;
 mod util;
 
 use futures::StreamExt;
@@ -135,6 +138,8 @@ pub struct Settings {
     pub node_monitor_grace_period: Duration,
     /// Where nodes' pod CIDRs come from.
     pub pod_ranges: nodeipam::Ranges,
+    /// Where LoadBalancer Services' addresses come from.
+    pub lb_pool: nodeipam::Cidr,
 }
 
 impl Default for Settings {
@@ -147,6 +152,10 @@ impl Default for Settings {
                     bits: 16,
                 },
                 node_mask: 24,
+            },
+            lb_pool: nodeipam::Cidr {
+                base: std::net::Ipv4Addr::new(10, 44, 0, 0),
+                bits: 24,
             },
         }
     }
@@ -169,12 +178,18 @@ pub async fn run(
         shutdown.clone(),
         settings.pod_ranges,
     ));
+    let lb = tokio::spawn(servicelb::run(
+        client.clone(),
+        shutdown.clone(),
+        settings.lb_pool,
+    ));
     let nodes = tokio::spawn(nodelifecycle::run(
         client,
         shutdown,
         settings.node_monitor_grace_period,
     ));
-    let (a, b, c, d, e, f, g) = tokio::join!(rs, dep, gc, nodes, eps, nss, ipam);
+    let (a, b, c, d, e, f, g, h) = tokio::join!(rs, dep, gc, nodes, eps, nss, ipam, lb);
+    h??;
     e??;
     f??;
     g??;

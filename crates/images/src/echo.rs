@@ -129,16 +129,36 @@ pub fn run(args: &[String]) -> anyhow::Result<i32> {
                 std::process::exit(code);
             });
         }
+        // On SIGTERM, stop accepting and finish what is in flight, as a
+        // well-behaved server does during a rolling update.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut conns = tokio::task::JoinSet::new();
         loop {
-            let (stream, _) = listener.accept().await?;
+            let (stream, _) = tokio::select! {
+                a = listener.accept() => a?,
+                _ = term.recv() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
             let state = state.clone();
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                // Idle keep-alive connections close after a while, so a
+                // draining server is not held open by them.
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
             });
         }
+        drop(listener);
+        println!(
+            "echo: SIGTERM; finishing {} open connection(s)",
+            conns.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        Ok(0)
     })
 }
 

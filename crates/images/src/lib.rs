@@ -2,8 +2,12 @@
 //! runs as `mast image <name> ARGS...`, so the process runtime needs nothing
 //! pulled or installed for them. Tests and the demo app use them; adding an
 //! image is one entry in [`IMAGES`].
+//!
+//! [`nslookup`] is a tool rather than an image: the runtime gives it to
+//! containers of the busybox image, as busybox 1.28 behaved.
 
 mod echo;
+pub mod nslookup;
 
 /// A built-in image: its name under `mast.dev/` and its entrypoint.
 #[derive(Debug)]

@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start an all-in-one cluster on this machine: API server and store,
-    /// scheduler, controllers and a node agent that runs pods as processes.
+    /// scheduler, controllers and a node agent that runs pods as processes,
+    /// with Services, cluster DNS and an Ingress controller on ports 80/443.
     ///
     /// Prints the `export KUBECONFIG=...` line to use with kubectl. Starting
     /// again with the same --data-dir resumes the same cluster.
@@ -41,9 +42,11 @@ enum Command {
     Scheduler(ClientArgs),
     /// Run the controllers (Deployment, ReplicaSet, Endpoints and
     /// EndpointSlices, garbage collector, namespaces, node IPAM and
-    /// lifecycle) against an API server.
+    /// lifecycle, LoadBalancer addresses) against an API server.
     Controllers(ControllersArgs),
-    /// Run a node agent that registers a Node and runs the pods bound to it.
+    /// Run a node agent that registers a Node and runs the pods bound to
+    /// it, with their network, the node's Service rules, cluster DNS and
+    /// Ingress listener.
     Agent(AgentArgs),
     /// Run one of mast's built-in images (`mast.dev/NAME`) in the
     /// foreground, e.g. `mast image echo --port 9000`.
@@ -55,7 +58,7 @@ enum Command {
         args: Vec<String>,
     },
     /// Stop every pod a (stopped) agent left running and remove its
-    /// cgroups, mount points and files.
+    /// cgroups, mount points, files, bridge and nftables rules.
     CleanupNode {
         /// The agent's --agent-data-dir.
         #[arg(long = "agent-data-dir")]
@@ -120,6 +123,10 @@ struct ControllersArgs {
     /// The size of each node's slice of --cluster-cidr.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// Where LoadBalancer Services' EXTERNAL-IPs come from; node agents
+    /// serve them on their bridge.
+    #[arg(long, default_value = "10.44.0.0/24")]
+    service_lb_pool: mast_controllers::nodeipam::Cidr,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -182,17 +189,41 @@ struct NodeArgs {
     /// Most processes one container may run (cgroup pids.max); 0 for no limit.
     #[arg(long, default_value_t = 4096)]
     pod_max_pids: u64,
-    /// How pods are networked: `loopback` (the host's network, a loopback
-    /// address per pod) or `bridge` (a network namespace per pod on a node
-    /// bridge, IPs from the Node's podCIDR; needs root).
-    #[arg(long, default_value = "loopback", value_parser = ["loopback", "bridge"])]
+    /// How pods are networked: `bridge` (a network namespace per pod on a
+    /// node bridge, IPs from the Node's podCIDR, with Services, cluster DNS
+    /// and Ingress; needs root), `loopback` (the host's network, a loopback
+    /// address per pod; no Service VIPs or cluster DNS), or `auto`: bridge
+    /// as root, loopback otherwise.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "loopback", "bridge"])]
     pod_network: String,
     /// The bridge for --pod-network bridge.
     #[arg(long, default_value = "mast0")]
     bridge_name: String,
-    /// The Service CIDR, routed from pods through the node.
+    /// The Service CIDR, routed from pods through the node (`mast up`
+    /// uses its --service-cidr).
     #[arg(long = "pod-service-cidr", default_value = "10.43.0.0/16")]
     pod_service_cidr: String,
+    /// Every pod IP of the cluster (the controllers' --cluster-cidr);
+    /// traffic to Services from elsewhere is masqueraded.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: mast_controllers::nodeipam::Cidr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The DNS server address pods get (the kube-dns Service's ClusterIP;
+    /// default: the tenth address of the Service range).
+    #[arg(long)]
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    /// NodePorts answer on the node's addresses within these CIDRs
+    /// (comma-separated); by default on all of them but loopback.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<mast_controllers::nodeipam::Cidr>,
+    /// Where the Ingress controller serves HTTP (`off` for nowhere).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    ingress_http: String,
+    /// Where the Ingress controller serves HTTPS (`off` for nowhere).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    ingress_https: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -202,6 +233,10 @@ struct UpArgs {
     /// The name of this machine's Node (default: its hostname).
     #[arg(long)]
     node_name: Option<String>,
+    /// Where LoadBalancer Services' EXTERNAL-IPs come from; they are served
+    /// on this machine's pod bridge.
+    #[arg(long, default_value = "10.44.0.0/24")]
+    service_lb_pool: mast_controllers::nodeipam::Cidr,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -419,8 +454,9 @@ fn node_config(cfg: &mut mast_agent::AgentConfig, n: &NodeArgs, data_dir: PathBu
         })?;
     cfg.container_log_max_bytes = (bytes / 1000) as u64;
     cfg.pod_max_pids = (n.pod_max_pids > 0).then_some(n.pod_max_pids);
+    let root = mast_agent::sys::privileged();
     cfg.pod_network = match n.pod_network.as_str() {
-        "bridge" => {
+        "bridge" | "auto" if root || n.pod_network == "bridge" => {
             if n.bridge_name.is_empty() || n.bridge_name.len() > 15 {
                 bail!(
                     "--bridge-name {:?} must be 1 to 15 characters",
@@ -431,6 +467,24 @@ fn node_config(cfg: &mut mast_agent::AgentConfig, n: &NodeArgs, data_dir: PathBu
         }
         _ => mast_agent::PodNetwork::Loopback,
     };
+    cfg.cluster_cidr = (n.cluster_cidr.base, n.cluster_cidr.bits);
+    cfg.cluster_domain = n.cluster_domain.trim_end_matches('.').to_owned();
+    cfg.cluster_dns = n.cluster_dns;
+    let listen = |flag: &str, v: &str| -> Result<Option<SocketAddr>> {
+        if v == "off" || v.is_empty() {
+            return Ok(None);
+        }
+        v.parse().map(Some).with_context(|| {
+            format!("--{flag} {v:?} must be an address and port like 0.0.0.0:80, or off")
+        })
+    };
+    cfg.ingress_http = listen("ingress-http", &n.ingress_http)?;
+    cfg.ingress_https = listen("ingress-https", &n.ingress_https)?;
+    cfg.node_port_cidrs = n
+        .nodeport_addresses
+        .iter()
+        .map(|c| (c.base, c.bits))
+        .collect();
     cfg.service_cidr = n
         .pod_service_cidr
         .split_once('/')
@@ -495,12 +549,15 @@ async fn run_component(
     fut.await
 }
 
+/// `mast server`, or with `controllers` set, `mast up`: the API server with
+/// the scheduler, the controllers and this machine's agent.
 async fn run_server(
     args: ServerArgs,
-    all_in_one: bool,
+    controllers: Option<mast_controllers::Settings>,
     node: Option<String>,
     node_args: NodeArgs,
 ) -> Result<()> {
+    let all_in_one = controllers.is_some();
     let cfg = parse_config(&args)?;
     std::fs::create_dir_all(&cfg.api.data_dir).with_context(|| {
         format!(
@@ -527,15 +584,20 @@ async fn run_server(
             }
         });
         let (c2, s2) = (client.clone(), stop_rx.clone());
+        let settings = controllers.unwrap_or_default();
         tokio::spawn(async move {
-            if let Err(e) =
-                mast_controllers::run(c2, s2, mast_controllers::Settings::default()).await
-            {
+            if let Err(e) = mast_controllers::run(c2, s2, settings).await {
                 tracing::error!(error = %e, "the controllers stopped");
             }
         });
         let mut agent = mast_agent::AgentConfig::new(node.clone().unwrap_or_else(hostname));
         node_config(&mut agent, &node_args, cfg.api.data_dir.clone())?;
+        // One machine, one Service range: the API server's.
+        if let Some((ip, bits)) = args.service_cidr.split_once('/') {
+            if let (Ok(ip), Ok(bits)) = (ip.parse(), bits.parse()) {
+                agent.service_cidr = (ip, bits);
+            }
+        }
         agent.cpu = mast_agent::machine_cpus();
         agent.memory = mast_agent::machine_memory();
         agent.ca_der = config.root_cert.clone().unwrap_or_default();
@@ -616,6 +678,16 @@ fn helper_exit(r: Result<i32>) -> ! {
 }
 
 fn main() -> Result<()> {
+    // Called through a symlink named after a tool (the runtime's busybox
+    // applets): be that tool.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "nslookup")
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(mast_images::nslookup::run(&args)?);
+    }
     let cli = Cli::parse();
     // The runtime's helpers must stay single-threaded: dispatch them before
     // any thread starts.
@@ -661,8 +733,18 @@ fn main() -> Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         match cli.command {
-            Command::Up(a) => run_server(a.server, true, a.node_name, a.node).await,
-            Command::Server(a) => run_server(a, false, None, default_node_args()).await,
+            Command::Up(a) => {
+                let settings = mast_controllers::Settings {
+                    pod_ranges: mast_controllers::nodeipam::Ranges {
+                        cluster: a.node.cluster_cidr,
+                        node_mask: 24.max(a.node.cluster_cidr.bits),
+                    },
+                    lb_pool: a.service_lb_pool,
+                    ..Default::default()
+                };
+                run_server(a.server, Some(settings), a.node_name, a.node).await
+            }
+            Command::Server(a) => run_server(a, None, None, default_node_args()).await,
             Command::Scheduler(a) => {
                 let client = kube_client(&a).await?;
                 run_component(
@@ -686,6 +768,7 @@ fn main() -> Result<()> {
                         cluster: a.cluster_cidr,
                         node_mask: a.node_cidr_mask_size,
                     },
+                    lb_pool: a.service_lb_pool,
                 };
                 run_component(
                     "controllers",

@@ -4,7 +4,7 @@
 //! as CI runs them.
 
 mod common;
-use common::{eventually, Cluster};
+use common::{curl, eventually, pod_json, ready, wait_ready, Cluster};
 use serde_json::Value;
 
 fn cluster_with_agent(node: &str) -> (Cluster, common::Agent, Vec<common::Background>) {
@@ -19,33 +19,10 @@ fn cluster_with_agent(node: &str) -> (Cluster, common::Agent, Vec<common::Backgr
     (c, agent, vec![sched, ctrl])
 }
 
-fn pod_json(c: &Cluster, name: &str) -> Value {
-    serde_json::from_str(&c.ok(&["get", "pod", name, "-o", "json"])).expect("pod json")
-}
-
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
-
 fn restarts(p: &Value) -> i64 {
     p["status"]["containerStatuses"][0]["restartCount"]
         .as_i64()
         .unwrap_or(-1)
-}
-
-fn wait_ready(c: &Cluster, name: &str, secs: u64) {
-    assert!(
-        eventually(secs, || c
-            .kubectl(&["get", "pod", name, "-o", "json"])
-            .success
-            && ready(&pod_json(c, name))),
-        "pod {name} never became Ready: {}\n{}",
-        c.kubectl(&["get", "pod", name, "-o", "yaml"]).stdout,
-        c.kubectl(&["describe", "pod", name]).stdout
-    );
 }
 
 /// Wait until the pod `name` satisfies `ok`; on timeout, fail showing it.
@@ -55,14 +32,6 @@ fn wait_pod(c: &Cluster, name: &str, secs: u64, ok: impl Fn(&Value) -> bool) {
         "{}",
         c.kubectl(&["get", "pod", name, "-o", "yaml"]).stdout
     );
-}
-
-fn curl(url: &str) -> Option<Value> {
-    let o = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    serde_json::from_slice(&o.stdout).ok()
 }
 
 #[test]
@@ -983,6 +952,8 @@ fn without_root_pods_run_as_plain_processes() {
             "--node-name=plain",
             "--agent-listen=127.0.0.1:0",
             "--pod-ip-range=127.250.0.0/16",
+            "--ingress-http=off",
+            "--ingress-https=off",
         ])
         .arg(format!("--agent-data-dir={}", data.display()))
         .args([

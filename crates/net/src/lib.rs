@@ -9,6 +9,8 @@
 //! runs on a short-lived thread that has joined it with `setns` (a network
 //! namespace is per thread), with its own netlink connection.
 
+pub mod proxy;
+
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -88,6 +90,80 @@ pub async fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> Resul
     Ok(())
 }
 
+/// Ready the node for Services on `bridge`: bridged traffic passes
+/// netfilter (so replies between pods on one bridge are un-NATed), the
+/// bridge forwards (pod → Service → pod comes back out of it), and the
+/// Service range is routed onto the bridge, so that an address no rule
+/// translates goes nowhere off the machine.
+pub async fn prepare_services(bridge: &str, service_cidr: (Ipv4Addr, u8)) -> Result<()> {
+    let call = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if !std::path::Path::new(call).exists() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status();
+    }
+    std::fs::write(call, "1").with_context(|| {
+        format!("enabling {call} (load the br_netfilter kernel module: modprobe br_netfilter)")
+    })?;
+    let fwd = format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding");
+    std::fs::write(&fwd, "1").with_context(|| format!("enabling {fwd}"))?;
+    let h = connect()?;
+    let idx = index_of(&h, bridge)
+        .await?
+        .ok_or_else(|| anyhow!("the bridge {bridge} does not exist"))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(service_cidr.0, service_cidr.1)
+        .output_interface(idx)
+        .build();
+    if let Err(e) = h.route().add(route).execute().await {
+        if !exists(&e) {
+            return Err(anyhow!(
+                "routing the Service range {}/{} to {bridge}: {e}",
+                service_cidr.0,
+                service_cidr.1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Make `bridge` hold exactly these extra host addresses (as /32s, next to
+/// its gateway address): the load-balancer addresses this node serves.
+pub async fn set_extra_addresses(bridge: &str, want: &[Ipv4Addr]) -> Result<()> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let h = connect()?;
+    let idx = index_of(&h, bridge)
+        .await?
+        .ok_or_else(|| anyhow!("the bridge {bridge} does not exist"))?;
+    let mut have = vec![];
+    let mut list = h.address().get().set_link_index_filter(idx).execute();
+    while let Some(msg) = list.try_next().await? {
+        if msg.header.prefix_len != 32 {
+            continue;
+        }
+        for a in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                if !want.contains(ip) {
+                    h.address()
+                        .del(msg.clone())
+                        .execute()
+                        .await
+                        .with_context(|| format!("removing {ip} from {bridge}"))?;
+                }
+                have.push(*ip);
+            }
+        }
+    }
+    for ip in want.iter().filter(|ip| !have.contains(ip)) {
+        if let Err(e) = h.address().add(idx, IpAddr::V4(*ip), 32).execute().await {
+            if !exists(&e) {
+                return Err(anyhow!("adding {ip}/32 to {bridge}: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Remove a link (a bridge, or a leftover veth), if it exists.
 pub async fn delete_link(name: &str) -> Result<()> {
     let h = connect()?;
@@ -146,6 +222,12 @@ pub async fn attach(pid: i32, a: &Attachment) -> Result<()> {
         .execute()
         .await
         .with_context(|| format!("attaching {} to {}", a.host_if, a.bridge))?;
+    // Hairpin: a pod that reaches itself through its Service gets its own
+    // packets back through this port.
+    let _ = std::fs::write(
+        format!("/sys/class/net/{}/brport/hairpin_mode", a.host_if),
+        "1",
+    );
     let inside = a.clone();
     let joined = std::thread::spawn(move || -> Result<()> {
         nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)

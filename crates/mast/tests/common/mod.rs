@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -51,10 +52,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `mast server` with extra flags.
+    pub fn start_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut mode = vec!["server".to_owned()];
+        mode.extend(flags.iter().map(|f| f.to_string()));
         let mut c = Cluster {
             child: None,
-            mode: vec!["server".into()],
+            mode,
             agent_data: None,
             kubeconfig: PathBuf::new(),
             url: String::new(),
@@ -77,6 +85,9 @@ impl Cluster {
                 format!("--node-name={node}"),
                 "--agent-listen=127.0.0.1:0".into(),
                 format!("--pod-ip-range={pod_ip_range}"),
+                "--ingress-http=off".into(),
+                "--ingress-https=off".into(),
+                "--pod-network=loopback".into(),
             ],
             agent_data: Some(data),
             kubeconfig: PathBuf::new(),
@@ -255,6 +266,19 @@ impl Cluster {
             format!("--agent-data-dir={}", data.display()),
             format!("--pod-ip-range=127.{range}.0.0/16"),
         ];
+        // Tests run side by side: no agent takes the machine's ports 80 and
+        // 443 unless a test gives it its own address.
+        if !extra.iter().any(|a| a.starts_with("--ingress-")) {
+            args.extend([
+                "--ingress-http=off".to_owned(),
+                "--ingress-https=off".to_owned(),
+            ]);
+        }
+        // Likewise the default bridge and ranges: a test that wants pod
+        // network namespaces names its own (see NetCluster).
+        if !extra.iter().any(|a| a.starts_with("--pod-network")) {
+            args.push("--pod-network=loopback".to_owned());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Agent {
@@ -362,5 +386,124 @@ impl Drop for Agent {
             .arg(format!("--agent-data-dir={}", self.data.display()))
             .stdout(Stdio::null())
             .status();
+    }
+}
+
+/// A pod as JSON.
+pub fn pod_json(c: &Cluster, name: &str) -> Value {
+    serde_json::from_str(&c.ok(&["get", "pod", name, "-o", "json"])).expect("pod json")
+}
+
+/// Whether a pod's Ready condition is True.
+pub fn ready(p: &Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// Wait until the pod is Ready; on timeout, fail showing it.
+pub fn wait_ready(c: &Cluster, name: &str, secs: u64) {
+    assert!(
+        eventually(secs, || c
+            .kubectl(&["get", "pod", name, "-o", "json"])
+            .success
+            && ready(&pod_json(c, name))),
+        "pod {name} never became Ready: {}\n{}",
+        c.kubectl(&["get", "pod", name, "-o", "yaml"]).stdout,
+        c.kubectl(&["describe", "pod", name]).stdout
+    );
+}
+
+/// GET a URL from the host with curl, as JSON.
+pub fn curl(url: &str) -> Option<Value> {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+/// A cluster whose pods get network namespaces on a bridge, with Services,
+/// DNS and load balancers: the API server, scheduler, controllers and one
+/// real agent. Tests run side by side, so each passes its own `n`, which
+/// picks its pod range 10.(200+n).0.0/16, Service range 10.(220+n).0.0/16,
+/// load-balancer pool 10.(240+n).0.0/24 and bridge `mastnet<n>`.
+pub struct NetCluster {
+    pub agent: Option<Agent>,
+    pub bridge: String,
+    pub components: Vec<Background>,
+    pub c: Cluster,
+}
+
+impl NetCluster {
+    pub fn start(n: u8) -> Self {
+        let c = Cluster::start_with(&[&format!("--service-cidr=10.{}.0.0/16", 220 + n)]);
+        let sched = c.component(&["scheduler"]);
+        let ctrl = c.component(&[
+            "controllers",
+            &format!("--cluster-cidr=10.{}.0.0/16", 200 + n),
+            &format!("--service-lb-pool=10.{}.0.0/24", 240 + n),
+        ]);
+        let bridge = format!("mastnet{n}");
+        let agent = c.agent(
+            "node",
+            &[
+                "--pod-network=bridge",
+                &format!("--bridge-name={bridge}"),
+                &format!("--cluster-cidr=10.{}.0.0/16", 200 + n),
+                &format!("--pod-service-cidr=10.{}.0.0/16", 220 + n),
+                &format!("--nodeport-addresses=10.{}.0.0/16", 200 + n),
+                &format!("--ingress-http=10.{}.0.1:80", 200 + n),
+                &format!("--ingress-https=10.{}.0.1:443", 200 + n),
+            ],
+        );
+        assert!(
+            eventually(30, || c.kubectl(&["get", "node", "node"]).success),
+            "the agent never registered its node"
+        );
+        NetCluster {
+            agent: Some(agent),
+            bridge,
+            components: vec![sched, ctrl],
+            c,
+        }
+    }
+
+    /// The node's address on the pod network (its bridge), where NodePorts
+    /// answer.
+    pub fn node_address(&self, n: u8) -> String {
+        format!("10.{}.0.1", 200 + n)
+    }
+
+    /// Stop the node and check it left nothing behind: no bridge, no
+    /// nftables table, no pod veths.
+    pub fn stop_and_check_clean(&mut self) {
+        drop(self.agent.take());
+        let links = Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .expect("ip link");
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(
+            !links.contains(&format!(" {}:", self.bridge)),
+            "bridge left: {links}"
+        );
+        assert!(
+            !links.contains(&format!("master {}", self.bridge)),
+            "veth left: {links}"
+        );
+        let table = Command::new("nft")
+            .args(["list", "table", "ip", &format!("mast_{}", self.bridge)])
+            .output()
+            .expect("nft");
+        assert!(!table.status.success(), "nftables table left behind");
+    }
+}
+
+impl std::ops::Deref for NetCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.c
     }
 }
