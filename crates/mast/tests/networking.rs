@@ -70,6 +70,31 @@ fn spread(url: &str, count: usize) -> BTreeMap<String, usize> {
     got
 }
 
+/// Ask the node's DNS server (on its bridge address) one question over UDP;
+/// the answers' data as text, or the response code when there are none.
+fn dns(server: &str, name: &str, ty: hickory_proto::rr::RecordType) -> Vec<String> {
+    use hickory_proto::op::{Message, Query};
+    let mut q = Message::query();
+    q.metadata.id = 7;
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(
+        hickory_proto::rr::Name::from_ascii(name).expect("name"),
+        ty,
+    ));
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    sock.send_to(&q.to_vec().expect("encode"), (server, 53))
+        .expect("send");
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("a DNS answer");
+    let m = Message::from_vec(&buf[..n]).expect("decode");
+    if m.answers.is_empty() {
+        return vec![format!("{:?}", m.metadata.response_code)];
+    }
+    m.answers.iter().map(|r| r.data.to_string()).collect()
+}
+
 fn wait_endpoints(c: &NetCluster, svc: &str, n: usize) {
     assert!(
         eventually(60, || {
@@ -125,7 +150,11 @@ spec:
         .stdin(std::process::Stdio::null())
         .output()
         .expect("script");
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    // script(1) may pass its own stdin's end on as a NUL, which the TTY
+    // echoes as `^@` somewhere in the output.
+    let text = String::from_utf8_lossy(&out.stdout)
+        .replace('\r', "")
+        .replace("^@", "");
     assert!(
         text.contains(
             "Server:    10.221.0.10\nAddress 1: 10.221.0.10 kube-dns.kube-system.svc.cluster.local"
@@ -209,6 +238,31 @@ spec:
     // ExternalName is a CNAME, followed to the Service it names.
     let alias = c.ok(&["exec", "busybox", "--", "getent", "hosts", "alias"]);
     assert!(alias.starts_with(&vip), "{alias}");
+    // SRV for named ports, over the wire; no IPv6; the Service by reverse
+    // name.
+    let node = c.node_address(1);
+    let srv = dns(
+        &node,
+        "_pg._tcp.db.default.svc.cluster.local.",
+        hickory_proto::rr::RecordType::SRV,
+    );
+    assert_eq!(
+        srv,
+        [format!("0 100 5432 {dashed}.db.default.svc.cluster.local.")]
+    );
+    let aaaa = dns(
+        &node,
+        "test-service.default.svc.cluster.local.",
+        hickory_proto::rr::RecordType::AAAA,
+    );
+    assert_eq!(aaaa, ["NoError"]);
+    let octets: Vec<&str> = vip.split('.').rev().collect();
+    let ptr = dns(
+        &node,
+        &format!("{}.in-addr.arpa.", octets.join(".")),
+        hickory_proto::rr::RecordType::PTR,
+    );
+    assert_eq!(ptr, ["test-service.default.svc.cluster.local."]);
     // Pod A records.
     let a = c.ok(&[
         "exec",
