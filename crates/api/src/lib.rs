@@ -6,6 +6,7 @@
 
 pub mod defaults;
 pub mod events;
+pub mod istio;
 pub mod json;
 pub mod openapi;
 pub mod patch;

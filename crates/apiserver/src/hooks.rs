@@ -109,7 +109,7 @@ fn alloc_node_ports(
     Ok(())
 }
 
-fn crd_status(crd: &mut Value) {
+pub(crate) fn crd_status(crd: &mut Value) {
     let storage: Vec<Value> = crd["spec"]["versions"]
         .as_array()
         .into_iter()
@@ -138,8 +138,28 @@ fn crd_status(crd: &mut Value) {
     });
 }
 
+/// Istio's resources are checked as Istio's validating webhook checks them,
+/// and refused in its words.
+fn check_istio(t: &Target, obj: &Value) -> ApiResult<()> {
+    if t.res.custom.is_none() || t.sub.is_some() {
+        return Ok(());
+    }
+    let Some(k) = mast_api::istio::lookup(&t.res.group, &t.res.kind) else {
+        return Ok(());
+    };
+    let errs = mast_api::istio::validate(k, &obj["spec"]);
+    if errs.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "admission webhook \"validation.istio.io\" denied the request: configuration is invalid: {}",
+        errs.join(", ")
+    )))
+}
+
 /// Work before a new object is stored.
 pub async fn before_create(state: &ApiState, t: &Target, obj: &mut Value) -> ApiResult<Allocated> {
+    check_istio(t, obj)?;
     let mut got = Allocated::default();
     if is(t, "", "Service") {
         if let Err(e) = alloc_service(state, obj, &mut got) {
@@ -161,6 +181,7 @@ pub async fn before_create(state: &ApiState, t: &Target, obj: &mut Value) -> Api
 /// not repeat (as Kubernetes' `patchAllocatedValues` does), allocate or free
 /// NodePorts when the type changes.
 pub fn before_update(state: &ApiState, t: &Target, new: &mut Value, old: &Value) -> ApiResult<()> {
+    check_istio(t, new)?;
     if is(t, "", "Service") {
         let name = new["metadata"]["name"]
             .as_str()

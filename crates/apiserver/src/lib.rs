@@ -134,6 +134,49 @@ fn tls_config(p: &pki::Pki) -> Result<rustls::ServerConfig, StartError> {
     Ok(cfg)
 }
 
+/// Install the CRDs mast serves from the start (Istio's), or bring them up
+/// to this version's definitions.
+async fn install_crds(state: &ApiState) -> Result<(), mast_store::StoreError> {
+    for mut crd in mast_api::istio::crds() {
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = object_key(
+            "apiextensions.k8s.io/customresourcedefinitions",
+            None,
+            &name,
+        );
+        match state.store.get(&key).await? {
+            None => {
+                crd["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+                crd["metadata"]["creationTimestamp"] = json!(rest::now());
+                crd["metadata"]["generation"] = json!(1);
+                hooks::crd_status(&mut crd);
+                state
+                    .store
+                    .create(&key, bytes::Bytes::from(crd.to_string()))
+                    .await?;
+            }
+            Some(kv) => {
+                let mut have: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                if have["spec"] == crd["spec"] {
+                    continue;
+                }
+                have["spec"] = crd["spec"].take();
+                let generation = have["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                have["metadata"]["generation"] = json!(generation);
+                hooks::crd_status(&mut have);
+                state
+                    .store
+                    .update(&key, bytes::Bytes::from(have.to_string()), kv.mod_revision)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Create what a new cluster starts with (idempotent, so restarts are safe).
 async fn bootstrap(state: &ApiState) -> Result<(), mast_store::StoreError> {
     let now = rest::now();
@@ -253,6 +296,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Handle, Star
             tracing::warn!(error = %e, "no client certificate for node agents: logs and exec will fail")
         }
     }
+    install_crds(&state).await?;
     state.reload_crds().await?;
     bootstrap(&state).await?;
     let server_url = format!("https://{}:{}", config.advertise_address, addr.port());
