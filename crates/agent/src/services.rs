@@ -4,12 +4,12 @@
 //! its bridge, and the zone its DNS server answers from (`mast_dns`).
 
 use crate::AgentConfig;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use mast_net::proxy::{ProxiedService, Proxy, ProxyConfig, ServicePort};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -279,46 +279,23 @@ pub async fn run(
         service_cidr: cfg.service_cidr,
         node_port_cidrs: cfg.node_port_cidrs.clone(),
     });
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let (eps_store, eps_writer) = reflector::store::<EndpointSlice>();
-    let svc_events = reflector::reflector(
-        svc_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|_| ());
-    let eps_events = reflector::reflector(
-        eps_writer,
-        watcher(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|_| ());
-    let mut events = std::pin::pin!(futures::stream::select(svc_events, eps_events));
+    let all = watcher::Config::default;
+    let (svc_store, c1) = mast_watch::cache(Api::<Service>::all(client.clone()), all(), ());
+    let (eps_store, c2) = mast_watch::cache(Api::<EndpointSlice>::all(client), all(), ());
+    let mut events = futures::stream::select(c1, c2);
     let mut lb_now: Option<BTreeSet<Ipv4Addr>> = None;
     let mut failed = false;
     let (mut svc_ready, mut eps_ready) = (false, false);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            ev = events.next() => if ev.is_none() { break },
-            // A failed sync is retried even when nothing changes.
-            _ = tokio::time::sleep(Duration::from_secs(5)), if failed => {}
-        }
-        // Coalesce a burst of changes into one sync.
-        let deadline = tokio::time::sleep(Duration::from_millis(20));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                ev = events.next() => if ev.is_none() { break },
-            }
-        }
+    // A burst of changes (settled for 20 ms) is one sync; a failed sync is
+    // retried after 5 s even when nothing changes.
+    while mast_watch::next_burst(
+        &mut events,
+        &mut shutdown,
+        Duration::from_millis(20),
+        failed.then_some(Duration::from_secs(5)),
+    )
+    .await
+    {
         // Until both caches are listed, a sync would drop live rules.
         if !svc_ready {
             svc_ready = svc_store.wait_until_ready().now_or_never().is_some();

@@ -75,6 +75,10 @@ impl SchemaIndex {
     }
 
     fn walk_at(&self, v: &Value, s: &Value, path: &str, structural: bool, out: &mut WalkResult) {
+        // A reference leads into a built-in definition (a custom resource's
+        // ObjectMeta): from there on, built-in rules apply, where free-form
+        // objects such as managedFields' FieldsV1 have no properties.
+        let structural = structural && !builtin_ref(s);
         let s = self.resolve(s);
         let sm = match s.as_object() {
             Some(m) => m,
@@ -154,6 +158,7 @@ impl SchemaIndex {
     /// Drop every field the schema does not declare, as Kubernetes' decoder
     /// (built-in types) and pruning (custom resources) do.
     pub fn prune(&self, v: &mut Value, s: &Value, structural: bool) {
+        let structural = structural && !builtin_ref(s);
         let s = self.resolve(s);
         let Some(sm) = s.as_object() else { return };
         if sm.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
@@ -304,6 +309,19 @@ fn type_matches(v: &Value, ty: &str) -> bool {
         "boolean" => v.is_boolean(),
         _ => true,
     }
+}
+
+/// Whether a schema is a reference to a built-in Kubernetes definition.
+fn builtin_ref(s: &Value) -> bool {
+    s.get("$ref").and_then(Value::as_str).is_some_and(|r| {
+        [
+            "/io.k8s.api.",
+            "/io.k8s.apimachinery.",
+            "/io.k8s.apiextensions-apiserver.",
+        ]
+        .iter()
+        .any(|p| r.contains(p))
+    })
 }
 
 #[cfg(test)]

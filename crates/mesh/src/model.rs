@@ -1,0 +1,181 @@
+//! The mesh as the control plane sees it: Services with their endpoints
+//! (and the endpoints' pod labels, for subsets), and the Istio
+//! configuration, rebuilt from the watch caches on every change.
+
+use mast_api::istio::types::{DestinationRule, Gateway, VirtualService};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// A Service by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+    pub domain: String,
+}
+
+impl ServiceKey {
+    /// `reviews.default.svc.cluster.local`.
+    pub fn host(&self) -> String {
+        format!("{}.{}.svc.{}", self.name, self.namespace, self.domain)
+    }
+
+    /// The Service a destination host names, as Istio reads it: a short
+    /// name is in `ns`; `name.ns` and the full name are absolute.
+    pub fn resolve(host: &str, ns: &str, domain: &str) -> ServiceKey {
+        let host = host.trim_end_matches('.');
+        let suffix = format!(".svc.{domain}");
+        let parts: Vec<&str> = host.trim_end_matches(&suffix).split('.').collect();
+        let (name, namespace) = match parts.as_slice() {
+            [name] => (*name, ns),
+            [name, namespace, ..] => (*name, *namespace),
+            [] => ("", ns),
+        };
+        ServiceKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            domain: domain.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+}
+
+/// One ready endpoint: its address, its ports by name, its pod's labels.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Service {
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Everything configuration is generated from.
+#[derive(Debug, Clone, Default)]
+pub struct Mesh {
+    pub domain: String,
+    pub services: BTreeMap<ServiceKey, Service>,
+    /// (namespace, name) → spec.
+    pub virtual_services: BTreeMap<(String, String), VirtualService>,
+    pub destination_rules: BTreeMap<(String, String), DestinationRule>,
+    pub gateways: BTreeMap<(String, String), Gateway>,
+}
+
+impl Mesh {
+    /// The DestinationRule for a Service: one in its own namespace first.
+    fn rule_for(&self, key: &ServiceKey) -> Option<&DestinationRule> {
+        let mut found = None;
+        for ((ns, _), dr) in &self.destination_rules {
+            if ServiceKey::resolve(&dr.host, ns, &self.domain) == *key {
+                if *ns == key.namespace {
+                    return Some(dr);
+                }
+                found.get_or_insert(dr);
+            }
+        }
+        found
+    }
+
+    /// The subsets a DestinationRule gives a Service: name, labels, and the
+    /// subset's simple load balancer.
+    pub fn subsets(
+        &self,
+        key: &ServiceKey,
+    ) -> Vec<(String, BTreeMap<String, String>, Option<String>)> {
+        self.rule_for(key)
+            .map(|dr| {
+                dr.subsets
+                    .iter()
+                    .map(|s| {
+                        let lb = s
+                            .traffic_policy
+                            .as_ref()
+                            .and_then(|p| p.load_balancer.as_ref())
+                            .and_then(|l| l.simple.clone());
+                        (s.name.clone(), s.labels.clone(), lb)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The DestinationRule's simple load balancer for the whole Service.
+    pub fn default_lb(&self, key: &ServiceKey) -> Option<String> {
+        self.rule_for(key)?
+            .traffic_policy
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .simple
+            .clone()
+    }
+
+    /// The ready endpoints of a Service port whose pods carry `labels`.
+    pub fn endpoints(
+        &self,
+        key: &ServiceKey,
+        port_name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<(IpAddr, u16)> {
+        let Some(s) = self.services.get(key) else {
+            return vec![];
+        };
+        s.endpoints
+            .iter()
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .filter_map(|e| e.ports.get(port_name).map(|p| (e.ip, *p)))
+            .collect()
+    }
+
+    /// The Gateways whose selector matches a proxy's labels.
+    pub fn gateways_for(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<(&(String, String), &Gateway)> {
+        self.gateways
+            .iter()
+            .filter(|(_, g)| {
+                !g.selector.is_empty() && g.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .collect()
+    }
+
+    /// The VirtualServices bound to the Gateway `ns/name`.
+    pub fn bound_to(&self, gw: &(String, String)) -> Vec<(String, &VirtualService)> {
+        self.virtual_services
+            .iter()
+            .filter(|((ns, _), vs)| {
+                vs.gateways.iter().any(|g| match g.split_once('/') {
+                    Some((gns, gname)) => gns == gw.0 && gname == gw.1,
+                    None => *ns == gw.0 && *g == gw.1,
+                })
+            })
+            .map(|((ns, _), vs)| (ns.clone(), vs))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_resolve_as_istio_reads_them() {
+        let k = ServiceKey::resolve("reviews", "default", "cluster.local");
+        assert_eq!(k.host(), "reviews.default.svc.cluster.local");
+        let k = ServiceKey::resolve("reviews.shop", "default", "cluster.local");
+        assert_eq!(k.host(), "reviews.shop.svc.cluster.local");
+        let k = ServiceKey::resolve("reviews.shop.svc.cluster.local", "default", "cluster.local");
+        assert_eq!((k.namespace.as_str(), k.name.as_str()), ("shop", "reviews"));
+    }
+}

@@ -1,0 +1,69 @@
+//! Watch caches over the Kubernetes API, and the loop that turns their
+//! changes into syncs, shared by the parts of mast that derive state from
+//! many kinds of objects at once (the node's service proxy and DNS, the
+//! Ingress controller, the mesh control plane).
+//!
+//! [`cache`] gives a kube-runtime reflector store and a stream that ticks on
+//! each of its changes; [`next_burst`] waits for the next change and lets
+//! the burst it starts settle, so that a burst costs one sync.
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Resource;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A cache of every object `api` lists (with `cfg`), kept current by a
+/// watch, and a stream that ticks whenever it changes.
+pub fn cache<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    dyntype: K::DynamicType,
+) -> (Store<K>, BoxStream<'static, ()>)
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    let writer = reflector::store::Writer::<K>::new(dyntype);
+    let store = writer.as_reader();
+    let ticks = reflector::reflector(writer, watcher(api, cfg))
+        .default_backoff()
+        .map(|_| ())
+        .boxed();
+    (store, ticks)
+}
+
+/// Wait for the next change on `changes`, then until `quiet` passes without
+/// one. With `retry`, also return after that long without any change (to
+/// retry a failed sync). False when `shutdown` turns or the changes end.
+pub async fn next_burst(
+    changes: &mut (impl futures::Stream<Item = ()> + Unpin),
+    shutdown: &mut watch::Receiver<bool>,
+    quiet: Duration,
+    retry: Option<Duration>,
+) -> bool {
+    let retry = async {
+        match retry {
+            Some(d) => tokio::time::sleep(d).await,
+            None => futures::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.changed() => return false,
+        ev = changes.next() => if ev.is_none() { return false },
+        _ = retry => {}
+    }
+    let deadline = tokio::time::sleep(quiet);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return true,
+            ev = changes.next() => if ev.is_none() { return false },
+        }
+    }
+}
