@@ -6,7 +6,9 @@
 //! `VERSION`), the method, path and the request's headers.
 //!
 //! For tests it can be told to misbehave, per request by query parameter or
-//! header: `status=503` / `x-echo-status`, `delay=250ms` / `x-echo-delay`;
+//! header: `status=503` / `x-echo-status`, `delay=250ms` / `x-echo-delay`,
+//! `fail=50` / `x-echo-fail` (fail half the requests at random, with 503 or
+//! `status`); `/fail/on` makes every answer a 500 until `/fail/off`;
 //! `GET /exit?code=N` exits the process; `/readyz` answers 200 until
 //! `/readyz/off` (and again after `/readyz/on`); `/healthz` likewise with
 //! `/healthz/off`. At start, `--exit-code N --exit-after 2s` exits on its own
@@ -24,6 +26,8 @@ struct State {
     info: Map<String, Value>,
     ready: AtomicBool,
     healthy: AtomicBool,
+    /// `/fail/on`: every answer is a 500 until `/fail/off`.
+    failing: AtomicBool,
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
@@ -110,6 +114,7 @@ pub fn run(args: &[String]) -> anyhow::Result<i32> {
         info,
         ready: AtomicBool::new(true),
         healthy: AtomicBool::new(true),
+        failing: AtomicBool::new(false),
     });
     let ip = env("POD_IP").unwrap_or_else(|| "0.0.0.0".into());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -196,6 +201,9 @@ async fn handle(
         "/readyz/on" => status = flag(&state.ready, true),
         "/healthz/off" => status = flag(&state.healthy, false),
         "/healthz/on" => status = flag(&state.healthy, true),
+        "/fail/on" => status = flag(&state.failing, true),
+        "/fail/off" => status = flag(&state.failing, false),
+        _ if state.failing.load(Ordering::SeqCst) => status = StatusCode::INTERNAL_SERVER_ERROR,
         "/readyz" if !state.ready.load(Ordering::SeqCst) => {
             status = StatusCode::SERVICE_UNAVAILABLE
         }
@@ -213,6 +221,18 @@ async fn handle(
             });
         }
         _ => {}
+    }
+    // `?fail=P`: fail (503, or ?status=) P% of the time, at random.
+    if let Some(p) = control("fail", "x-echo-fail").and_then(|p| p.parse::<u32>().ok()) {
+        let roll = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() / 7 % 100)
+            .unwrap_or(0);
+        if roll >= p {
+            status = StatusCode::OK;
+        } else if status == StatusCode::OK {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+        }
     }
     if let Some(d) = delay {
         tokio::time::sleep(d).await;

@@ -31,7 +31,8 @@ struct Cli {
 enum Command {
     /// Start an all-in-one cluster on this machine: API server and store,
     /// scheduler, controllers and a node agent that runs pods as processes,
-    /// with Services, cluster DNS and an Ingress controller on ports 80/443.
+    /// with Services, cluster DNS, an Ingress controller on ports 80/443 and
+    /// the mesh control plane (xDS on 127.0.0.1:15010).
     ///
     /// Prints the `export KUBECONFIG=...` line to use with kubectl. Starting
     /// again with the same --data-dir resumes the same cluster.
@@ -260,6 +261,10 @@ struct UpArgs {
     /// on this machine's pod bridge.
     #[arg(long, default_value = "10.44.0.0/24")]
     service_lb_pool: mast_controllers::nodeipam::Cidr,
+    /// Where the mesh control plane serves xDS to Envoy proxies (`off` to
+    /// run without it).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_listen: String,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -576,7 +581,7 @@ async fn run_component(
 /// the scheduler, the controllers and this machine's agent.
 async fn run_server(
     args: ServerArgs,
-    controllers: Option<mast_controllers::Settings>,
+    controllers: Option<(mast_controllers::Settings, Option<SocketAddr>)>,
     node: Option<String>,
     node_args: NodeArgs,
 ) -> Result<()> {
@@ -607,7 +612,19 @@ async fn run_server(
             }
         });
         let (c2, s2) = (client.clone(), stop_rx.clone());
-        let settings = controllers.unwrap_or_default();
+        let (settings, xds) = controllers.unwrap_or_default();
+        if let Some(addr) = xds {
+            let cfg = mast_mesh::MeshConfig {
+                xds_listen: addr,
+                domain: node_args.cluster_domain.trim_end_matches('.').to_owned(),
+            };
+            let (c, s) = (client.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = mast_mesh::run(c, cfg, s).await {
+                    tracing::error!(error = %format!("{e:#}"), "the mesh control plane stopped");
+                }
+            });
+        }
         tokio::spawn(async move {
             if let Err(e) = mast_controllers::run(c2, s2, settings).await {
                 tracing::error!(error = %e, "the controllers stopped");
@@ -765,7 +782,13 @@ fn main() -> Result<()> {
                     lb_pool: a.service_lb_pool,
                     ..Default::default()
                 };
-                run_server(a.server, Some(settings), a.node_name, a.node).await
+                let xds = match a.xds_listen.as_str() {
+                    "off" | "" => None,
+                    v => Some(v.parse::<SocketAddr>().with_context(|| {
+                        format!("--xds-listen {v:?} must be an address and port like 127.0.0.1:15010, or off")
+                    })?),
+                };
+                run_server(a.server, Some((settings, xds)), a.node_name, a.node).await
             }
             Command::Server(a) => run_server(a, None, None, default_node_args()).await,
             Command::Scheduler(a) => {

@@ -342,4 +342,85 @@ admin:
             .expect("curl");
         String::from_utf8_lossy(&o.stdout) == "504"
     }));
+    // 6. Retries turn a 50%-failing upstream into >= 99% success.
+    vs("  - retries: {attempts: 6, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(
+        common::eventually(20, || {
+            let got = through(gw_port, 300, &["-H", "x-echo-fail: 50"]);
+            got.get("v1").copied().unwrap_or(0) >= 297
+        }),
+        "retries did not hide the failures: {:?}",
+        through(gw_port, 300, &["-H", "x-echo-fail: 50"])
+    );
+    // 7. A connectionPool limit: what overflows gets 503 and the overflow
+    // flag (x-envoy-overloaded).
+    let dr = |policy: &str| {
+        c.apply(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec:\n  host: reviews\n  trafficPolicy: {policy}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n"
+        ));
+    };
+    vs("  - route: [{destination: {host: reviews, subset: v1}}]\n");
+    dr("{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRetries: 0}}}");
+    let overflow = || {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-Z",
+                "--parallel-max",
+                "20",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+            ])
+            .arg(format!("http://127.0.0.1:{gw_port}/?delay=1s&n=[1-20]"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).to_ascii_lowercase()
+    };
+    assert!(
+        common::eventually(20, || {
+            let h = overflow();
+            h.contains(" 503") && h.contains("x-envoy-overloaded: true")
+        }),
+        "no request overflowed the connection pool: {}",
+        overflow()
+    );
+    // 8. consistentHash: one user, one pod.
+    dr("{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}");
+    vs("  - route: [{destination: {host: reviews}}]\n");
+    assert!(common::eventually(20, || through(gw_port, 30, &[]).len() == 2));
+    let mut seen = std::collections::BTreeSet::new();
+    for user in [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+        "mallory", "niaj",
+    ] {
+        let got = through(gw_port, 20, &["-H", &format!("x-user: {user}")]);
+        assert_eq!(got.len(), 1, "{user} was spread over {got:?}");
+        seen.extend(got.into_keys());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "twelve users all hashed to one pod: {seen:?}"
+    );
+    // 9. Outlier detection ejects the endpoint that fails.
+    dr("{outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}}");
+    vs("  - route: [{destination: {host: reviews}}]\n");
+    let v3 = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "version=v3",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    assert!(common::curl(&format!("http://{v3}:8080/fail/on")).is_some());
+    assert!(
+        common::eventually(30, || through(gw_port, 40, &[]).get("v1") == Some(&40)),
+        "the failing endpoint was never ejected: {:?}",
+        through(gw_port, 40, &[])
+    );
 }

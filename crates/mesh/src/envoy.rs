@@ -55,15 +55,30 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
             }
             for (subset, policy) in subsets {
                 let name = cluster_name(p.port, &subset, &host);
+                let tp = mesh.policy(key, &subset);
                 let lb = policy.or_else(|| mesh.default_lb(key)).unwrap_or_default();
+                let hashed = tp
+                    .load_balancer
+                    .as_ref()
+                    .and_then(|l| l.consistent_hash.as_ref());
                 let lb_policy = match lb.as_str() {
+                    _ if hashed.is_some_and(|h| h.maglev.is_some()) => {
+                        cluster::cluster::LbPolicy::Maglev
+                    }
+                    _ if hashed.is_some() => cluster::cluster::LbPolicy::RingHash,
                     "LEAST_REQUEST" | "LEAST_CONN" => cluster::cluster::LbPolicy::LeastRequest,
                     "RANDOM" => cluster::cluster::LbPolicy::Random,
                     _ => cluster::cluster::LbPolicy::RoundRobin,
                 };
+                let pool = tp.connection_pool.clone().unwrap_or_default();
                 let c = cluster::Cluster {
                     name: name.clone(),
-                    connect_timeout: Some(duration(10_000_000_000)),
+                    connect_timeout: Some(
+                        parse(&pool.tcp.as_ref().and_then(|t| t.connect_timeout.clone()))
+                            .unwrap_or(duration(10_000_000_000)),
+                    ),
+                    circuit_breakers: circuit_breakers(&pool),
+                    outlier_detection: tp.outlier_detection.as_ref().map(outlier_detection),
                     lb_policy: lb_policy as i32,
                     cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
                         cluster::cluster::DiscoveryType::Eds as i32,
@@ -87,6 +102,64 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
         }
     }
     out
+}
+
+fn u32v(v: Option<i32>) -> Option<UInt32Value> {
+    v.map(|v| UInt32Value {
+        value: v.max(0) as u32,
+    })
+}
+
+/// DestinationRule connectionPool limits as Envoy circuit breakers; what
+/// overflows gets a 503 with the `UO` flag (`x-envoy-overloaded`).
+fn circuit_breakers(
+    pool: &mast_api::istio::types::ConnectionPoolSettings,
+) -> Option<cluster::CircuitBreakers> {
+    let tcp = pool.tcp.clone().unwrap_or_default();
+    let http = pool.http.clone().unwrap_or_default();
+    if tcp.max_connections.is_none()
+        && http.http1_max_pending_requests.is_none()
+        && http.http2_max_requests.is_none()
+        && http.max_retries.is_none()
+    {
+        return None;
+    }
+    Some(cluster::CircuitBreakers {
+        thresholds: vec![cluster::circuit_breakers::Thresholds {
+            max_connections: u32v(tcp.max_connections),
+            max_pending_requests: u32v(http.http1_max_pending_requests),
+            max_requests: u32v(http.http2_max_requests),
+            max_retries: u32v(http.max_retries),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+/// DestinationRule outlierDetection as Envoy's, as istiod maps it.
+fn outlier_detection(o: &mast_api::istio::types::OutlierDetection) -> cluster::OutlierDetection {
+    let five_xx = o
+        .consecutive_5xx_errors
+        .or(o.consecutive_errors.map(|e| e.max(0) as u32));
+    let gateway = o.consecutive_gateway_errors;
+    cluster::OutlierDetection {
+        consecutive_5xx: Some(UInt32Value {
+            value: five_xx.unwrap_or(0),
+        }),
+        enforcing_consecutive_5xx: Some(UInt32Value {
+            value: if five_xx.unwrap_or(0) > 0 { 100 } else { 0 },
+        }),
+        consecutive_gateway_failure: gateway.map(|v| UInt32Value { value: v }),
+        enforcing_consecutive_gateway_failure: gateway.map(|v| UInt32Value {
+            value: if v > 0 { 100 } else { 0 },
+        }),
+        interval: parse(&o.interval),
+        base_ejection_time: parse(&o.base_ejection_time),
+        max_ejection_percent: u32v(o.max_ejection_percent),
+        // Istio turns success-rate ejection off.
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        ..Default::default()
+    }
 }
 
 /// The endpoints of every cluster [`clusters`] makes.
@@ -171,6 +244,36 @@ fn percent(p: f64) -> FractionalPercent {
 }
 
 const FAULT: &str = "envoy.filters.http.fault";
+
+/// A DestinationRule's consistentHash as the route's hash policy.
+fn hash_policy(h: &mast_api::istio::types::ConsistentHash) -> Vec<route::route_action::HashPolicy> {
+    use route::route_action::hash_policy::{
+        ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+    };
+    let spec = if let Some(name) = &h.http_header_name {
+        PolicySpecifier::Header(Header {
+            header_name: name.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &h.http_cookie {
+        PolicySpecifier::Cookie(Cookie {
+            name: c.name.clone(),
+            path: c.path.clone().unwrap_or_default(),
+            ttl: parse(&c.ttl),
+            ..Default::default()
+        })
+    } else if h.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+    } else if let Some(q) = &h.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(QueryParameter { name: q.clone() })
+    } else {
+        return vec![];
+    };
+    vec![route::route_action::HashPolicy {
+        policy_specifier: Some(spec),
+        ..Default::default()
+    }]
+}
 
 /// One VirtualService http route, for one of its matches (or none), as an
 /// Envoy route. `ns` is the VirtualService's namespace, for short hosts.
@@ -298,6 +401,18 @@ fn http_route(
         })
         .collect();
     let mut action = route::RouteAction::default();
+    // consistentHash of the destination's DestinationRule (one Service).
+    if let Some(d) = r.route.first().filter(|_| r.route.len() == 1) {
+        let key = ServiceKey::resolve(&d.destination.host, ns, &mesh.domain);
+        let subset = d.destination.subset.clone().unwrap_or_default();
+        if let Some(h) = mesh
+            .policy(&key, &subset)
+            .load_balancer
+            .and_then(|l| l.consistent_hash)
+        {
+            action.hash_policy = hash_policy(&h);
+        }
+    }
     let total: u32 = dests.iter().map(|(_, w)| w).sum();
     action.cluster_specifier = Some(if dests.len() == 1 || total == 0 {
         route::route_action::ClusterSpecifier::Cluster(

@@ -109,6 +109,35 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// The traffic policy for a Service's subset (`""` for the whole
+    /// Service): the subset's sections override the rule's, as in Istio.
+    pub fn policy(&self, key: &ServiceKey, subset: &str) -> mast_api::istio::types::TrafficPolicy {
+        let Some(dr) = self.rule_for(key) else {
+            return Default::default();
+        };
+        let mut p = dr.traffic_policy.clone().unwrap_or_default();
+        if let Some(sp) = dr
+            .subsets
+            .iter()
+            .find(|s| s.name == subset)
+            .and_then(|s| s.traffic_policy.clone())
+        {
+            if sp.load_balancer.is_some() {
+                p.load_balancer = sp.load_balancer;
+            }
+            if sp.connection_pool.is_some() {
+                p.connection_pool = sp.connection_pool;
+            }
+            if sp.outlier_detection.is_some() {
+                p.outlier_detection = sp.outlier_detection;
+            }
+            if sp.tls.is_some() {
+                p.tls = sp.tls;
+            }
+        }
+        p
+    }
+
     /// The DestinationRule's simple load balancer for the whole Service.
     pub fn default_lb(&self, key: &ServiceKey) -> Option<String> {
         self.rule_for(key)?

@@ -88,6 +88,7 @@ impl Cluster {
                 "--ingress-http=off".into(),
                 "--ingress-https=off".into(),
                 "--pod-network=loopback".into(),
+                "--xds-listen=off".into(),
             ],
             agent_data: Some(data),
             kubeconfig: PathBuf::new(),
