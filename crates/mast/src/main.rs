@@ -119,6 +119,26 @@ enum MeshCommand {
     /// Istio configuration (VirtualService, DestinationRule, Gateway) served
     /// to Envoy proxies over xDS (ADS).
     Serve(MeshArgs),
+    /// Find problems in the mesh's configuration, as `istioctl analyze`
+    /// does: references to hosts, subsets and gateways that do not exist,
+    /// conflicting VirtualServices, Gateways nothing uses, port names
+    /// without a protocol. Exits 79 when it finds errors or warnings.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct AnalyzeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The namespace to analyze.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Analyze every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -798,6 +818,28 @@ fn main() -> Result<()> {
                     run_until_signal("scheduler", |s| mast_scheduler::run(client, s)),
                 )
                 .await
+            }
+            Command::Mesh(MeshCommand::Analyze(a)) => {
+                let client = kube_client(&a.client).await?;
+                let (mesh, ports) =
+                    mast_mesh::snapshot(&client, a.cluster_domain.trim_end_matches('.')).await?;
+                let only = (!a.all_namespaces).then_some(a.namespace.as_str());
+                let msgs = mast_mesh::analyze::analyze(&mesh, &ports, only);
+                let scope = match only {
+                    Some(ns) => format!("namespace: {ns}"),
+                    None => "all namespaces".into(),
+                };
+                for m in &msgs {
+                    println!("{m}");
+                }
+                if msgs.iter().any(|m| m.level != mast_mesh::analyze::Level::Info) {
+                    eprintln!("Error: Analyzers found issues when analyzing {scope}.\nSee docs/mesh.md and https://istio.io/latest/docs/reference/config/analysis for more information about causes and resolutions.");
+                    std::process::exit(79);
+                }
+                if msgs.is_empty() {
+                    println!("\u{2714} No validation issues found when analyzing {scope}.");
+                }
+                Ok(())
             }
             Command::Mesh(MeshCommand::Serve(a)) => {
                 let client = kube_client(&a.client).await?;

@@ -127,6 +127,60 @@ fn istio_resources_are_served_and_validated_as_istio_does() {
         r#"{"spec":{"http":[{"route":[{"destination":{"host":"reviews","subset":"v1"}}]}]}}"#,
     ]);
     assert!(o.success && !o.stderr.contains("Warning"), "{o:?}");
+    // mast mesh analyze, as istioctl analyze: the samples name Services
+    // that do not exist yet.
+    let analyze = || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args([
+                "mesh",
+                "analyze",
+                "--server",
+                &c.url,
+                &format!("--token={}", c.token()),
+                "--certificate-authority",
+            ])
+            .arg(c.dir.path().join("pki/ca.crt"))
+            .output()
+            .expect("mast mesh analyze");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = analyze();
+    assert_eq!(code, Some(79), "{out}");
+    assert!(out.contains("Error [IST0101] (VirtualService reviews.default) Referenced host not found: \"reviews\""), "{out}");
+    c.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+    ]);
+    c.apply("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: unused}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 8081, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n");
+    let (_, out) = analyze();
+    assert!(
+        !out.contains("Referenced host not found: \"reviews\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("Warning [MST0001] (Gateway unused.default)"),
+        "{out}"
+    );
+    assert!(out.contains("Info [IST0118] (Service reviews.default) Port name 9080-9080 (port: 9080, targetPort: 9080) doesn't follow the naming convention of Istio port."), "{out}");
+    c.ok(&[
+        "patch",
+        "vs",
+        "reviews",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"http":[{"route":[{"destination":{"host":"reviews","subset":"v9"}}]}]}}"#,
+    ]);
+    let (_, out) = analyze();
+    assert!(
+        out.contains("Referenced host+subset in destinationrule not found: \"reviews+v9\""),
+        "{out}"
+    );
     // Updates are checked too.
     let o = c.kubectl(&[
         "patch",

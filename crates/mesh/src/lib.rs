@@ -13,6 +13,7 @@
 //! (`outbound|<port>|<subset>|<host>`). Sidecars, injection and capture are
 //! the next steps (docs/mesh.md).
 
+pub mod analyze;
 pub mod envoy;
 pub mod model;
 pub mod xds;
@@ -201,6 +202,93 @@ fn build(s: &Stores, domain: &str) -> Mesh {
     mesh.destination_rules = specs(&s.dr);
     mesh.gateways = specs(&s.gw);
     mesh
+}
+
+/// Read the configuration once (for `mast mesh analyze`): the model and
+/// the Services' ports.
+pub async fn snapshot(client: &Client, domain: &str) -> anyhow::Result<(Mesh, analyze::Ports)> {
+    use kube::api::ListParams;
+    let lp = ListParams::default();
+    let mut mesh = Mesh {
+        domain: domain.to_owned(),
+        ..Default::default()
+    };
+    let mut ports = analyze::Ports::new();
+    for svc in Api::<Service>::all(client.clone()).list(&lp).await? {
+        let key = ServiceKey {
+            namespace: svc.namespace().unwrap_or_default(),
+            name: svc.name_any(),
+            domain: domain.to_owned(),
+        };
+        let sp = svc.spec.and_then(|s| s.ports).unwrap_or_default();
+        ports.insert(
+            key.clone(),
+            sp.iter()
+                .map(|p| {
+                    let target = match &p.target_port {
+                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i)) => {
+                            i.to_string()
+                        }
+                        Some(
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s),
+                        ) => s.clone(),
+                        None => p.port.to_string(),
+                    };
+                    (
+                        p.name.clone().unwrap_or_default(),
+                        p.port,
+                        target,
+                        p.app_protocol.clone(),
+                    )
+                })
+                .collect(),
+        );
+        let svc_ports = sp
+            .into_iter()
+            .map(|p| ServicePort {
+                name: p.name.unwrap_or_default(),
+                port: p.port as u16,
+                protocol: p.protocol.unwrap_or_else(|| "TCP".into()),
+            })
+            .collect();
+        mesh.services.insert(
+            key,
+            model::Service {
+                ports: svc_ports,
+                endpoints: vec![],
+            },
+        );
+    }
+    let list = |kind: &str, plural: &str| {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &istio(kind, plural));
+        async move { api.list(&Default::default()).await }
+    };
+    let specs_of = |objs: Vec<DynamicObject>| -> Vec<((String, String), serde_json::Value)> {
+        objs.into_iter()
+            .map(|o| {
+                (
+                    (o.namespace().unwrap_or_default(), o.name_any()),
+                    o.data.get("spec").cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    for (k, v) in specs_of(list("VirtualService", "virtualservices").await?.items) {
+        if let Ok(t) = serde_json::from_value(v) {
+            mesh.virtual_services.insert(k, t);
+        }
+    }
+    for (k, v) in specs_of(list("DestinationRule", "destinationrules").await?.items) {
+        if let Ok(t) = serde_json::from_value(v) {
+            mesh.destination_rules.insert(k, t);
+        }
+    }
+    for (k, v) in specs_of(list("Gateway", "gateways").await?.items) {
+        if let Ok(t) = serde_json::from_value(v) {
+            mesh.gateways.insert(k, t);
+        }
+    }
+    Ok((mesh, ports))
 }
 
 /// Watch the cluster and serve xDS until `shutdown`.
