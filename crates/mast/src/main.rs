@@ -124,6 +124,16 @@ enum MeshCommand {
     /// conflicting VirtualServices, Gateways nothing uses, port names
     /// without a protocol. Exits 79 when it finds errors or warnings.
     Analyze(AnalyzeArgs),
+    /// Show what a connected proxy is served (listeners, routes, clusters,
+    /// endpoints) and whether it accepted it (SYNCED, STALE or NACK, with
+    /// the proxy's message), as `istioctl proxy-status` and `proxy-config`.
+    ProxyConfig {
+        /// The proxy's id, or a part of it (e.g. the pod's name).
+        proxy: String,
+        /// The control plane's debug endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:15014")]
+        debug: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -148,6 +158,9 @@ struct MeshArgs {
     /// Where proxies connect for xDS (gRPC, plaintext, as istiod's 15010).
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_listen: SocketAddr,
+    /// Where the debug endpoint answers (`mast mesh proxy-config` reads it).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_listen: SocketAddr,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -636,6 +649,7 @@ async fn run_server(
         if let Some(addr) = xds {
             let cfg = mast_mesh::MeshConfig {
                 xds_listen: addr,
+                debug_listen: Some(SocketAddr::new(addr.ip(), addr.port().wrapping_add(4))),
                 domain: node_args.cluster_domain.trim_end_matches('.').to_owned(),
             };
             let (c, s) = (client.clone(), stop_rx.clone());
@@ -819,6 +833,11 @@ fn main() -> Result<()> {
                 )
                 .await
             }
+            Command::Mesh(MeshCommand::ProxyConfig { proxy, debug }) => {
+                let text = mast_mesh::debug::proxy_config(&debug, &proxy).await?;
+                print!("{text}");
+                Ok(())
+            }
             Command::Mesh(MeshCommand::Analyze(a)) => {
                 let client = kube_client(&a.client).await?;
                 let (mesh, ports) =
@@ -845,6 +864,7 @@ fn main() -> Result<()> {
                 let client = kube_client(&a.client).await?;
                 let cfg = mast_mesh::MeshConfig {
                     xds_listen: a.xds_listen,
+                    debug_listen: Some(a.debug_listen),
                     domain: a.cluster_domain.trim_end_matches('.').to_owned(),
                 };
                 run_component(

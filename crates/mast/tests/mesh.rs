@@ -230,8 +230,30 @@ fn a_real_envoy_gateway_routes_as_istio_configuration_says() {
     let _sched = c.component(&["scheduler"]);
     let _ctrl = c.component(&["controllers"]);
     let _agent = c.agent("mesh", &[]);
-    let xds = free_port();
-    let _cp = c.component(&["mesh", "serve", &format!("--xds-listen=127.0.0.1:{xds}")]);
+    let (xds, debug) = (free_port(), free_port());
+    let _cp = c.component(&[
+        "mesh",
+        "serve",
+        &format!("--xds-listen=127.0.0.1:{xds}"),
+        &format!("--debug-listen=127.0.0.1:{debug}"),
+    ]);
+    let proxy_config = || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args([
+                "mesh",
+                "proxy-config",
+                "gw.istio-system",
+                "--debug",
+                &format!("http://127.0.0.1:{debug}"),
+            ])
+            .output()
+            .expect("mast mesh proxy-config");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
     let gw_port = free_port();
     let deploy = |v: &str| {
         format!(
@@ -348,6 +370,35 @@ admin:
     assert!(
         dump.contains("outbound|9080|v1|reviews.default.svc.cluster.local"),
         "Istio's cluster names"
+    );
+    // What the proxy holds, and that it took it.
+    assert!(
+        common::eventually(10, || {
+            let pc = proxy_config();
+            pc.contains("SYNCED    SYNCED    SYNCED    SYNCED")
+                && pc.contains(
+                    "reviews.default.svc.cluster.local             9080   v1       outbound   EDS",
+                )
+        }),
+        "{}",
+        proxy_config()
+    );
+    // A configuration Envoy refuses (a direct response over its 4 KiB
+    // limit) is a NACK that proxy-config shows; the proxy keeps its last
+    // good routes.
+    let big = "x".repeat(5000);
+    vs(&format!(
+        "  - directResponse: {{status: 200, body: {{string: {big}}}}}\n"
+    ));
+    assert!(
+        common::eventually(20, || proxy_config().contains("RDS NACK")),
+        "no NACK shown: {}",
+        proxy_config()
+    );
+    assert_eq!(
+        through(gw_port, 5, &[]).get("v1"),
+        Some(&5),
+        "the last good routes went away"
     );
     // 2. A header match (the jason rule) beside a default route.
     vs("  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n");

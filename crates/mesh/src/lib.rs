@@ -14,6 +14,7 @@
 //! the next steps (docs/mesh.md).
 
 pub mod analyze;
+pub mod debug;
 pub mod envoy;
 pub mod model;
 pub mod xds;
@@ -34,12 +35,15 @@ use xds::{Generator, ProxyInfo, Resources};
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
     pub xds_listen: std::net::SocketAddr,
+    /// Where `/debug/syncz` and `/debug/config` answer (for
+    /// `mast mesh proxy-config`).
+    pub debug_listen: Option<std::net::SocketAddr>,
     pub domain: String,
 }
 
 /// The generator: the current mesh, turned into each proxy's resources.
 #[derive(Default)]
-struct Current(RwLock<Arc<Mesh>>);
+pub struct Current(RwLock<Arc<Mesh>>);
 
 impl Generator for Current {
     fn generate(&self, proxy: &ProxyInfo) -> Resources {
@@ -333,6 +337,10 @@ pub async fn run(
     let current = Arc::new(Current::default());
     let (version_tx, version_rx) = tokio::sync::watch::channel(0u64);
     let proxies = xds::Proxies::default();
+    let debug = match cfg.debug_listen {
+        Some(addr) => Some(debug::serve(addr, current.clone(), proxies.clone()).await?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.xds_listen).await.map_err(|e| {
         anyhow::anyhow!("the mesh control plane cannot serve xDS on {}: {e}; choose another address with --xds-listen", cfg.xds_listen)
     })?;
@@ -355,5 +363,8 @@ pub async fn run(
         version_tx.send_modify(|v| *v += 1);
     }
     serving.abort();
+    if let Some(d) = debug {
+        d.abort();
+    }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 /// What a proxy is: its id and the metadata it announced.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ProxyInfo {
     pub id: String,
     pub namespace: String,
@@ -49,7 +49,7 @@ pub trait Generator: Send + Sync + 'static {
 pub type Version = watch::Receiver<u64>;
 
 /// Per proxy and type: what it was last sent and what it made of it.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TypeStatus {
     pub sent_version: String,
     pub acked_version: String,
@@ -58,9 +58,16 @@ pub struct TypeStatus {
     pub resources: usize,
 }
 
+/// A connected proxy: what it is, and per type URL what it was sent.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProxyStatus {
+    pub info: ProxyInfo,
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
 /// Every connected proxy's status, by proxy id.
 #[derive(Debug, Clone, Default)]
-pub struct Proxies(pub Arc<Mutex<BTreeMap<String, BTreeMap<String, TypeStatus>>>>);
+pub struct Proxies(pub Arc<Mutex<BTreeMap<String, ProxyStatus>>>);
 
 pub struct Ads<G> {
     gen: Arc<G>,
@@ -162,7 +169,11 @@ impl<G: Generator> AggregatedDiscoveryService for Ads<G> {
                             continue; // a reply to an older response
                         }
                         let mut p = proxies.0.lock().unwrap_or_else(|e| e.into_inner());
-                        let st = p.entry(id.clone()).or_default().entry(req.type_url.clone()).or_default();
+                        let entry = p.entry(id.clone()).or_default();
+                        if entry.info.id.is_empty() {
+                            entry.info = info.clone().unwrap_or_default();
+                        }
+                        let st = entry.types.entry(req.type_url.clone()).or_default();
                         if let Some(err) = &req.error_detail {
                             tracing::warn!(proxy = %id, type_url = %req.type_url, version = %st.sent_version, error = %err.message, "proxy rejected its configuration (NACK)");
                             st.nack = Some(err.message.clone());
@@ -213,11 +224,9 @@ impl<G: Generator> AggregatedDiscoveryService for Ads<G> {
                     w.sent = Some(current);
                     {
                         let mut p = proxies.0.lock().unwrap_or_else(|e| e.into_inner());
-                        let st = p
-                            .entry(i.id.clone())
-                            .or_default()
-                            .entry(type_url.clone())
-                            .or_default();
+                        let entry = p.entry(i.id.clone()).or_default();
+                        entry.info = i.clone();
+                        let st = entry.types.entry(type_url.clone()).or_default();
                         st.sent_version = current.to_string();
                         st.resources = wanted.len();
                     }
@@ -254,5 +263,20 @@ impl<G: Generator> AggregatedDiscoveryService for Ads<G> {
         Err(Status::unimplemented(
             "mast serves state-of-the-world ADS; configure the proxy with api_type GRPC",
         ))
+    }
+}
+
+impl TypeStatus {
+    /// As istioctl proxy-status shows it.
+    pub fn state(&self) -> &'static str {
+        if self.nack.is_some() {
+            "NACK"
+        } else if self.sent_version.is_empty() {
+            "NOT SENT"
+        } else if self.acked_version == self.sent_version {
+            "SYNCED"
+        } else {
+            "STALE"
+        }
     }
 }
