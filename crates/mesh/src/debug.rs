@@ -287,7 +287,7 @@ pub async fn proxy_config(base: &str, proxy: &str) -> anyhow::Result<String> {
             let _ = writeln!(out, "{host:<45} {port:<6} {subset:<8} {dir:<10} EDS");
         }
     }
-    let _ = writeln!(out, "\n{:<24} {:<9} {}", "ENDPOINT", "STATUS", "CLUSTER");
+    let _ = writeln!(out, "\n{:<24} {:<9} CLUSTER", "ENDPOINT", "STATUS");
     for e in v["endpoints"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
