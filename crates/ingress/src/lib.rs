@@ -444,18 +444,19 @@ pub async fn run(
             if have.get("loadBalancer") == status.get("loadBalancer") {
                 continue;
             }
+            // Written on the side, so that the caches keep following the
+            // API (they move only while this loop polls them).
             let api: Api<Ingress> =
                 Api::namespaced(client.clone(), &ing.namespace().unwrap_or_default());
-            if let Err(e) = api
-                .patch_status(
-                    &ing.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"status": status})),
-                )
-                .await
-            {
-                tracing::debug!(ingress = %ing.name_any(), error = %e, "could not set the Ingress status");
-            }
+            let (name, patch) = (ing.name_any(), serde_json::json!({"status": status}));
+            tokio::spawn(async move {
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    tracing::debug!(ingress = %name, error = %e, "could not set the Ingress status");
+                }
+            });
         }
     }
     for t in tasks {

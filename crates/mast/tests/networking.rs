@@ -479,7 +479,9 @@ fn node_ports_load_balancers_ingress_and_refusals() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     assert!(
-        eventually(20, || get("bar.foo.com", "/first")
+        // Generous: the node's Ingress controller sees the EndpointSlice
+        // through its own watch, which lags on a loaded machine.
+        eventually(60, || get("bar.foo.com", "/first")
             .contains("\"pod\":\"first-")),
         "{}",
         get("bar.foo.com", "/first")
