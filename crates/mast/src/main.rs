@@ -49,7 +49,8 @@ enum Command {
     /// it, with their network, the node's Service rules, cluster DNS and
     /// Ingress listener.
     Agent(AgentArgs),
-    /// The service mesh: run its control plane (`mast mesh serve`).
+    /// The service mesh: its control plane (`serve`), `analyze` and
+    /// `proxy-config`.
     #[command(subcommand)]
     Mesh(MeshCommand),
     /// Run one of mast's built-in images (`mast.dev/NAME`) in the
