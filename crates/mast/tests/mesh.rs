@@ -528,4 +528,25 @@ admin:
         "the failing endpoint was never ejected: {:?}",
         through(gw_port, 40, &[])
     );
+    // 10. A ServiceEntry names a server outside the mesh (here, on this
+    // machine's loopback), and a route reaches it by that name.
+    let ext = free_port();
+    let _external = common::Background(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args(["image", "echo", "--port", &ext.to_string()])
+            .env("POD_IP", "127.0.0.1")
+            .env("VERSION", "external")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("an external server"),
+    );
+    c.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api}}\nspec:\n  hosts: [api.external.test]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: {ext}, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
+    ));
+    vs("  - route: [{destination: {host: api.external.test}}]\n");
+    assert!(
+        common::eventually(20, || through(gw_port, 3, &[]).get("external") == Some(&3)),
+        "the ServiceEntry's server was never reached: {:?}",
+        through(gw_port, 3, &[])
+    );
 }

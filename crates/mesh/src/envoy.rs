@@ -162,6 +162,70 @@ fn outlier_detection(o: &mast_api::istio::types::OutlierDetection) -> cluster::O
     }
 }
 
+/// ServiceEntries' hosts as clusters with their endpoints inline: STATIC
+/// for addresses, STRICT_DNS for names (DNS, DNS_ROUND_ROBIN). Resolution
+/// NONE needs original-destination passthrough, which comes with sidecars.
+pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
+    let mut out = vec![];
+    for se in mesh.service_entries.values() {
+        let res = se.resolution.as_deref().unwrap_or("NONE");
+        let kind = match res {
+            "STATIC" => cluster::cluster::DiscoveryType::Static,
+            "DNS" | "DNS_ROUND_ROBIN" => cluster::cluster::DiscoveryType::StrictDns,
+            _ => continue,
+        };
+        for host in &se.hosts {
+            for p in &se.ports {
+                let name = cluster_name(p.number as u16, "", host);
+                let target = |ep: &mast_api::istio::types::WorkloadEntry| {
+                    p.name
+                        .as_ref()
+                        .and_then(|n| ep.ports.get(n).copied())
+                        .or(p.target_port)
+                        .unwrap_or(p.number)
+                };
+                let lb_endpoints: Vec<endpoint::LbEndpoint> = if se.endpoints.is_empty() {
+                    vec![(host.clone(), p.target_port.unwrap_or(p.number))]
+                } else {
+                    se.endpoints
+                        .iter()
+                        .filter_map(|ep| Some((ep.address.clone()?, target(ep))))
+                        .collect()
+                }
+                .into_iter()
+                .map(|(addr, port)| endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(socket(&addr, port as u16)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                })
+                .collect();
+                let c = cluster::Cluster {
+                    name: name.clone(),
+                    connect_timeout: Some(duration(10_000_000_000)),
+                    cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+                        kind as i32,
+                    )),
+                    load_assignment: Some(endpoint::ClusterLoadAssignment {
+                        cluster_name: name.clone(),
+                        endpoints: vec![endpoint::LocalityLbEndpoints {
+                            lb_endpoints,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                out.push((name, any(&c)));
+            }
+        }
+    }
+    out
+}
+
 /// The endpoints of every cluster [`clusters`] makes.
 pub fn endpoints(mesh: &Mesh) -> Vec<(String, Any)> {
     let mut out = vec![];
@@ -380,6 +444,20 @@ fn http_route(
         .route
         .iter()
         .filter_map(|d| {
+            // A ServiceEntry's host is taken as written.
+            if let Some(se) = mesh.external(&d.destination.host) {
+                let port =
+                    d.destination
+                        .port
+                        .as_ref()
+                        .and_then(|p| p.number)
+                        .or_else(|| se.ports.first().map(|p| p.number))? as u16;
+                let w = d
+                    .weight
+                    .unwrap_or(if r.route.len() == 1 { 100 } else { 0 })
+                    .max(0) as u32;
+                return Some((cluster_name(port, "", &d.destination.host), w));
+            }
             let key = ServiceKey::resolve(&d.destination.host, ns, &mesh.domain);
             let port = d
                 .destination

@@ -10,7 +10,8 @@
 //! weights over subsets; timeouts, retries, fault injection, rewrites,
 //! redirects, direct responses), and a cluster with endpoints for every
 //! Service port and DestinationRule subset
-//! (`outbound|<port>|<subset>|<host>`). Sidecars, injection and capture are
+//! (`outbound|<port>|<subset>|<host>`), and ServiceEntry hosts as clusters
+//! of their own. Sidecars, injection and capture are
 //! the next steps (docs/mesh.md).
 
 pub mod analyze;
@@ -80,8 +81,13 @@ impl Generator for Current {
         }
         out.0.insert(xds::LISTENER, listeners);
         out.0.insert(xds::ROUTE, routes);
-        out.0
-            .insert(xds::CLUSTER, envoy::clusters(&mesh).into_iter().collect());
+        out.0.insert(
+            xds::CLUSTER,
+            envoy::clusters(&mesh)
+                .into_iter()
+                .chain(envoy::external_clusters(&mesh))
+                .collect(),
+        );
         out.0
             .insert(xds::ENDPOINT, envoy::endpoints(&mesh).into_iter().collect());
         out
@@ -116,6 +122,7 @@ struct Stores {
     vs: Store<DynamicObject>,
     dr: Store<DynamicObject>,
     gw: Store<DynamicObject>,
+    se: Store<DynamicObject>,
 }
 
 fn build(s: &Stores, domain: &str) -> Mesh {
@@ -205,6 +212,7 @@ fn build(s: &Stores, domain: &str) -> Mesh {
     mesh.virtual_services = specs(&s.vs);
     mesh.destination_rules = specs(&s.dr);
     mesh.gateways = specs(&s.gw);
+    mesh.service_entries = specs(&s.se);
     mesh
 }
 
@@ -325,7 +333,13 @@ pub async fn run(
         all(),
         gw_ar,
     );
-    let mut events = futures::stream::select_all([c1, c2, c3, c4, c5, c6]);
+    let se_ar = istio("ServiceEntry", "serviceentries");
+    let (se, c7) = mast_watch::cache(
+        Api::<DynamicObject>::all_with(client.clone(), &se_ar),
+        all(),
+        se_ar,
+    );
+    let mut events = futures::stream::select_all([c1, c2, c3, c4, c5, c6, c7]);
     let stores = Stores {
         services,
         slices,
@@ -333,6 +347,7 @@ pub async fn run(
         vs,
         dr,
         gw,
+        se,
     };
     let current = Arc::new(Current::default());
     let (version_tx, version_rx) = tokio::sync::watch::channel(0u64);

@@ -2,7 +2,7 @@
 //! (and the endpoints' pod labels, for subsets), and the Istio
 //! configuration, rebuilt from the watch caches on every change.
 
-use mast_api::istio::types::{DestinationRule, Gateway, VirtualService};
+use mast_api::istio::types::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -69,6 +69,7 @@ pub struct Mesh {
     pub virtual_services: BTreeMap<(String, String), VirtualService>,
     pub destination_rules: BTreeMap<(String, String), DestinationRule>,
     pub gateways: BTreeMap<(String, String), Gateway>,
+    pub service_entries: BTreeMap<(String, String), ServiceEntry>,
 }
 
 impl Mesh {
@@ -164,6 +165,13 @@ impl Mesh {
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             .filter_map(|e| e.ports.get(port_name).map(|p| (e.ip, *p)))
             .collect()
+    }
+
+    /// The ServiceEntry that names `host`, if one does.
+    pub fn external(&self, host: &str) -> Option<&ServiceEntry> {
+        self.service_entries
+            .values()
+            .find(|se| se.hosts.iter().any(|h| h == host))
     }
 
     /// The Gateways whose selector matches a proxy's labels.
