@@ -53,19 +53,8 @@ impl Drop for Proc {
     }
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|k| k.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
+mod common;
+use common::rss_mb;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -471,7 +460,7 @@ async fn main() -> Result<()> {
 
     let m = start_mast(&opts.mast)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_mb(m.proc.0.id());
+    let idle_rss = rss_mb(&m.proc.0.id().to_string());
     let mut conns = vec![];
     for _ in 0..8 {
         conns.push(connect(&m).await?);
@@ -545,7 +534,7 @@ async fn main() -> Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    let full_rss = rss_mb(m.proc.0.id());
+    let full_rss = rss_mb(&m.proc.0.id().to_string());
     let mut list_ms = vec![];
     let mut table_ms = vec![];
     let mut count = 0;
@@ -674,7 +663,7 @@ async fn main() -> Result<()> {
     }
     let delivered = fan.lat.len();
     drop(conns);
-    let final_rss = rss_mb(m.proc.0.id());
+    let final_rss = rss_mb(&m.proc.0.id().to_string());
 
     // The peer: etcd, with the same payloads.
     eprintln!("etcd...");

@@ -24,14 +24,6 @@ const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
-
 fn node(i: usize) -> Node {
     let s = |v: &str| PbValue {
         kind: Some(Kind::StringValue(v.to_owned())),
@@ -106,25 +98,8 @@ async fn client(
 /// The latest (version, arrival) per (client, type URL).
 type Seen = BTreeMap<(usize, String), (u64, Instant)>;
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn rss_mb(pid: &str) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
+mod common;
+use common::{arg, pct, rss_mb};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -281,7 +256,8 @@ async fn main() -> anyhow::Result<()> {
     let (p50, p99) = (pct(&lat, 0.50), pct(&lat, 0.99));
     println!("push latency, change to new routes at every client ({} samples): p50 {p50:.1} ms, p99 {p99:.1} ms (target p99 < 200 ms: {})",
         lat.len(), if p99 < 200.0 { "met" } else { "NOT met" });
-    if let Some(mb) = rss_mb(&pid) {
+    let mb = rss_mb(&pid);
+    if !mb.is_nan() {
         println!("control plane RSS with {services} Services and {clients} proxies: {mb:.1} MB (target < 100 MB: {}; istiod needs about 1.5 GB for 1000 Services and 2000 sidecars)",
             if mb < 100.0 { "met" } else { "NOT met" });
     }

@@ -49,7 +49,7 @@ pub async fn record(client: &Client, pod: &Pod, node: &str, ty: &str, reason: &s
         component: "kubelet",
         host: Some(node),
     };
-    let ev = mast_api::events::pod_event(&ns, &pod.name_any(), &uid, src, ty, reason, msg);
+    let ev = mast_api::events::event("Pod", &ns, &pod.name_any(), &uid, src, ty, reason, msg);
     match serde_json::from_value::<Event>(ev) {
         Ok(ev) => match api.create(&PostParams::default(), &ev).await {
             Ok(created) => {

@@ -25,7 +25,7 @@ pub type Serving = watch::Receiver<Arc<HashSet<Ipv4Addr>>>;
 /// Endpoints of one Service's slices: (IP, port name → port, ready, hostname).
 struct SliceEndpoint {
     ip: Ipv4Addr,
-    ports: Vec<(String, u16)>,
+    ports: BTreeMap<String, u16>,
     ready: bool,
     hostname: Option<String>,
 }
@@ -35,37 +35,18 @@ fn slice_endpoints(
 ) -> BTreeMap<(String, String), Vec<SliceEndpoint>> {
     let mut out: BTreeMap<(String, String), Vec<SliceEndpoint>> = BTreeMap::new();
     for s in slices.state() {
-        if s.address_type != "IPv4" {
-            continue;
-        }
-        let Some(svc) = s.labels().get("kubernetes.io/service-name").cloned() else {
+        let Some(slice) = mast_watch::read_slice(&s) else {
             continue;
         };
-        let ports: Vec<(String, u16)> = s
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default(),
-                    u16::try_from(p.port?).ok()?,
-                ))
-            })
-            .collect();
-        let list = out
-            .entry((s.namespace().unwrap_or_default(), svc))
-            .or_default();
-        for e in &s.endpoints {
-            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            for a in &e.addresses {
-                if let Ok(ip) = a.parse() {
-                    list.push(SliceEndpoint {
-                        ip,
-                        ports: ports.clone(),
-                        ready,
-                        hostname: e.hostname.clone(),
-                    });
-                }
+        let list = out.entry((slice.namespace, slice.service)).or_default();
+        for e in slice.endpoints {
+            if let std::net::IpAddr::V4(ip) = e.ip {
+                list.push(SliceEndpoint {
+                    ip,
+                    ports: slice.ports.clone(),
+                    ready: e.ready,
+                    hostname: e.hostname,
+                });
             }
         }
     }
@@ -216,12 +197,7 @@ fn build(
                     } else {
                         ready
                             .iter()
-                            .filter_map(|e| {
-                                e.ports
-                                    .iter()
-                                    .find(|(n, _)| *n == pname)
-                                    .map(|(_, port)| (e.ip, *port))
-                            })
+                            .filter_map(|e| e.ports.get(&pname).map(|port| (e.ip, *port)))
                             .collect()
                     };
                 endpoints.sort();

@@ -10,20 +10,8 @@ pub struct Source<'a> {
     pub host: Option<&'a str>,
 }
 
-/// A new Event about the pod `ns/name` (uid), `ty` Normal or Warning.
-pub fn pod_event(
-    ns: &str,
-    name: &str,
-    uid: &str,
-    src: Source,
-    ty: &str,
-    reason: &str,
-    msg: &str,
-) -> Value {
-    event("Pod", ns, name, uid, src, ty, reason, msg)
-}
-
-/// A new Event about the core/v1 object `kind` `ns/name` (uid).
+/// A new Event about the core/v1 object `kind` `ns/name` (uid), `ty`
+/// Normal or Warning.
 #[allow(clippy::too_many_arguments)]
 pub fn event(
     kind: &str,

@@ -62,9 +62,27 @@ struct State {
     certs: RwLock<Arc<HashMap<String, Arc<CertifiedKey>>>>,
     fallback: Arc<CertifiedKey>,
     services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    /// EndpointSlices by (namespace, Service), indexed once per change
+    /// rather than searched on every request.
+    slices: RwLock<Arc<SliceIndex>>,
     next: AtomicUsize,
     client: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Incoming>,
+}
+
+type SliceIndex = HashMap<(String, String), Vec<mast_watch::Slice>>;
+
+fn index_slices(store: &Store<EndpointSlice>) -> SliceIndex {
+    let mut out = SliceIndex::new();
+    for s in store
+        .state()
+        .iter()
+        .filter_map(|s| mast_watch::read_slice(s))
+    {
+        out.entry((s.namespace.clone(), s.service.clone()))
+            .or_default()
+            .push(s);
+    }
+    out
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
@@ -107,31 +125,22 @@ impl State {
             })?;
         let port_name = port.name.clone().unwrap_or_default();
         let mut out = vec![];
-        for s in self.slices.state() {
-            if s.namespace().as_deref() != Some(b.namespace.as_str())
-                || s.labels().get("kubernetes.io/service-name") != Some(&b.service)
-            {
-                continue;
-            }
-            let Some(number) = s
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.clone().unwrap_or_default() == port_name)
-                .and_then(|p| p.port)
-            else {
+        let index = self
+            .slices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let key = (b.namespace.clone(), b.service.clone());
+        for s in index.get(&key).into_iter().flatten() {
+            let Some(number) = s.ports.get(&port_name) else {
                 continue;
             };
-            for e in &s.endpoints {
-                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                for a in &e.addresses {
-                    if let Ok(ip) = a.parse::<IpAddr>() {
-                        out.push(SocketAddr::new(ip, number as u16));
-                    }
-                }
-            }
+            out.extend(
+                s.endpoints
+                    .iter()
+                    .filter(|e| e.ready)
+                    .map(|e| SocketAddr::new(e.ip, *number)),
+            );
         }
         Ok(out)
     }
@@ -370,7 +379,7 @@ pub async fn run(
         certs: RwLock::new(Arc::new(HashMap::new())),
         fallback: fallback.clone(),
         services: svc_store,
-        slices: eps_store,
+        slices: RwLock::new(Arc::default()),
         next: AtomicUsize::new(0),
         client: HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -411,6 +420,8 @@ pub async fn run(
         let all = ing_store.state();
         let served: Vec<&Ingress> = all.iter().map(|i| &**i).filter(|i| ours(i)).collect();
         *state.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Table::build(&served));
+        *state.slices.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(index_slices(&eps_store));
         let mut certs = HashMap::new();
         for ing in &served {
             let ns = ing.namespace().unwrap_or_default();

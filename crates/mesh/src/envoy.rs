@@ -444,38 +444,39 @@ fn http_route(
         .route
         .iter()
         .filter_map(|d| {
-            // A ServiceEntry's host is taken as written.
-            if let Some(se) = mesh.external(&d.destination.host) {
-                let port =
-                    d.destination
-                        .port
-                        .as_ref()
-                        .and_then(|p| p.number)
-                        .or_else(|| se.ports.first().map(|p| p.number))? as u16;
-                let w = d
-                    .weight
-                    .unwrap_or(if r.route.len() == 1 { 100 } else { 0 })
-                    .max(0) as u32;
-                return Some((cluster_name(port, "", &d.destination.host), w));
-            }
-            let key = ServiceKey::resolve(&d.destination.host, ns, &mesh.domain);
+            // A ServiceEntry's host is taken as written; other hosts name a
+            // Service, relative to the VirtualService's namespace.
+            let (host, first_port, subset) = match mesh.external(&d.destination.host) {
+                Some(se) => (
+                    d.destination.host.clone(),
+                    se.ports.first().map(|p| p.number as u16),
+                    String::new(),
+                ),
+                None => {
+                    let key = ServiceKey::resolve(&d.destination.host, ns, &mesh.domain);
+                    let first = mesh
+                        .services
+                        .get(&key)
+                        .and_then(|s| s.ports.first().map(|p| p.port));
+                    (
+                        key.host(),
+                        first,
+                        d.destination.subset.clone().unwrap_or_default(),
+                    )
+                }
+            };
             let port = d
                 .destination
                 .port
                 .as_ref()
                 .and_then(|p| p.number)
                 .map(|p| p as u16)
-                .or_else(|| {
-                    mesh.services
-                        .get(&key)
-                        .and_then(|s| s.ports.first().map(|p| p.port))
-                })?;
-            let subset = d.destination.subset.clone().unwrap_or_default();
+                .or(first_port)?;
             let w = d
                 .weight
                 .unwrap_or(if r.route.len() == 1 { 100 } else { 0 })
                 .max(0) as u32;
-            Some((cluster_name(port, &subset, &key.host()), w))
+            Some((cluster_name(port, &subset, &host), w))
         })
         .collect();
     let mut action = route::RouteAction::default();

@@ -101,18 +101,47 @@ fn istio(kind: &str, plural: &str) -> ApiResource {
     )
 }
 
-fn specs<T: serde::de::DeserializeOwned>(
-    store: &Store<DynamicObject>,
-) -> BTreeMap<(String, String), T> {
-    store
-        .state()
-        .iter()
+/// Istio objects' specs by (namespace, name); objects whose spec does not
+/// decode (which validation keeps out) are left out.
+fn specs<T, O>(objs: impl IntoIterator<Item = O>) -> BTreeMap<(String, String), T>
+where
+    T: serde::de::DeserializeOwned,
+    O: std::borrow::Borrow<DynamicObject>,
+{
+    objs.into_iter()
         .filter_map(|o| {
+            let o = o.borrow();
             let spec =
                 serde_json::from_value(o.data.get("spec").cloned().unwrap_or_default()).ok()?;
             Some(((o.namespace().unwrap_or_default(), o.name_any()), spec))
         })
         .collect()
+}
+
+/// A Service in the model (without endpoints yet).
+fn service_of(svc: &Service, domain: &str) -> (ServiceKey, model::Service) {
+    let key = ServiceKey {
+        namespace: svc.namespace().unwrap_or_default(),
+        name: svc.name_any(),
+        domain: domain.to_owned(),
+    };
+    let ports = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            port: p.port as u16,
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+        })
+        .collect();
+    (
+        key,
+        model::Service {
+            ports,
+            endpoints: vec![],
+        },
+    )
 }
 
 struct Stores {
@@ -141,78 +170,41 @@ fn build(s: &Stores, domain: &str) -> Mesh {
             )
         })
         .collect();
-    for svc in s.services.state() {
-        let key = ServiceKey {
-            namespace: svc.namespace().unwrap_or_default(),
-            name: svc.name_any(),
-            domain: domain.to_owned(),
-        };
-        let ports = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| ServicePort {
-                name: p.name.unwrap_or_default(),
-                port: p.port as u16,
-                protocol: p.protocol.unwrap_or_else(|| "TCP".into()),
-            })
-            .collect();
-        mesh.services.insert(
-            key,
-            model::Service {
-                ports,
-                endpoints: vec![],
-            },
-        );
-    }
+    mesh.services = s
+        .services
+        .state()
+        .iter()
+        .map(|svc| service_of(svc, domain))
+        .collect();
     for slice in s.slices.state() {
-        let Some(name) = slice.labels().get("kubernetes.io/service-name").cloned() else {
+        let Some(slice) = mast_watch::read_slice(&slice) else {
             continue;
         };
         let key = ServiceKey {
-            namespace: slice.namespace().unwrap_or_default(),
-            name,
+            namespace: slice.namespace,
+            name: slice.service,
             domain: domain.to_owned(),
         };
         let Some(svc) = mesh.services.get_mut(&key) else {
             continue;
         };
-        let ports: BTreeMap<String, u16> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), p.port? as u16)))
-            .collect();
-        for e in &slice.endpoints {
-            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                continue;
-            }
+        for e in slice.endpoints.into_iter().filter(|e| e.ready) {
             let labels = e
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| {
-                    pod_labels.get(&(key.namespace.clone(), r.name.clone().unwrap_or_default()))
-                })
+                .pod
+                .and_then(|pod| pod_labels.get(&(key.namespace.clone(), pod)))
                 .cloned()
                 .unwrap_or_default();
-            for a in &e.addresses {
-                if let Ok(ip) = a.parse() {
-                    svc.endpoints.push(Endpoint {
-                        ip,
-                        ports: ports.clone(),
-                        labels: labels.clone(),
-                    });
-                }
-            }
+            svc.endpoints.push(Endpoint {
+                ip: e.ip,
+                ports: slice.ports.clone(),
+                labels,
+            });
         }
     }
-    mesh.virtual_services = specs(&s.vs);
-    mesh.destination_rules = specs(&s.dr);
-    mesh.gateways = specs(&s.gw);
-    mesh.service_entries = specs(&s.se);
+    mesh.virtual_services = specs(s.vs.state());
+    mesh.destination_rules = specs(s.dr.state());
+    mesh.gateways = specs(s.gw.state());
+    mesh.service_entries = specs(s.se.state());
     mesh
 }
 
@@ -227,23 +219,17 @@ pub async fn snapshot(client: &Client, domain: &str) -> anyhow::Result<(Mesh, an
     };
     let mut ports = analyze::Ports::new();
     for svc in Api::<Service>::all(client.clone()).list(&lp).await? {
-        let key = ServiceKey {
-            namespace: svc.namespace().unwrap_or_default(),
-            name: svc.name_any(),
-            domain: domain.to_owned(),
-        };
-        let sp = svc.spec.and_then(|s| s.ports).unwrap_or_default();
+        let (key, model) = service_of(&svc, domain);
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
         ports.insert(
             key.clone(),
-            sp.iter()
+            svc.spec
+                .iter()
+                .flat_map(|s| s.ports.iter().flatten())
                 .map(|p| {
                     let target = match &p.target_port {
-                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i)) => {
-                            i.to_string()
-                        }
-                        Some(
-                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s),
-                        ) => s.clone(),
+                        Some(IntOrString::Int(i)) => i.to_string(),
+                        Some(IntOrString::String(s)) => s.clone(),
                         None => p.port.to_string(),
                     };
                     (
@@ -255,51 +241,17 @@ pub async fn snapshot(client: &Client, domain: &str) -> anyhow::Result<(Mesh, an
                 })
                 .collect(),
         );
-        let svc_ports = sp
-            .into_iter()
-            .map(|p| ServicePort {
-                name: p.name.unwrap_or_default(),
-                port: p.port as u16,
-                protocol: p.protocol.unwrap_or_else(|| "TCP".into()),
-            })
-            .collect();
-        mesh.services.insert(
-            key,
-            model::Service {
-                ports: svc_ports,
-                endpoints: vec![],
-            },
-        );
+        mesh.services.insert(key, model);
     }
+    let lp = &lp;
     let list = |kind: &str, plural: &str| {
         let api = Api::<DynamicObject>::all_with(client.clone(), &istio(kind, plural));
-        async move { api.list(&Default::default()).await }
+        async move { api.list(lp).await.map(|l| l.items) }
     };
-    let specs_of = |objs: Vec<DynamicObject>| -> Vec<((String, String), serde_json::Value)> {
-        objs.into_iter()
-            .map(|o| {
-                (
-                    (o.namespace().unwrap_or_default(), o.name_any()),
-                    o.data.get("spec").cloned().unwrap_or_default(),
-                )
-            })
-            .collect()
-    };
-    for (k, v) in specs_of(list("VirtualService", "virtualservices").await?.items) {
-        if let Ok(t) = serde_json::from_value(v) {
-            mesh.virtual_services.insert(k, t);
-        }
-    }
-    for (k, v) in specs_of(list("DestinationRule", "destinationrules").await?.items) {
-        if let Ok(t) = serde_json::from_value(v) {
-            mesh.destination_rules.insert(k, t);
-        }
-    }
-    for (k, v) in specs_of(list("Gateway", "gateways").await?.items) {
-        if let Ok(t) = serde_json::from_value(v) {
-            mesh.gateways.insert(k, t);
-        }
-    }
+    mesh.virtual_services = specs(list("VirtualService", "virtualservices").await?);
+    mesh.destination_rules = specs(list("DestinationRule", "destinationrules").await?);
+    mesh.gateways = specs(list("Gateway", "gateways").await?);
+    mesh.service_entries = specs(list("ServiceEntry", "serviceentries").await?);
     Ok((mesh, ports))
 }
 
@@ -364,16 +316,14 @@ pub async fn run(
         .add_service(xds::Ads::server(current.clone(), version_rx, proxies))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let serving = tokio::spawn(server);
-    let mut last: Option<String> = None;
     // A burst of changes (settled for 50 ms) is one push.
     while mast_watch::next_burst(&mut events, &mut shutdown, Duration::from_millis(50), None).await
     {
         let mesh = build(&stores, &cfg.domain);
-        let fingerprint = format!("{mesh:?}");
-        if last.as_deref() == Some(fingerprint.as_str()) {
+        // Only a real change is pushed.
+        if **current.0.read().unwrap_or_else(|e| e.into_inner()) == mesh {
             continue;
         }
-        last = Some(fingerprint);
         *current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(mesh);
         version_tx.send_modify(|v| *v += 1);
     }

@@ -39,7 +39,7 @@ impl ServiceKey {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServicePort {
     pub name: String,
     pub port: u16,
@@ -47,21 +47,21 @@ pub struct ServicePort {
 }
 
 /// One ready endpoint: its address, its ports by name, its pod's labels.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub ip: IpAddr,
     pub ports: BTreeMap<String, u16>,
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Service {
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
 }
 
 /// Everything configuration is generated from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mesh {
     pub domain: String,
     pub services: BTreeMap<ServiceKey, Service>,

@@ -244,7 +244,7 @@ async fn event(client: &Client, pod: &Pod, ty: &str, reason: &str, msg: &str) {
         host: None,
     };
     let uid = pod.uid().unwrap_or_default();
-    let ev = mast_api::events::pod_event(&ns, &pod.name_any(), &uid, src, ty, reason, msg);
+    let ev = mast_api::events::event("Pod", &ns, &pod.name_any(), &uid, src, ty, reason, msg);
     match serde_json::from_value::<Event>(ev) {
         Ok(ev) => {
             if let Err(e) = api.create(&PostParams::default(), &ev).await {

@@ -5,7 +5,8 @@
 //!
 //! [`cache`] gives a kube-runtime reflector store and a stream that ticks on
 //! each of its changes; [`next_burst`] waits for the next change and lets
-//! the burst it starts settle, so that a burst costs one sync.
+//! the burst it starts settle, so that a burst costs one sync;
+//! [`read_slice`] reads an EndpointSlice the one way they all need it.
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -66,4 +67,69 @@ pub async fn next_burst(
             ev = changes.next() => if ev.is_none() { return false },
         }
     }
+}
+
+/// An EndpointSlice as the consumers of Services read it.
+#[derive(Debug, Clone)]
+pub struct Slice {
+    pub namespace: String,
+    /// The Service it belongs to (`kubernetes.io/service-name`).
+    pub service: String,
+    /// Port numbers by port name (`""` for an unnamed port).
+    pub ports: std::collections::BTreeMap<String, u16>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// One address of an EndpointSlice.
+#[derive(Debug, Clone)]
+pub struct SliceEndpoint {
+    pub ip: std::net::IpAddr,
+    /// Not ready means: out of rotation (a missing condition is ready).
+    pub ready: bool,
+    pub hostname: Option<String>,
+    /// The name of the pod behind it, if the slice says.
+    pub pod: Option<String>,
+}
+
+/// Read an EndpointSlice; `None` when it belongs to no Service.
+pub fn read_slice(s: &k8s_openapi::api::discovery::v1::EndpointSlice) -> Option<Slice> {
+    use kube::ResourceExt;
+    let service = s.labels().get("kubernetes.io/service-name")?.clone();
+    let ports = s
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                u16::try_from(p.port?).ok()?,
+            ))
+        })
+        .collect();
+    let endpoints = s
+        .endpoints
+        .iter()
+        .flat_map(|e| {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let pod = e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone());
+            e.addresses.iter().filter_map(move |a| {
+                Some(SliceEndpoint {
+                    ip: a.parse().ok()?,
+                    ready,
+                    hostname: e.hostname.clone(),
+                    pod: pod.clone(),
+                })
+            })
+        })
+        .collect();
+    Some(Slice {
+        namespace: s.namespace().unwrap_or_default(),
+        service,
+        ports,
+        endpoints,
+    })
 }
