@@ -143,14 +143,19 @@ fn members(svc: &Service, pods: &[Pod]) -> Vec<Member> {
     out
 }
 
-fn ports_json(ports: &[(Option<String>, i32, String)]) -> Value {
+/// Ports as Endpoints list them (an unnamed port has no `name`), or, with
+/// `slice`, as EndpointSlices do: there `name` is always set, `""` for an
+/// unnamed port, and clients (kubectl describe) rely on it.
+fn ports_json(ports: &[(Option<String>, i32, String)], slice: bool) -> Value {
     Value::Array(
         ports
             .iter()
             .map(|(name, port, proto)| {
                 let mut v = json!({"port": port, "protocol": proto});
-                if let Some(n) = name {
-                    v["name"] = json!(n);
+                match name {
+                    Some(n) => v["name"] = json!(n),
+                    None if slice => v["name"] = json!(""),
+                    None => {}
                 }
                 v
             })
@@ -162,7 +167,7 @@ fn ports_json(ports: &[(Option<String>, i32, String)]) -> Value {
 fn subsets(ms: &[Member]) -> Value {
     let mut groups: BTreeMap<String, (Value, Vec<Value>, Vec<Value>)> = BTreeMap::new();
     for m in ms.iter().filter(|m| !m.terminating) {
-        let ports = ports_json(&m.ports);
+        let ports = ports_json(&m.ports, false);
         let g = groups
             .entry(ports.to_string())
             .or_insert_with(|| (ports, vec![], vec![]));
@@ -247,7 +252,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let es_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let mut by_ports: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
     for m in &ms {
-        let ports = ports_json(&m.ports);
+        let ports = ports_json(&m.ports, true);
         let mut ep = json!({"addresses": [m.ip], "conditions": {"ready": m.ready, "serving": m.serving, "terminating": m.terminating}, "targetRef": m.target});
         if let Some(n) = &m.node {
             ep["nodeName"] = json!(n);
@@ -261,7 +266,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if by_ports.is_empty() {
         // A Service that selects nothing still gets an (empty) slice.
         let ports: Vec<(Option<String>, i32, String)> = vec![];
-        by_ports.insert(String::new(), (ports_json(&ports), vec![]));
+        by_ports.insert(String::new(), (ports_json(&ports, true), vec![]));
     }
     let mut slice_labels = svc.labels().clone();
     slice_labels.insert("kubernetes.io/service-name".into(), name.clone());

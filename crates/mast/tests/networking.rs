@@ -405,6 +405,28 @@ fn node_ports_load_balancers_ingress_and_refusals() {
         eventually(10, || common::curl(&url).is_some()),
         "load balancer {url} does not answer"
     );
+    // An address the pool cannot give is an event on the Service, and no
+    // EXTERNAL-IP.
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-taken}\nspec:\n  type: LoadBalancer\n  loadBalancerIP: 192.0.2.7\n  selector: {app: web}\n  ports: [{port: 8001, targetPort: 8080}]\n",
+    );
+    assert!(
+        eventually(30, || c
+            .ok(&[
+                "get",
+                "events",
+                "--field-selector=involvedObject.name=web-taken"
+            ])
+            .contains("AllocationFailed")),
+        "{}",
+        c.ok(&["describe", "svc", "web-taken"])
+    );
+    let described = c.ok(&["describe", "svc", "web-taken"]);
+    assert!(
+        described.contains("not a free address of the load-balancer pool 10.243.0.0/24"),
+        "{described}"
+    );
+    assert!(svc_field(&c, "web-taken", ".status.loadBalancer.ingress").is_empty());
     // A Service that selects nothing refuses at once, from the node and
     // from a pod; so does an address of the range that is no Service.
     c.ok(&["create", "service", "clusterip", "nothing", "--tcp=80:8080"]);
