@@ -262,6 +262,37 @@ fn restart_policy(pod: &Pod) -> &str {
 
 /// Whether a container that exited with `code` runs again under the pod's
 /// restartPolicy.
+/// The traffic capture an injected pod (one with Istio's
+/// `sidecar.istio.io/status`) needs, from its `traffic.sidecar.istio.io/*`
+/// annotations.
+fn capture_for(pod: &Pod) -> Option<mast_net::capture::Capture> {
+    use mast_api::istio::inject;
+    let a = pod.metadata.annotations.as_ref()?;
+    a.get(inject::STATUS_ANNOTATION)?;
+    let list = |key: &str| -> Vec<String> {
+        a.get(&format!("traffic.sidecar.istio.io/{key}"))
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ports = |key: &str| list(key).iter().filter_map(|p| p.parse().ok()).collect();
+    Some(mast_net::capture::Capture {
+        proxy_uid: inject::PROXY_UID as u32,
+        exclude_inbound_ports: ports("excludeInboundPorts"),
+        exclude_outbound_ports: ports("excludeOutboundPorts"),
+        exclude_outbound_cidrs: list("excludeOutboundIPRanges"),
+    })
+}
+
+/// A Kubernetes sidecar: an init container with `restartPolicy: Always`.
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
 fn restarts_after(policy: &str, code: i32) -> bool {
     match policy {
         "Never" => false,
@@ -580,9 +611,27 @@ impl Worker {
         let now = Instant::now();
         let mut wake: Option<Duration> = None;
         let mut want = |d: Duration| wake = Some(wake.map_or(d, |w: Duration| w.min(d)));
-        // Init containers, one at a time, each to success.
+        // Init containers, one at a time, each to success. A sidecar (an
+        // init container with `restartPolicy: Always`) is started in its
+        // turn, and the next one waits until it has started (its startup
+        // probe passed); it then runs, restarted whenever it ends, until
+        // the app containers are done.
         for c in spec.init_containers.iter().flatten() {
             let r = self.record(&c.name);
+            if is_sidecar(c) {
+                if r.running.is_some() {
+                    if self.mem.get(&c.name).is_some_and(|m| m.started) {
+                        continue;
+                    }
+                    return wake.or(Some(Duration::from_millis(100)));
+                }
+                if let Some(d) = self.due(&c.name, now) {
+                    want(d);
+                    return wake;
+                }
+                self.start(pod, c, true).await;
+                return wake.or(Some(Duration::from_millis(100)));
+            }
             if r.running.is_some() {
                 return wake;
             }
@@ -717,6 +766,12 @@ impl Worker {
             if let Err(e) = mast_net::attach(id.pid, &a).await {
                 id.signal(Signal::SIGKILL);
                 return Err(format!("setting up the pod's network: {e:#}"));
+            }
+            if let Some(c) = capture_for(pod) {
+                if let Err(e) = c.install(id.pid).await {
+                    id.signal(Signal::SIGKILL);
+                    return Err(format!("setting up the sidecar's traffic capture: {e:#}"));
+                }
             }
         }
         self.rec.sandbox = Some(id);
@@ -1211,7 +1266,8 @@ impl Worker {
                             > 2 * BACKOFF_MAX.as_secs() as i64
                     })
                     .unwrap_or(false);
-                let restarts = restarts_after(restart_policy(pod), rec.exit_code);
+                let restarts = find_container(pod, &name).is_some_and(|c| is_sidecar(&c))
+                    || restarts_after(restart_policy(pod), rec.exit_code);
                 let m = self.mem.entry(name.clone()).or_default();
                 for h in m.probes.drain(..) {
                     h.abort();
@@ -1388,13 +1444,31 @@ impl Worker {
                 .await;
             }
         }
+        // App containers stop first; sidecars after them, in reverse order,
+        // within what is left of the grace period (as the kubelet does).
+        let deadline = Instant::now() + grace;
+        let sidecars: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| is_sidecar(c))
+            .map(|c| c.name.clone())
+            .collect();
         let this = &*self;
         futures::future::join_all(
             running
                 .iter()
+                .filter(|(n, _)| !sidecars.contains(n))
                 .map(|(n, i)| this.stop_instance(pod, n, i, grace)),
         )
         .await;
+        for name in sidecars.iter().rev() {
+            if let Some((n, i)) = running.iter().find(|(n, _)| n == name) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                this.stop_instance(pod, n, i, left.max(Duration::from_secs(1)).min(grace))
+                    .await;
+            }
+        }
         // Record how they ended.
         for (name, inst) in running {
             for _ in 0..100 {
@@ -1539,7 +1613,14 @@ impl Worker {
         let inits = spec.init_containers.clone().unwrap_or_default();
         let init_done = inits.iter().all(|c| {
             self.rec.containers.get(&c.name).is_some_and(|r| {
-                r.running.is_none() && r.term.as_ref().is_some_and(|t| t.exit_code == 0)
+                if is_sidecar(c) {
+                    // Started once is enough: a sidecar restarting later
+                    // does not take the pod back to initializing.
+                    (r.running.is_some() && self.mem.get(&c.name).is_some_and(|m| m.started))
+                        || r.term.is_some()
+                } else {
+                    r.running.is_none() && r.term.as_ref().is_some_and(|t| t.exit_code == 0)
+                }
             })
         });
         let init_failed = policy == "Never"
@@ -1579,7 +1660,14 @@ impl Worker {
                 _ => "Running",
             }
         };
-        let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == json!(true));
+        let sidecars_ready = inits
+            .iter()
+            .zip(&init_statuses)
+            .filter(|(c, _)| is_sidecar(c))
+            .all(|(_, s)| s["ready"] == json!(true));
+        let all_ready = !statuses.is_empty()
+            && sidecars_ready
+            && statuses.iter().all(|s| s["ready"] == json!(true));
         let old: HashMap<String, Value> = pod
             .status
             .as_ref()

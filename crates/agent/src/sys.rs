@@ -333,8 +333,31 @@ pub fn shim(dir: &Path) -> Result<()> {
             if let Some(ns) = &ns {
                 ns.enter()?;
                 unshare(CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
-                for m in &mounts {
-                    bind_mount(m)?;
+                // Every source is opened before anything is mounted: a
+                // volume mounted over a directory (an emptyDir on /tmp)
+                // must not hide the sources of the mounts after it.
+                let sources = mounts
+                    .iter()
+                    .map(|m| {
+                        nix::fcntl::open(
+                            &m.source,
+                            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                            nix::sys::stat::Mode::empty(),
+                        )
+                        .map_err(|e| {
+                            std::io::Error::other(format!("opening {}: {e}", m.source.display()))
+                        })
+                    })
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                for (m, fd) in mounts.iter().zip(&sources) {
+                    use std::os::fd::AsRawFd;
+                    let via = BindMount {
+                        source: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                        ..m.clone()
+                    };
+                    bind_mount(&via).map_err(|e| {
+                        std::io::Error::other(format!("{e} (source {})", m.source.display()))
+                    })?;
                 }
             }
             if tty {

@@ -280,6 +280,17 @@ fn containers_images(spec: &Value) -> (String, String) {
     )
 }
 
+/// The names of a pod's sidecars: init containers with `restartPolicy: Always`.
+fn restartable_inits(spec: &Value) -> Vec<String> {
+    spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn pod_status(pod: &Value) -> String {
     if !pod["metadata"]["deletionTimestamp"].is_null() {
         return "Terminating".into();
@@ -297,7 +308,11 @@ fn pod_status(pod: &Value) -> String {
         .as_array()
         .map(Vec::len)
         .unwrap_or(0);
+    let sidecars = restartable_inits(&pod["spec"]);
     for (i, c) in inits.iter().enumerate() {
+        if c["started"] == true && sidecars.iter().any(|n| c["name"] == json!(n)) {
+            continue;
+        }
         let t = &c["state"]["terminated"];
         if t["exitCode"].as_i64() == Some(0) {
             continue;
@@ -421,11 +436,23 @@ pub fn cells(r: &Resource, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
     }
     match (r.group.as_str(), r.kind.as_str()) {
         ("", "Pod") => {
-            let statuses = st["containerStatuses"]
+            // Sidecars (restartable init containers) count with the
+            // containers, as kubectl counts them.
+            let sidecars = restartable_inits(spec);
+            let statuses: Vec<Value> = st["containerStatuses"]
                 .as_array()
+                .into_iter()
+                .flatten()
+                .chain(
+                    st["initContainerStatuses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| sidecars.iter().any(|n| c["name"] == json!(n))),
+                )
                 .cloned()
-                .unwrap_or_default();
-            let total = spec["containers"].as_array().map(Vec::len).unwrap_or(0);
+                .collect();
+            let total = spec["containers"].as_array().map(Vec::len).unwrap_or(0) + sidecars.len();
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
             let restarts: i64 = statuses
                 .iter()

@@ -157,6 +157,19 @@ fn check_istio(t: &Target, obj: &Value) -> ApiResult<()> {
     )))
 }
 
+/// Mutating admission, before defaults and validation: Istio's sidecar
+/// injection, when the server was given a proxy template.
+pub fn mutate(state: &ApiState, t: &Target, obj: &mut Value, namespace: &Value) {
+    use mast_api::istio::inject;
+    let Some(tpl) = &state.settings.injection else {
+        return;
+    };
+    if is(t, "", "Pod") && t.sub.is_none() && inject::wanted(obj, &namespace["metadata"]["labels"])
+    {
+        inject::inject(obj, tpl);
+    }
+}
+
 /// Work before a new object is stored.
 pub async fn before_create(state: &ApiState, t: &Target, obj: &mut Value) -> ApiResult<Allocated> {
     check_istio(t, obj)?;

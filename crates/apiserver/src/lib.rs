@@ -43,6 +43,8 @@ pub struct Config {
     /// How often history older than `compaction_retention` is compacted.
     pub compaction_interval: Duration,
     pub compaction_retention: Duration,
+    /// Sidecar injection (Istio's mutating webhook), when a mesh runs.
+    pub injection: Option<mast_api::istio::inject::Template>,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             extra_sans: vec![],
             compaction_interval: Duration::from_secs(300),
             compaction_retention: Duration::from_secs(300),
+            injection: None,
         }
     }
 }
@@ -284,6 +287,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Handle, Star
         port: addr.port(),
         service_cidr: config.service_cidr.clone(),
         node_port_range: config.node_port_range,
+        injection: config.injection.clone(),
     };
     let state = Arc::new(
         ApiState::new(store, settings, tokens, pki.ca_pem.clone()).map_err(StartError::Config)?,

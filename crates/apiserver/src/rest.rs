@@ -328,8 +328,12 @@ fn random_suffix() -> String {
         .collect()
 }
 
-async fn check_namespace(state: &ApiState, t: &Target, name: &str) -> ApiResult<()> {
-    let Some(ns) = &t.ns else { return Ok(()) };
+/// The namespace a new object goes into, refused if it does not exist or
+/// is terminating; `Null` for cluster-scoped objects.
+async fn check_namespace(state: &ApiState, t: &Target, name: &str) -> ApiResult<Value> {
+    let Some(ns) = &t.ns else {
+        return Ok(Value::Null);
+    };
     match state.store.get(&object_key("namespaces", None, ns)).await? {
         None => Err(ApiError::not_found("namespaces", "", ns)),
         Some(kv) => {
@@ -340,7 +344,7 @@ async fn check_namespace(state: &ApiState, t: &Target, name: &str) -> ApiResult<
                     t.res.group_resource()
                 )));
             }
-            Ok(())
+            Ok(v)
         }
     }
 }
@@ -464,8 +468,10 @@ pub async fn create_object(
     } else {
         explicit.clone()
     };
-    check_namespace(state, t, &display_name).await?;
+    let namespace = check_namespace(state, t, &display_name).await?;
     init_metadata(&mut obj, t);
+    // Mutating admission: sidecar injection.
+    crate::hooks::mutate(state, t, &mut obj, &namespace);
     // Status is the server's to write; a new object starts without one
     // (Nodes excepted: their agent registers them with status).
     if t.res.has_subresource("status") && !(t.res.group.is_empty() && t.res.kind == "Node") {

@@ -164,6 +164,8 @@ pub struct ServerSettings {
     pub port: u16,
     pub service_cidr: String,
     pub node_port_range: (u16, u16),
+    /// Sidecar injection for the mesh, when it runs.
+    pub injection: Option<mast_api::istio::inject::Template>,
 }
 
 /// State shared by every request.

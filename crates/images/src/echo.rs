@@ -134,36 +134,7 @@ pub fn run(args: &[String]) -> anyhow::Result<i32> {
                 std::process::exit(code);
             });
         }
-        // On SIGTERM, stop accepting and finish what is in flight, as a
-        // well-behaved server does during a rolling update.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let (stream, _) = tokio::select! {
-                a = listener.accept() => a?,
-                _ = term.recv() => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            };
-            let state = state.clone();
-            conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                // Idle keep-alive connections close after a while, so a
-                // draining server is not held open by them.
-                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-            });
-        }
-        drop(listener);
-        println!(
-            "echo: SIGTERM; finishing {} open connection(s)",
-            conns.len()
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        Ok(0)
+        crate::http::serve("echo", listener, move |req| handle(state.clone(), req)).await
     })
 }
 
@@ -173,10 +144,7 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-async fn handle(
-    state: Arc<State>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let control = |q: &str, h: &str| {
@@ -256,12 +224,11 @@ async fn handle(
     body.insert("status".into(), json!(status.as_u16()));
     let mut text = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
     text.push(b'\n');
-    let resp = Response::builder()
+    Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(text)))
-        .unwrap_or_default();
-    Ok(resp)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

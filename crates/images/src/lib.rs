@@ -6,8 +6,11 @@
 //! [`nslookup`] is a tool rather than an image: the runtime gives it to
 //! containers of the busybox image, as busybox 1.28 behaved.
 
+mod bookinfo;
 mod echo;
+mod http;
 pub mod nslookup;
+mod proxyv2;
 
 /// A built-in image: its name under `mast.dev/` and its entrypoint.
 #[derive(Debug)]
@@ -19,11 +22,38 @@ pub struct Image {
 }
 
 /// Every built-in image.
-pub const IMAGES: &[Image] = &[Image {
-    name: "echo",
-    about: "HTTP server on $PORT (8080) that answers with its pod, namespace, node, version and the request's headers; can be told to fail, delay or exit",
-    run: echo::run,
-}];
+pub const IMAGES: &[Image] = &[
+    Image {
+        name: "echo",
+        about: "HTTP server on $PORT (8080) that answers with its pod, namespace, node, version and the request's headers; can be told to fail, delay or exit",
+        run: echo::run,
+    },
+    Image {
+        name: "proxyv2",
+        about: "the mesh's proxy agent (Istio's pilot-agent): runs the sidecar or gateway proxy, relays xDS, answers :15021/healthz/ready, drains on SIGTERM",
+        run: proxyv2::run,
+    },
+    Image {
+        name: "demo/productpage",
+        about: "Bookinfo-shaped demo: the product page on :9080, built from details and reviews",
+        run: bookinfo::productpage,
+    },
+    Image {
+        name: "demo/details",
+        about: "Bookinfo-shaped demo: book details on :9080",
+        run: bookinfo::details,
+    },
+    Image {
+        name: "demo/reviews",
+        about: "Bookinfo-shaped demo: reviews on :9080; $SERVICE_VERSION v1 (no stars), v2 (black), v3 (red)",
+        run: bookinfo::reviews,
+    },
+    Image {
+        name: "demo/ratings",
+        about: "Bookinfo-shaped demo: ratings on :9080",
+        run: bookinfo::ratings,
+    },
+];
 
 /// The registry prefix of built-in images.
 pub const PREFIX: &str = "mast.dev/";

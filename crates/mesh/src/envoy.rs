@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
-use mast_api::istio::types::{HttpRoute, StringMatch};
+use mast_api::istio::types::{HeaderOperations, HttpMatchRequest, HttpRoute, StringMatch};
 use prost::Name;
 
 pub fn any<T: Name + prost::Message>(m: &T) -> Any {
@@ -405,6 +405,14 @@ fn http_route(
         r#match: Some(rm),
         ..Default::default()
     };
+    if let Some(h) = &r.headers {
+        if let Some(req) = &h.request {
+            (out.request_headers_to_add, out.request_headers_to_remove) = header_ops(req);
+        }
+        if let Some(resp) = &h.response {
+            (out.response_headers_to_add, out.response_headers_to_remove) = header_ops(resp);
+        }
+    }
     if let Some(d) = &r.direct_response {
         out.action =
             Some(route::route::Action::DirectResponse(
@@ -574,6 +582,27 @@ fn http_route(
     out
 }
 
+/// A VirtualService's http routes as Envoy routes, one per match that
+/// `keep` accepts (a route whose matches are all dropped is dropped).
+pub fn vs_routes(
+    mesh: &Mesh,
+    ns: &str,
+    vs: &mast_api::istio::types::VirtualService,
+    keep: &dyn Fn(&HttpMatchRequest) -> bool,
+) -> Vec<route::Route> {
+    let mut routes = vec![];
+    for r in &vs.http {
+        if r.matches.is_empty() {
+            routes.push(http_route(mesh, ns, r, None));
+        } else {
+            for m in r.matches.iter().filter(|m| keep(m)) {
+                routes.push(http_route(mesh, ns, r, Some(m)));
+            }
+        }
+    }
+    routes
+}
+
 /// The routes of the VirtualServices bound to a gateway port: one virtual
 /// host per VirtualService host.
 pub fn gateway_routes(
@@ -583,16 +612,11 @@ pub fn gateway_routes(
 ) -> route::RouteConfiguration {
     let mut vhosts = vec![];
     for (ns, vs) in vss {
-        let mut routes = vec![];
-        for r in &vs.http {
-            if r.matches.is_empty() {
-                routes.push(http_route(mesh, ns, r, None));
-            } else {
-                for m in &r.matches {
-                    routes.push(http_route(mesh, ns, r, Some(m)));
-                }
-            }
-        }
+        // A match limited to other gateways, or to the mesh alone, is not
+        // this gateway's.
+        let keep =
+            |m: &HttpMatchRequest| m.gateways.is_empty() || m.gateways.iter().any(|g| g != "mesh");
+        let routes = vs_routes(mesh, ns, vs, &keep);
         for h in &vs.hosts {
             let domains = if h == "*" {
                 vec!["*".to_string()]
@@ -615,22 +639,32 @@ pub fn gateway_routes(
     }
 }
 
-/// An HTTP listener on `port` whose routes come over RDS as `route_name`.
-pub fn http_listener(port: u16, route_name: &str) -> listener::Listener {
-    let manager = hcm::HttpConnectionManager {
-        stat_prefix: format!("outbound_0.0.0.0_{port}"),
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
-            hcm::Rds {
-                route_config_name: route_name.to_owned(),
-                config_source: Some(core::ConfigSource {
-                    resource_api_version: core::ApiVersion::V3 as i32,
-                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
-                        core::AggregatedConfigSource {},
-                    )),
-                    ..Default::default()
-                }),
-            },
+/// Routes over RDS (ADS) as `name`.
+pub fn rds(name: &str) -> hcm::http_connection_manager::RouteSpecifier {
+    hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+        route_config_name: name.to_owned(),
+        config_source: Some(ads()),
+    })
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
         )),
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager (fault injection, then the router).
+pub fn hcm_filter(
+    stat_prefix: &str,
+    routes: hcm::http_connection_manager::RouteSpecifier,
+) -> listener::Filter {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        route_specifier: Some(routes),
         http_filters: vec![
             hcm::HttpFilter {
                 name: FAULT.into(),
@@ -649,16 +683,101 @@ pub fn http_listener(port: u16, route_name: &str) -> listener::Listener {
         ],
         ..Default::default()
     };
+    listener::Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(any(&manager))),
+    }
+}
+
+/// A TCP proxy to `cluster`.
+pub fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> listener::Filter {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+    let proxy = tcp::TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+            cluster.to_owned(),
+        )),
+        ..Default::default()
+    };
+    listener::Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(any(&proxy))),
+    }
+}
+
+/// A listener with one filter chain.
+pub fn listener(name: &str, ip: &str, port: u16, filter: listener::Filter) -> listener::Listener {
     listener::Listener {
-        name: format!("0.0.0.0_{port}"),
-        address: Some(socket("0.0.0.0", port)),
+        name: name.to_owned(),
+        address: Some(socket(ip, port)),
         filter_chains: vec![listener::FilterChain {
-            filters: vec![listener::Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(any(&manager))),
-            }],
+            filters: vec![filter],
             ..Default::default()
         }],
         ..Default::default()
     }
+}
+
+/// An HTTP listener on `port` whose routes come over RDS as `route_name`.
+pub fn http_listener(port: u16, route_name: &str) -> listener::Listener {
+    listener(
+        &format!("0.0.0.0_{port}"),
+        "0.0.0.0",
+        port,
+        hcm_filter(&format!("outbound_0.0.0.0_{port}"), rds(route_name)),
+    )
+}
+
+/// A cluster that connects where the connection was going
+/// (`ORIGINAL_DST`): Istio's `PassthroughCluster` and inbound clusters.
+pub fn original_dst_cluster(name: &str) -> (String, Any) {
+    let c = cluster::Cluster {
+        name: name.to_owned(),
+        connect_timeout: Some(duration(10_000_000_000)),
+        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        ..Default::default()
+    };
+    (name.to_owned(), any(&c))
+}
+
+/// A cluster with no endpoints: Istio's `BlackHoleCluster`.
+pub fn black_hole_cluster() -> (String, Any) {
+    let name = "BlackHoleCluster";
+    let c = cluster::Cluster {
+        name: name.into(),
+        connect_timeout: Some(duration(10_000_000_000)),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        ..Default::default()
+    };
+    (name.into(), any(&c))
+}
+
+/// Header edits as Envoy's: `set` overwrites, `add` appends.
+fn header_ops(ops: &HeaderOperations) -> (Vec<core::HeaderValueOption>, Vec<String>) {
+    use core::header_value_option::HeaderAppendAction;
+    let one = |k: &String, v: &String, action: HeaderAppendAction| core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: k.clone(),
+            value: v.clone(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    let add = ops
+        .set
+        .iter()
+        .map(|(k, v)| one(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .chain(
+            ops.add
+                .iter()
+                .map(|(k, v)| one(k, v, HeaderAppendAction::AppendIfExistsOrAdd)),
+        )
+        .collect();
+    (add, ops.remove.clone())
 }

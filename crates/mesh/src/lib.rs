@@ -18,6 +18,7 @@ pub mod analyze;
 pub mod debug;
 pub mod envoy;
 pub mod model;
+pub mod sidecar;
 pub mod xds;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -39,6 +40,9 @@ pub struct MeshConfig {
     /// Where `/debug/syncz` and `/debug/config` answer (for
     /// `mast mesh proxy-config`).
     pub debug_listen: Option<std::net::SocketAddr>,
+    /// A Unix socket that serves xDS too: proxy agents in pods reach the
+    /// control plane through it, whatever the pod network.
+    pub xds_socket: Option<std::path::PathBuf>,
     pub domain: String,
 }
 
@@ -49,6 +53,9 @@ pub struct Current(RwLock<Arc<Mesh>>);
 impl Generator for Current {
     fn generate(&self, proxy: &ProxyInfo) -> Resources {
         let mesh = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if proxy.kind == "sidecar" {
+            return sidecar::generate(&mesh, proxy);
+        }
         let mut out = Resources::default();
         let mut listeners = BTreeMap::new();
         let mut routes = BTreeMap::new();
@@ -133,11 +140,18 @@ fn service_of(svc: &Service, domain: &str) -> (ServiceKey, model::Service) {
             name: p.name.clone().unwrap_or_default(),
             port: p.port as u16,
             protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            app_protocol: p.app_protocol.clone(),
         })
         .collect();
+    let cluster_ip = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .and_then(|ip| ip.parse().ok());
     (
         key,
         model::Service {
+            cluster_ip,
             ports,
             endpoints: vec![],
         },
@@ -312,6 +326,30 @@ pub async fn run(
         anyhow::anyhow!("the mesh control plane cannot serve xDS on {}: {e}; choose another address with --xds-listen", cfg.xds_listen)
     })?;
     tracing::info!(address = %cfg.xds_listen, "serving xDS (ADS)");
+    let on_socket = match &cfg.xds_socket {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let _ = std::fs::remove_file(path);
+            let l = tokio::net::UnixListener::bind(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the mesh control plane cannot serve xDS on {}: {e}",
+                    path.display()
+                )
+            })?;
+            tracing::info!(socket = %path.display(), "serving xDS (ADS)");
+            let server = tonic::transport::Server::builder()
+                .add_service(xds::Ads::server(
+                    current.clone(),
+                    version_rx.clone(),
+                    proxies.clone(),
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l));
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
     let server = tonic::transport::Server::builder()
         .add_service(xds::Ads::server(current.clone(), version_rx, proxies))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
@@ -328,6 +366,9 @@ pub async fn run(
         version_tx.send_modify(|v| *v += 1);
     }
     serving.abort();
+    if let Some(s) = on_socket {
+        s.abort();
+    }
     if let Some(d) = debug {
         d.abort();
     }

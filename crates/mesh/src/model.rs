@@ -44,6 +44,25 @@ pub struct ServicePort {
     pub name: String,
     pub port: u16,
     pub protocol: String,
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// Whether the mesh treats the port as HTTP: Istio's protocol
+    /// selection, by `appProtocol` or the port name's prefix
+    /// (`http`, `http-web`, `grpc`, `http2`...). Other ports are TCP.
+    pub fn is_http(&self) -> bool {
+        let proto = self
+            .app_protocol
+            .clone()
+            .unwrap_or_else(|| self.name.split('-').next().unwrap_or("").to_owned())
+            .to_ascii_lowercase();
+        self.protocol.eq_ignore_ascii_case("TCP")
+            && matches!(
+                proto.as_str(),
+                "http" | "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c"
+            )
+    }
 }
 
 /// One ready endpoint: its address, its ports by name, its pod's labels.
@@ -56,6 +75,8 @@ pub struct Endpoint {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Service {
+    /// None for headless Services.
+    pub cluster_ip: Option<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
 }
@@ -185,6 +206,38 @@ impl Mesh {
                 !g.selector.is_empty() && g.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
             .collect()
+    }
+
+    /// The VirtualService that routes a Service inside the mesh (bound to
+    /// `mesh`, explicitly or by naming no gateway), if any; with its
+    /// namespace. The first by namespace and name wins, as in Istio.
+    pub fn mesh_route(&self, key: &ServiceKey) -> Option<(&str, &VirtualService)> {
+        self.virtual_services
+            .iter()
+            .filter(|(_, vs)| vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"))
+            .find(|((ns, _), vs)| {
+                vs.hosts
+                    .iter()
+                    .any(|h| ServiceKey::resolve(h, ns, &self.domain) == *key)
+            })
+            .map(|((ns, _), vs)| (ns.as_str(), vs))
+    }
+
+    /// The Service ports a workload at `ip` serves: (target port, whether
+    /// it is HTTP), from the endpoints that name it.
+    pub fn inbound_ports(&self, ip: &str) -> BTreeMap<u16, bool> {
+        let mut out = BTreeMap::new();
+        for s in self.services.values() {
+            for e in s.endpoints.iter().filter(|e| e.ip.to_string() == ip) {
+                for p in &s.ports {
+                    if let Some(target) = e.ports.get(&p.name) {
+                        let http = out.entry(*target).or_insert(true);
+                        *http &= p.is_http();
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The VirtualServices bound to the Gateway `ns/name`.

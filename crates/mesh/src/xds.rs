@@ -31,6 +31,11 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ProxyInfo {
     pub id: String,
+    /// `sidecar` or `router`, from Istio's node id
+    /// (`<kind>~<ip>~<pod>.<ns>~<domain>`); `router` if the id is not one.
+    pub kind: String,
+    /// The workload's IP, from the node id.
+    pub ip: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
 }
@@ -93,8 +98,14 @@ impl<G: Generator> Ads<G> {
 
 fn proxy_info(req: &DiscoveryRequest) -> Option<ProxyInfo> {
     let node = req.node.as_ref()?;
+    let parts: Vec<&str> = node.id.split('~').collect();
     let mut info = ProxyInfo {
         id: node.id.clone(),
+        kind: match parts.as_slice() {
+            ["sidecar", ..] => "sidecar".into(),
+            _ => "router".into(),
+        },
+        ip: parts.get(1).map(|s| s.to_string()).unwrap_or_default(),
         ..Default::default()
     };
     if let Some(md) = &node.metadata {

@@ -9,6 +9,7 @@
 //! runs on a short-lived thread that has joined it with `setns` (a network
 //! namespace is per thread), with its own netlink connection.
 
+pub mod capture;
 pub mod proxy;
 
 use anyhow::{anyhow, Context, Result};

@@ -296,8 +296,22 @@ impl Proxy {
 
 /// Run one `nft -f -` transaction.
 pub async fn nft(script: &str) -> Result<()> {
+    nft_in(None, script).await
+}
+
+/// Run one `nft -f -` transaction, in the network namespace of process
+/// `pid` when given (through `nsenter`).
+pub async fn nft_in(pid: Option<i32>, script: &str) -> Result<()> {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("nft")
+    let mut cmd = match pid {
+        Some(pid) => {
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg(format!("--net=/proc/{pid}/ns/net")).arg("nft");
+            c
+        }
+        None => tokio::process::Command::new("nft"),
+    };
+    let mut child = cmd
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -9,6 +9,7 @@
 //! v1alpha1 for telemetry) are served too, because Istio's samples still
 //! use them. The versions share one schema, so no conversion is needed.
 
+pub mod inject;
 pub mod types;
 
 use schemars::JsonSchema;
