@@ -698,7 +698,15 @@ impl Worker {
     /// The pod reached Succeeded or Failed: stop the sandbox, keep the logs.
     async fn finish(&mut self, pod: &Pod) {
         self.rec.finished = true;
-        self.kill_all(pod, Duration::from_secs(0), false).await;
+        // What still runs is sidecars: they get SIGTERM and their grace
+        // period, as the kubelet stops them once the app containers end.
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
+        self.kill_all(pod, Duration::from_secs(grace), false).await;
         if let Some(sb) = self.rec.sandbox.take() {
             sb.signal(Signal::SIGKILL);
         }
@@ -1624,7 +1632,7 @@ impl Worker {
             })
         });
         let init_failed = policy == "Never"
-            && inits.iter().any(|c| {
+            && inits.iter().filter(|c| !is_sidecar(c)).any(|c| {
                 self.rec.containers.get(&c.name).is_some_and(|r| {
                     r.running.is_none() && r.term.as_ref().is_some_and(|t| t.exit_code != 0)
                 })

@@ -308,6 +308,7 @@ fn percent(p: f64) -> FractionalPercent {
 }
 
 const FAULT: &str = "envoy.filters.http.fault";
+const CORS: &str = "envoy.filters.http.cors";
 
 /// A DestinationRule's consistentHash as the route's hash policy.
 fn hash_policy(h: &mast_api::istio::types::ConsistentHash) -> Vec<route::route_action::HashPolicy> {
@@ -337,6 +338,66 @@ fn hash_policy(h: &mast_api::istio::types::ConsistentHash) -> Vec<route::route_a
         policy_specifier: Some(spec),
         ..Default::default()
     }]
+}
+
+/// The cluster a VirtualService destination names. A ServiceEntry's host
+/// is taken as written; other hosts name a Service, relative to the
+/// VirtualService's namespace `ns`. Without a port, the first one.
+fn destination_cluster(
+    mesh: &Mesh,
+    ns: &str,
+    d: &mast_api::istio::types::Destination,
+) -> Option<String> {
+    let (host, first_port, subset) = match mesh.external(&d.host) {
+        Some(se) => (
+            d.host.clone(),
+            se.ports.first().map(|p| p.number as u16),
+            String::new(),
+        ),
+        None => {
+            let key = ServiceKey::resolve(&d.host, ns, &mesh.domain);
+            let first = mesh
+                .services
+                .get(&key)
+                .and_then(|s| s.ports.first().map(|p| p.port));
+            (key.host(), first, d.subset.clone().unwrap_or_default())
+        }
+    };
+    let port = d
+        .port
+        .as_ref()
+        .and_then(|p| p.number)
+        .map(|p| p as u16)
+        .or(first_port)?;
+    Some(cluster_name(port, &subset, &host))
+}
+
+/// VirtualService `corsPolicy` as Envoy's per-route CORS policy.
+fn cors(
+    c: &mast_api::istio::types::CorsPolicy,
+) -> envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+    let mut origins: Vec<matcher::StringMatcher> =
+        c.allow_origins.iter().filter_map(string_matcher).collect();
+    origins.extend(c.allow_origin.iter().map(|o| matcher::StringMatcher {
+        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(o.clone())),
+        ..Default::default()
+    }));
+    envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .as_deref()
+            .and_then(mast_api::istio::parse_duration)
+            .map(|ns| (ns / 1_000_000_000).to_string())
+            .unwrap_or_default(),
+        allow_credentials: c
+            .allow_credentials
+            .map(|v| envoy_types::pb::google::protobuf::BoolValue { value: v }),
+        ..Default::default()
+    }
 }
 
 /// One VirtualService http route, for one of its matches (or none), as an
@@ -452,39 +513,11 @@ fn http_route(
         .route
         .iter()
         .filter_map(|d| {
-            // A ServiceEntry's host is taken as written; other hosts name a
-            // Service, relative to the VirtualService's namespace.
-            let (host, first_port, subset) = match mesh.external(&d.destination.host) {
-                Some(se) => (
-                    d.destination.host.clone(),
-                    se.ports.first().map(|p| p.number as u16),
-                    String::new(),
-                ),
-                None => {
-                    let key = ServiceKey::resolve(&d.destination.host, ns, &mesh.domain);
-                    let first = mesh
-                        .services
-                        .get(&key)
-                        .and_then(|s| s.ports.first().map(|p| p.port));
-                    (
-                        key.host(),
-                        first,
-                        d.destination.subset.clone().unwrap_or_default(),
-                    )
-                }
-            };
-            let port = d
-                .destination
-                .port
-                .as_ref()
-                .and_then(|p| p.number)
-                .map(|p| p as u16)
-                .or(first_port)?;
             let w = d
                 .weight
                 .unwrap_or(if r.route.len() == 1 { 100 } else { 0 })
                 .max(0) as u32;
-            Some((cluster_name(port, &subset, &host), w))
+            Some((destination_cluster(mesh, ns, &d.destination)?, w))
         })
         .collect();
     let mut action = route::RouteAction::default();
@@ -549,7 +582,42 @@ fn http_route(
                 Some(route::route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
         }
     }
+    // Mirrors: `mirror` with `mirrorPercentage` (or the older
+    // `mirrorPercent`; all by default), and `mirrors`.
+    let legacy = r.mirror.as_ref().map(|d| {
+        let p = r
+            .mirror_percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(r.mirror_percent.map(f64::from))
+            .unwrap_or(100.0);
+        (d, p)
+    });
+    let listed = r.mirrors.iter().map(|m| {
+        (
+            &m.destination,
+            m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0),
+        )
+    });
+    for (d, p) in legacy.into_iter().chain(listed) {
+        if let Some(cluster) = destination_cluster(mesh, ns, d) {
+            action
+                .request_mirror_policies
+                .push(route::route_action::RequestMirrorPolicy {
+                    cluster,
+                    runtime_fraction: Some(core::RuntimeFractionalPercent {
+                        default_value: Some(percent(p)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+        }
+    }
     out.action = Some(route::route::Action::Route(action));
+    if let Some(c) = &r.cors_policy {
+        out.typed_per_filter_config
+            .insert(CORS.into(), any(&cors(c)));
+    }
     if let Some(f) = &r.fault {
         let mut hf = fault::HttpFault::default();
         if let Some(d) = &f.delay {
@@ -666,6 +734,13 @@ pub fn hcm_filter(
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(routes),
         http_filters: vec![
+            hcm::HttpFilter {
+                name: CORS.into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                    &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default(),
+                ))),
+                ..Default::default()
+            },
             hcm::HttpFilter {
                 name: FAULT.into(),
                 config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(

@@ -4,7 +4,8 @@
 //! the current [`Snapshot`] holds for it (all of them for LDS and CDS, the
 //! named ones for RDS and EDS). Each response carries the snapshot version
 //! and a fresh nonce; a request that echoes the nonce is an ACK, or, with
-//! `error_detail`, a NACK. A NACK is logged and recorded in [`Proxies`]
+//! `error_detail`, a NACK. A new snapshot is pushed, per type, only to the
+//! proxies whose resources it changes. A NACK is logged and recorded in [`Proxies`]
 //! (`mast mesh proxy-config` shows it) and is not answered by resending the
 //! same configuration: the proxy keeps its last good one until the snapshot
 //! changes.
@@ -134,6 +135,19 @@ struct Watch {
     nonce: String,
     /// The snapshot version last sent, if any.
     sent: Option<u64>,
+    /// A digest of what was last sent: a new snapshot that leaves this
+    /// proxy's resources as they were is not pushed to it.
+    digest: Option<u64>,
+}
+
+fn digest(resources: &[Any]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for r in resources {
+        r.type_url.hash(&mut h);
+        r.value.hash(&mut h);
+    }
+    h.finish()
 }
 
 #[tonic::async_trait]
@@ -201,6 +215,7 @@ impl<G: Generator> AggregatedDiscoveryService for Ads<G> {
                         w.names = req.resource_names.clone();
                         if !is_reply || names_changed {
                             w.sent = None; // send (again)
+                            w.digest = None;
                             changed = true;
                         }
                     }
@@ -215,6 +230,7 @@ impl<G: Generator> AggregatedDiscoveryService for Ads<G> {
                 let Some(i) = &info else { continue };
                 let current = *version.borrow();
                 let resources = gen.generate(i);
+                let mut pending = vec![];
                 for (type_url, w) in watches.iter_mut() {
                     if w.sent == Some(current) {
                         continue;
@@ -230,9 +246,32 @@ impl<G: Generator> AggregatedDiscoveryService for Ads<G> {
                         } else {
                             w.names.iter().filter_map(|n| all.get(n).cloned()).collect()
                         };
+                    w.sent = Some(current);
+                    pending.push((type_url.clone(), digest(&wanted), wanted));
+                }
+                // Only the proxies a change affects get a push; those get
+                // every type again (a changed cluster needs its endpoints
+                // resent before Envoy uses it).
+                if pending
+                    .iter()
+                    .all(|(t, d, _)| watches.get(t).is_some_and(|w| w.digest == Some(*d)))
+                {
+                    continue;
+                }
+                // In the order Envoy's ADS guidance asks: CDS, EDS, LDS, RDS.
+                let rank = |t: &str| {
+                    [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+                        .iter()
+                        .position(|x| *x == t)
+                };
+                pending.sort_by_key(|(t, _, _)| rank(t));
+                for (type_url, d, wanted) in pending {
+                    let Some(w) = watches.get_mut(&type_url) else {
+                        continue;
+                    };
+                    w.digest = Some(d);
                     nonce += 1;
                     w.nonce = nonce.to_string();
-                    w.sent = Some(current);
                     {
                         let mut p = proxies.0.lock().unwrap_or_else(|e| e.into_inner());
                         let entry = p.entry(i.id.clone()).or_default();

@@ -76,20 +76,32 @@ impl Cluster {
     /// named `node`) instead of `mast server`. Its pods are cleaned up with
     /// the agent's data dir when the cluster drops.
     pub fn start_up(node: &str, pod_ip_range: &str) -> Self {
+        Self::start_up_with(
+            node,
+            &[
+                &format!("--pod-ip-range={pod_ip_range}"),
+                "--pod-network=loopback",
+                "--xds-listen=off",
+            ],
+        )
+    }
+
+    /// `mast up` with its agent named `node`, no Ingress listeners, and
+    /// extra flags.
+    pub fn start_up_with(node: &str, flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("agent").join(node);
+        let mut mode = vec![
+            "up".to_owned(),
+            format!("--node-name={node}"),
+            "--agent-listen=127.0.0.1:0".into(),
+            "--ingress-http=off".into(),
+            "--ingress-https=off".into(),
+        ];
+        mode.extend(flags.iter().map(|f| f.to_string()));
         let mut c = Cluster {
             child: None,
-            mode: vec![
-                "up".into(),
-                format!("--node-name={node}"),
-                "--agent-listen=127.0.0.1:0".into(),
-                format!("--pod-ip-range={pod_ip_range}"),
-                "--ingress-http=off".into(),
-                "--ingress-https=off".into(),
-                "--pod-network=loopback".into(),
-                "--xds-listen=off".into(),
-            ],
+            mode,
             agent_data: Some(data),
             kubeconfig: PathBuf::new(),
             url: String::new(),
