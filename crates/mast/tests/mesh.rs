@@ -885,4 +885,44 @@ fn bookinfo_runs_in_the_mesh_with_envoy_sidecars_as_istios_samples_say() {
     assert!(proxy.starts_with("istio-proxy "), "{proxy}");
     let logs = c.ok(&["logs", "once", "-c", "call"]);
     assert!(logs.contains("William Shakespeare"), "{logs}");
+
+    // A tcp route: a TCP Service port (named `tcp`), all of it to v3 by a
+    // VirtualService, as a client pod in the mesh sees it.
+    for v in ["v1", "v3"] {
+        c.apply(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: echo-{v}}}\nspec:\n  selector: {{matchLabels: {{app: echo, version: {v}}}}}\n  template:\n    metadata: {{labels: {{app: echo, version: {v}}}}}\n    spec:\n      containers: [{{name: echo, image: mast.dev/echo, env: [{{name: VERSION, value: {v}}}]}}]\n"
+        ));
+    }
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  selector: {app: echo}\n  ports: [{name: tcp, port: 9000, targetPort: 8080}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo}\nspec:\n  host: echo\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v3, labels: {version: v3}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: echo}\nspec:\n  hosts: [echo]\n  tcp:\n  - route: [{destination: {host: echo, subset: v3, port: {number: 9000}}}]\n");
+    assert!(
+        common::eventually(90, || c
+            .ok(&[
+                "get",
+                "endpoints",
+                "echo",
+                "-o",
+                "jsonpath={.subsets[*].addresses[*].ip}"
+            ])
+            .split_whitespace()
+            .count()
+            == 2),
+        "echo never got its endpoints"
+    );
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: tcp-client}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: call, image: curlimages/curl, args: [-s, '--max-time', '5', 'http://echo:9000/?n=[1-20]']}\n");
+    assert!(
+        common::eventually(90, || c.ok(&[
+            "get",
+            "pod",
+            "tcp-client",
+            "-o",
+            "jsonpath={.status.phase}"
+        ]) == "Succeeded"),
+        "the TCP client never completed"
+    );
+    let logs = c.ok(&["logs", "tcp-client", "-c", "call"]);
+    assert_eq!(
+        logs.matches("\"version\":\"v3\"").count(),
+        20,
+        "not every connection went to v3: {logs}"
+    );
 }

@@ -163,8 +163,8 @@ fn outlier_detection(o: &mast_api::istio::types::OutlierDetection) -> cluster::O
 }
 
 /// ServiceEntries' hosts as clusters with their endpoints inline: STATIC
-/// for addresses, STRICT_DNS for names (DNS, DNS_ROUND_ROBIN). Resolution
-/// NONE needs original-destination passthrough, which comes with sidecars.
+/// for addresses, STRICT_DNS for names (DNS, DNS_ROUND_ROBIN), and
+/// ORIGINAL_DST for resolution NONE.
 pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
     let mut out = vec![];
     for se in mesh.service_entries.values() {
@@ -172,7 +172,20 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
         let kind = match res {
             "STATIC" => cluster::cluster::DiscoveryType::Static,
             "DNS" | "DNS_ROUND_ROBIN" => cluster::cluster::DiscoveryType::StrictDns,
-            _ => continue,
+            _ => {
+                // NONE: connect where the application was connecting (the
+                // sidecar's original destination), as Istio does.
+                for host in &se.hosts {
+                    for p in &se.ports {
+                        out.push(original_dst_cluster(&cluster_name(
+                            p.number as u16,
+                            "",
+                            host,
+                        )));
+                    }
+                }
+                continue;
+            }
         };
         for host in &se.hosts {
             for p in &se.ports {
@@ -343,7 +356,7 @@ fn hash_policy(h: &mast_api::istio::types::ConsistentHash) -> Vec<route::route_a
 /// The cluster a VirtualService destination names. A ServiceEntry's host
 /// is taken as written; other hosts name a Service, relative to the
 /// VirtualService's namespace `ns`. Without a port, the first one.
-fn destination_cluster(
+pub fn destination_cluster(
     mesh: &Mesh,
     ns: &str,
     d: &mast_api::istio::types::Destination,

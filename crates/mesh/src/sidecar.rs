@@ -8,7 +8,9 @@
 //!   VirtualService bound to the mesh for it (matches, weights, faults,
 //!   retries, timeouts), else a plain route to `outbound|<port>||<host>`, and
 //!   `allow_any` to pass other hosts through;
-//! - per TCP Service port `<clusterIP>_<port>`, a TCP proxy to its cluster;
+//! - per TCP Service port `<clusterIP>_<port>`, a TCP proxy to its cluster
+//!   or to the weighted destinations of the VirtualService's `tcp` route,
+//!   and for TLS ports (`tls`, `https`) its `tls` routes by SNI;
 //! - `virtualInbound` on 15006, where capture sends incoming TCP: a filter
 //!   chain per port the workload serves, to `inbound|<port>||` (its
 //!   original destination, the application), and passthrough for the rest.
@@ -221,6 +223,152 @@ fn inbound_listener(ports: &BTreeMap<u16, bool>) -> listener::Listener {
     l
 }
 
+/// Whether an L4 (tcp or tls) match applies to this proxy's traffic on `port`.
+fn l4_applies(
+    port: Option<u32>,
+    labels: &BTreeMap<String, String>,
+    gateways: &[String],
+    source_ns: &Option<String>,
+    proxy: &ProxyInfo,
+    on: u16,
+) -> bool {
+    (gateways.is_empty() || gateways.iter().any(|g| g == "mesh"))
+        && port.is_none_or(|p| p == on as u32)
+        && source_ns.as_ref().is_none_or(|ns| *ns == proxy.namespace)
+        && labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v))
+}
+
+/// A TCP proxy over a route's weighted destinations (relative weights).
+fn weighted_tcp(
+    mesh: &Mesh,
+    ns: &str,
+    stat: &str,
+    route: &[mast_api::istio::types::RouteDestination],
+) -> Option<listener::Filter> {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+    let dests: Vec<(String, u32)> = route
+        .iter()
+        .filter_map(|d| {
+            let w = d
+                .weight
+                .unwrap_or(if route.len() == 1 { 100 } else { 0 })
+                .max(0) as u32;
+            Some((envoy::destination_cluster(mesh, ns, &d.destination)?, w))
+        })
+        .filter(|(_, w)| *w > 0)
+        .collect();
+    match dests.as_slice() {
+        [] => None,
+        [(one, _)] => Some(envoy::tcp_proxy_filter(stat, one)),
+        many => {
+            let proxy = tcp::TcpProxy {
+                stat_prefix: stat.to_owned(),
+                cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(
+                    tcp::tcp_proxy::WeightedCluster {
+                        clusters: many
+                            .iter()
+                            .map(
+                                |(name, w)| tcp::tcp_proxy::weighted_cluster::ClusterWeight {
+                                    name: name.clone(),
+                                    weight: *w,
+                                    ..Default::default()
+                                },
+                            )
+                            .collect(),
+                    },
+                )),
+                ..Default::default()
+            };
+            Some(listener::Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(&proxy))),
+            })
+        }
+    }
+}
+
+/// The listener of a TCP (or TLS) Service port: the VirtualService's tcp
+/// route that applies, else the Service's cluster; for TLS ports, a filter
+/// chain per `tls` route match by SNI, read by the TLS inspector.
+fn tcp_listener(
+    mesh: &Mesh,
+    proxy: &ProxyInfo,
+    key: &ServiceKey,
+    ip: std::net::IpAddr,
+    port: &crate::model::ServicePort,
+) -> listener::Listener {
+    let name = format!("{ip}_{}", port.port);
+    let cluster = envoy::cluster_name(port.port, "", &key.host());
+    let mut default = envoy::tcp_proxy_filter(&cluster, &cluster);
+    let mut chains = vec![];
+    if let Some((ns, vs)) = mesh.mesh_route(key) {
+        let tls_port = {
+            let p = port
+                .app_protocol
+                .clone()
+                .unwrap_or_else(|| port.name.split('-').next().unwrap_or("").to_owned())
+                .to_ascii_lowercase();
+            p == "tls" || p == "https"
+        };
+        if tls_port {
+            for r in &vs.tls {
+                for m in r.matches.iter().filter(|m| {
+                    l4_applies(
+                        m.port,
+                        &m.source_labels,
+                        &m.gateways,
+                        &m.source_namespace,
+                        proxy,
+                        port.port,
+                    )
+                }) {
+                    if let Some(f) = weighted_tcp(mesh, ns, &cluster, &r.route) {
+                        chains.push(listener::FilterChain {
+                            filter_chain_match: Some(listener::FilterChainMatch {
+                                server_names: m.sni_hosts.clone(),
+                                ..Default::default()
+                            }),
+                            filters: vec![f],
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        let tcp = vs.tcp.iter().find(|r| {
+            r.matches.is_empty()
+                || r.matches.iter().any(|m| {
+                    l4_applies(
+                        m.port,
+                        &m.source_labels,
+                        &m.gateways,
+                        &m.source_namespace,
+                        proxy,
+                        port.port,
+                    )
+                })
+        });
+        if let Some(f) = tcp.and_then(|r| weighted_tcp(mesh, ns, &cluster, &r.route)) {
+            default = f;
+        }
+    }
+    let mut l = unbound(envoy::listener(&name, &ip.to_string(), port.port, default));
+    if !chains.is_empty() {
+        use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+        let d = l.filter_chains.remove(0);
+        l.default_filter_chain = Some(d);
+        l.filter_chains = chains;
+        l.listener_filters = vec![listener::ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }];
+    }
+    l
+}
+
 /// A listener reached only through 15001's hand-off.
 fn unbound(mut l: listener::Listener) -> listener::Listener {
     l.bind_to_port = Some(BoolValue { value: false });
@@ -245,15 +393,8 @@ pub fn generate(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
             if p.is_http() {
                 http_ports.insert(p.port);
             } else if let (Some(ip), true) = (svc.cluster_ip, p.protocol == "TCP") {
-                let name = format!("{ip}_{}", p.port);
-                let cluster = envoy::cluster_name(p.port, "", &key.host());
-                let l = unbound(envoy::listener(
-                    &name,
-                    &ip.to_string(),
-                    p.port,
-                    envoy::tcp_proxy_filter(&cluster, &cluster),
-                ));
-                listeners.insert(name, any(&l));
+                let l = tcp_listener(mesh, proxy, key, ip, p);
+                listeners.insert(l.name.clone(), any(&l));
             }
         }
     }
