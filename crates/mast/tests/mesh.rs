@@ -496,15 +496,12 @@ admin:
     // 8. consistentHash: one user, one pod.
     dr("{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}");
     vs("  - route: [{destination: {host: reviews}}]\n");
-    // The hash policy (RDS) and the ring-hash cluster (CDS) have arrived
-    // once one user keeps to one pod.
-    assert!(common::eventually(20, || through(
-        gw_port,
-        20,
-        &["-H", "x-user: zoe"]
-    )
-    .len()
-        == 1));
+    // The route to both versions (RDS), its hash policy and the ring-hash
+    // cluster (CDS) have all arrived once requests without the header
+    // spread and one user keeps to one pod.
+    assert!(common::eventually(20, || through(gw_port, 30, &[]).len()
+        == 2
+        && through(gw_port, 20, &["-H", "x-user: zoe"]).len() == 1));
     let mut seen = std::collections::BTreeSet::new();
     for user in [
         "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
@@ -607,6 +604,23 @@ admin:
         common::eventually(10, || mirrored() >= before + 20),
         "v3 got {} mirrored requests of 20",
         mirrored() - before
+    );
+    // 12. Header edits: set and remove on the request (echo shows what it
+    // got), add on the response.
+    vs("  - headers: {request: {set: {x-mast: 'yes'}, remove: [x-drop]}, response: {add: {x-served-by: mesh}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(
+        common::eventually(20, || {
+            let o = std::process::Command::new("curl")
+                .args(["-s", "-i", "-H", "x-drop: 1", "-H", "x-mast: no"])
+                .arg(format!("http://127.0.0.1:{gw_port}/"))
+                .output()
+                .expect("curl");
+            let text = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
+            text.contains("x-served-by: mesh")
+                && text.contains("\"x-mast\":\"yes\"")
+                && !text.contains("x-drop")
+        }),
+        "the header edits never showed"
     );
 }
 

@@ -141,8 +141,8 @@ struct Watch {
 }
 
 fn digest(resources: &[Any]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::quality::FixedState::with_seed(0x6d617374).build_hasher();
     for r in resources {
         r.type_url.hash(&mut h);
         r.value.hash(&mut h);
