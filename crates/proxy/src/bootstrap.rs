@@ -1,0 +1,432 @@
+//! Envoy's v3 bootstrap, the subset mast proxy implements, read from YAML
+//! or JSON. Field names are Envoy's; every struct refuses unknown fields,
+//! so a field mast proxy does not implement stops it at start-up with that
+//! field's name, instead of being silently ignored. `typed_config` is
+//! chosen by its `@type`, and an unknown `@type` is refused the same way.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    #[serde(default)]
+    pub node: Option<Node>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub static_resources: StaticResources,
+    #[serde(default)]
+    pub dynamic_resources: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub cluster: String,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub address: Address,
+    #[serde(default)]
+    pub access_log_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub socket_address: SocketAddress,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketAddress {
+    pub address: String,
+    pub port_value: u16,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StaticResources {
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    #[serde(default)]
+    pub name: String,
+    pub address: Address,
+    pub filter_chains: Vec<FilterChain>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChain {
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub name: String,
+    pub typed_config: NetworkFilter,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "@type")]
+pub enum NetworkFilter {
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    )]
+    HttpConnectionManager(HttpConnectionManager),
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")]
+    TcpProxy(TcpProxy),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    /// AUTO (the default), HTTP1 or HTTP2.
+    #[serde(default)]
+    pub codec_type: Option<String>,
+    pub route_config: RouteConfiguration,
+    #[serde(default)]
+    pub http_filters: Vec<HttpFilter>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFilter {
+    pub name: String,
+    #[serde(default)]
+    pub typed_config: Option<HttpFilterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "@type")]
+pub enum HttpFilterConfig {
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")]
+    Router(Empty),
+}
+
+/// A message with no fields mast proxy implements.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfiguration {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: RouteMatch,
+    #[serde(default)]
+    pub route: Option<RouteAction>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub safe_regex: Option<RegexMatcher>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatcher>,
+    #[serde(default)]
+    pub case_sensitive: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexMatcher {
+    pub regex: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatcher {
+    pub name: String,
+    #[serde(default)]
+    pub string_match: Option<StringMatcher>,
+    #[serde(default)]
+    pub present_match: Option<bool>,
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatcher {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub safe_regex: Option<RegexMatcher>,
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAction {
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weighted_clusters: Option<WeightedClusters>,
+    /// A duration like "15s" ("0s": none). Envoy's default is 15 s.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default)]
+    pub host_rewrite_literal: Option<String>,
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedClusters {
+    pub clusters: Vec<ClusterWeight>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterWeight {
+    pub name: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default)]
+    pub retry_on: String,
+    #[serde(default)]
+    pub num_retries: Option<u32>,
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<DataSource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    pub inline_string: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default)]
+    pub host_redirect: Option<String>,
+    #[serde(default)]
+    pub path_redirect: Option<String>,
+    #[serde(default)]
+    pub response_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// STATIC (the default), STRICT_DNS or LOGICAL_DNS (resolved at start).
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// ROUND_ROBIN (the default), RANDOM or LEAST_REQUEST.
+    #[serde(default)]
+    pub lb_policy: Option<String>,
+    #[serde(default)]
+    pub load_assignment: Option<ClusterLoadAssignment>,
+    #[serde(default)]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    #[serde(default)]
+    pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptions>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLoadAssignment {
+    #[serde(default)]
+    pub cluster_name: String,
+    #[serde(default)]
+    pub endpoints: Vec<LocalityLbEndpoints>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityLbEndpoints {
+    #[serde(default)]
+    pub lb_endpoints: Vec<LbEndpoint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbEndpoint {
+    pub endpoint: Endpoint,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: Address,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(default)]
+    pub thresholds: Vec<Thresholds>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "@type")]
+pub enum ProtocolOptions {
+    #[serde(rename = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions")]
+    Http(HttpProtocolOptions),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProtocolOptions {
+    pub explicit_http_config: ExplicitHttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplicitHttpConfig {
+    #[serde(default)]
+    pub http_protocol_options: Option<Empty>,
+    #[serde(default)]
+    pub http2_protocol_options: Option<Empty>,
+}
+
+/// Read a bootstrap from YAML or JSON (JSON is YAML). The error names the
+/// field that mast proxy does not implement, with its place in the file.
+pub fn parse(text: &str) -> anyhow::Result<Bootstrap> {
+    let b: Bootstrap = serde_yaml_ng::from_str(text).map_err(|e| {
+        anyhow::anyhow!("the bootstrap is not one mast proxy can run: {e} (mast proxy implements a subset of Envoy's v3 bootstrap, and refuses what it does not implement rather than ignore it; see docs/proxy.md)")
+    })?;
+    if b.dynamic_resources.is_some() {
+        anyhow::bail!("the bootstrap is not one mast proxy can run: dynamic_resources (ADS) is not implemented yet; give listeners and clusters in static_resources");
+    }
+    Ok(b)
+}
+
+/// An Envoy duration ("1.5s", "250ms" is not Envoy's form but accepted).
+pub fn duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let (n, scale) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(sec) = s.strip_suffix('s') {
+        (sec, 1.0)
+    } else {
+        return None;
+    };
+    let v: f64 = n.parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| std::time::Duration::from_secs_f64(v * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let e = parse(
+            "static_resources: {listeners: [], clusters: [{name: a, dns_lookup_family: V4_ONLY}]}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dns_lookup_family"), "{e}");
+        let e = parse("static_resources: {listeners: [{address: {socket_address: {address: 0.0.0.0, port_value: 1}}, filter_chains: [{filters: [{name: x, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy}}]}]}]}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RedisProxy"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            duration("1.5s"),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(duration("0s"), Some(std::time::Duration::ZERO));
+        assert_eq!(duration("soon"), None);
+    }
+}

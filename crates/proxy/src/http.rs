@@ -1,0 +1,491 @@
+//! The HTTP path: route a request (virtual host by `Host`, then the first
+//! route whose path and header matches fit), then answer it directly or
+//! forward it to an endpoint of the chosen cluster over a pooled
+//! keep-alive connection, with the route's timeout and retries. Bodies
+//! stream through in both directions.
+//!
+//! Failures are answered as Envoy answers them, with its response flags in
+//! `x-mast-response-flags`: no route 404 (`NR`), no endpoint 503 (`UH`),
+//! connect failure 503 (`UF`), overflow 503 (`UO`), timeout 504 (`UT`).
+
+use crate::config::{Action, Cluster, Forward, HttpListener, Lb, PathMatch, Route, StringMatch};
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub type ReqBody = Either<Incoming, Full<Bytes>>;
+pub type RespBody = Either<Incoming, Full<Bytes>>;
+
+/// Hop-by-hop headers, which a proxy does not pass on (RFC 9110 7.6.1).
+const HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop(h: &mut HeaderMap) {
+    if let Some(list) = h
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        for name in list.split(',') {
+            h.remove(name.trim());
+        }
+    }
+    for name in HOP {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+pub fn local(status: u16, flags: &str, body: &str) -> Response<RespBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body.to_owned()))));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    if !flags.is_empty() {
+        if let Ok(v) = flags.parse() {
+            r.headers_mut().insert("x-mast-response-flags", v);
+        }
+    }
+    r
+}
+
+/// Envoy's domain matching: exact, then `*.suffix`, then `prefix.*`, then `*`.
+fn vhost<'a>(l: &'a HttpListener, host: &str) -> Option<&'a crate::config::VirtualHost> {
+    let host = host.to_ascii_lowercase();
+    let bare = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map(|(h, _)| h.to_owned());
+    let candidates = [Some(host.as_str()), bare.as_deref()];
+    for h in candidates.into_iter().flatten() {
+        if let Some(v) = l.vhosts.iter().find(|v| v.domains.iter().any(|d| d == h)) {
+            return Some(v);
+        }
+    }
+    let mut best: Option<(usize, &crate::config::VirtualHost)> = None;
+    for v in &l.vhosts {
+        for d in &v.domains {
+            let ok = if let Some(sfx) = d.strip_prefix('*') {
+                !sfx.is_empty()
+                    && candidates
+                        .iter()
+                        .flatten()
+                        .any(|h| h.ends_with(sfx) && h.len() > sfx.len())
+            } else if let Some(pfx) = d.strip_suffix('*') {
+                candidates
+                    .iter()
+                    .flatten()
+                    .any(|h| h.starts_with(pfx) && h.len() > pfx.len())
+            } else {
+                false
+            };
+            if ok && best.is_none_or(|(n, _)| d.len() > n) {
+                best = Some((d.len(), v));
+            }
+        }
+    }
+    best.map(|(_, v)| v)
+        .or_else(|| l.vhosts.iter().find(|v| v.domains.iter().any(|d| d == "*")))
+}
+
+fn string_match(m: &StringMatch, v: Option<&str>) -> bool {
+    match (m, v) {
+        (StringMatch::Present, v) => v.is_some(),
+        (_, None) => false,
+        (StringMatch::Exact(e), Some(v)) => v == e,
+        (StringMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+        (StringMatch::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
+        (StringMatch::Contains(s), Some(v)) => v.contains(s.as_str()),
+        (StringMatch::Regex(r), Some(v)) => r.is_match(v),
+    }
+}
+
+fn route_matches(r: &Route, path: &str, headers: &HeaderMap) -> bool {
+    let path_only = path.split('?').next().unwrap_or(path);
+    let ok = match &r.path {
+        PathMatch::Prefix(p) if r.case_sensitive => path_only.starts_with(p.as_str()),
+        PathMatch::Prefix(p) => path_only
+            .to_ascii_lowercase()
+            .starts_with(&p.to_ascii_lowercase()),
+        PathMatch::Exact(p) if r.case_sensitive => path_only == p,
+        PathMatch::Exact(p) => path_only.eq_ignore_ascii_case(p),
+        PathMatch::Regex(re) => re.is_match(path_only),
+    };
+    ok && r.headers.iter().all(|h| {
+        let v = headers.get(&h.name).and_then(|v| v.to_str().ok());
+        string_match(&h.m, v) != h.invert
+    })
+}
+
+fn cheap_random(seed: usize) -> usize {
+    // A splitmix step over a counter: enough spread for weights and
+    // random balancing, without a lock or a syscall.
+    let mut z = (seed as u64).wrapping_add(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    (z ^ (z >> 31)) as usize
+}
+
+fn pick_cluster(f: &Forward, n: usize) -> &Arc<Cluster> {
+    if f.targets.len() == 1 {
+        return &f.targets[0].0;
+    }
+    let mut x = (cheap_random(n) % f.total.max(1) as usize) as u32;
+    for (c, w) in &f.targets {
+        if x < *w {
+            return c;
+        }
+        x -= w;
+    }
+    &f.targets[0].0
+}
+
+/// Per-worker upstream connections, by endpoint. Each worker has its own,
+/// so the lock is never contended; it exists because hyper's connection
+/// tasks must be `Send`.
+#[derive(Default)]
+pub struct Pool {
+    http1: Mutex<HashMap<SocketAddr, Vec<hyper::client::conn::http1::SendRequest<ReqBody>>>>,
+    http2: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<ReqBody>>>,
+    /// Requests in flight per endpoint, for LEAST_REQUEST.
+    active: Mutex<HashMap<SocketAddr, usize>>,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<ReqBody>),
+    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
+}
+
+/// Why forwarding failed, with Envoy's response flag.
+#[derive(Debug)]
+enum Fail {
+    Connect,
+    Reset,
+    Timeout,
+    Overflow,
+}
+
+impl Pool {
+    pub fn pick_endpoint(&self, c: &Cluster) -> Option<SocketAddr> {
+        let n = c.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let i = c.next.fetch_add(1, Ordering::Relaxed);
+        Some(match c.lb {
+            Lb::RoundRobin => c.endpoints[i % n],
+            Lb::Random => c.endpoints[cheap_random(i) % n],
+            Lb::LeastRequest => {
+                // Power of two choices, as Envoy's LEAST_REQUEST does.
+                let a = c.endpoints[cheap_random(i) % n];
+                let b = c.endpoints[cheap_random(i.wrapping_add(7)) % n];
+                let act = self.active.lock().unwrap_or_else(|e| e.into_inner());
+                if act.get(&b).unwrap_or(&0) < act.get(&a).unwrap_or(&0) {
+                    b
+                } else {
+                    a
+                }
+            }
+        })
+    }
+
+    async fn sender(&self, c: &Cluster, ep: SocketAddr) -> Result<Sender, Fail> {
+        if c.h2 {
+            if let Some(s) = self
+                .http2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&ep)
+                .filter(|s| !s.is_closed())
+            {
+                return Ok(Sender::H2(s.clone()));
+            }
+        } else {
+            let mut map = self.http1.lock().unwrap_or_else(|e| e.into_inner());
+            let list = map.entry(ep).or_default();
+            list.retain(|s| !s.is_closed());
+            if let Some(i) = list.iter().position(|s| s.is_ready()) {
+                return Ok(Sender::H1(list.swap_remove(i)));
+            }
+            if list.len() >= c.max_connections {
+                return Err(Fail::Overflow);
+            }
+        }
+        c.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        let stream =
+            match tokio::time::timeout(c.connect_timeout, tokio::net::TcpStream::connect(ep)).await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    c.stats
+                        .upstream_cx_connect_fail
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(Fail::Connect);
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(stream);
+        if c.h2 {
+            let (s, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .map_err(|_| Fail::Connect)?;
+            tokio::spawn(conn);
+            self.http2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ep, s.clone());
+            Ok(Sender::H2(s))
+        } else {
+            let (s, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|_| Fail::Connect)?;
+            tokio::spawn(conn);
+            Ok(Sender::H1(s))
+        }
+    }
+
+    async fn send(
+        &self,
+        c: &Cluster,
+        ep: SocketAddr,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, Fail> {
+        match self.sender(c, ep).await? {
+            Sender::H2(mut s) => s.send_request(req).await.map_err(|_| Fail::Reset),
+            Sender::H1(mut s) => {
+                let fut = s.send_request(req);
+                // Back in the pool at once: it is ready again when this
+                // response's body is done.
+                self.http1
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(ep)
+                    .or_default()
+                    .push(s);
+                fut.await.map_err(|_| Fail::Reset)
+            }
+        }
+    }
+}
+
+fn retriable(f: &Forward, outcome: &Result<u16, &Fail>) -> bool {
+    f.retry_on.iter().any(|on| match (on.as_str(), outcome) {
+        ("5xx", Ok(s)) => *s >= 500,
+        ("5xx", Err(Fail::Connect | Fail::Reset | Fail::Timeout)) => true,
+        ("gateway-error", Ok(s)) => matches!(s, 502..=504),
+        ("gateway-error", Err(Fail::Connect | Fail::Reset | Fail::Timeout)) => true,
+        ("connect-failure", Err(Fail::Connect)) => true,
+        ("reset", Err(Fail::Reset)) => true,
+        ("retriable-status-codes", _) => false,
+        _ => false,
+    })
+}
+
+/// Handle one request on an HTTP listener.
+pub async fn handle(
+    l: &HttpListener,
+    pool: &Pool,
+    req: Request<Incoming>,
+    n: usize,
+) -> Response<RespBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let Some(route) = vhost(l, &host).and_then(|v| {
+        v.routes
+            .iter()
+            .find(|r| route_matches(r, &path, req.headers()))
+    }) else {
+        return local(404, "NR", "");
+    };
+    match &route.action {
+        Action::Direct { status, body } => {
+            let mut r = Response::new(Either::Right(Full::new(body.clone())));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            r
+        }
+        Action::Redirect { location, status } => {
+            let mut r = local(*status, "", "");
+            let loc = if location.starts_with("http") {
+                location.clone()
+            } else {
+                format!(
+                    "http://{host}{}",
+                    if location.is_empty() { &path } else { location }
+                )
+            };
+            if let Ok(v) = loc.parse() {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Action::Forward(f) => {
+            // `prefix_rewrite` replaces the prefix the route matched.
+            let path = match (&f.prefix_rewrite, &route.path) {
+                (Some(rw), PathMatch::Prefix(p)) if path.len() >= p.len() => {
+                    format!("{rw}{}", &path[p.len()..])
+                }
+                (Some(rw), _) => rw.clone(),
+                _ => path,
+            };
+            forward(f, pool, req, &path, n).await
+        }
+    }
+}
+
+async fn forward(
+    f: &Forward,
+    pool: &Pool,
+    req: Request<Incoming>,
+    path: &str,
+    n: usize,
+) -> Response<RespBody> {
+    let cluster = pick_cluster(f, n).clone();
+    let (mut parts, body) = req.into_parts();
+    strip_hop(&mut parts.headers);
+    if let Some(h) = &f.host_rewrite {
+        parts.headers.insert(header::HOST, h.clone());
+    } else if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = a.as_str().parse() {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    parts.uri = path
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = http::Version::HTTP_11;
+    // A request without a body can be sent again; others get one attempt.
+    let bodiless = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v == "0")
+        && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
+        );
+    let attempts = if bodiless { f.retries + 1 } else { 1 };
+    let stats = &cluster.stats;
+    let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
+    if active as usize >= cluster.max_requests {
+        stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
+        stats
+            .upstream_rq_pending_overflow
+            .fetch_add(1, Ordering::Relaxed);
+        return local(
+            503,
+            "UO",
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        );
+    }
+    let mut body = Some(body);
+    let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut result: Result<Response<Incoming>, Fail> = Err(Fail::Connect);
+    for attempt in 0..attempts {
+        let Some(ep) = pool.pick_endpoint(&cluster) else {
+            stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
+            return local(503, "UH", "no healthy upstream");
+        };
+        if attempt > 0 {
+            stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
+            // Envoy's back-off: 25 ms base, jittered.
+            let ms = 25 * (1u64 << (attempt - 1).min(4));
+            tokio::time::sleep(Duration::from_millis(
+                cheap_random(n + attempt as usize) as u64 % ms + 1,
+            ))
+            .await;
+        }
+        let b = match body.take() {
+            Some(b) => Either::Left(b),
+            None => Either::Right(Full::new(Bytes::new())),
+        };
+        let mut r = Request::from_parts(parts.clone(), b);
+        *r.uri_mut() = parts.uri.clone();
+        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+        if cluster.lb == Lb::LeastRequest {
+            *pool
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(ep)
+                .or_default() += 1;
+        }
+        let per_try = f.per_try_timeout;
+        let limit = match (deadline, per_try) {
+            (Some(d), Some(p)) => Some(d.min(tokio::time::Instant::now() + p)),
+            (Some(d), None) => Some(d),
+            (None, Some(p)) => Some(tokio::time::Instant::now() + p),
+            (None, None) => None,
+        };
+        let sent = pool.send(&cluster, ep, r);
+        result = match limit {
+            Some(at) => match tokio::time::timeout_at(at, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+                    Err(Fail::Timeout)
+                }
+            },
+            None => sent.await,
+        };
+        if cluster.lb == Lb::LeastRequest {
+            if let Some(v) = pool
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&ep)
+            {
+                *v = v.saturating_sub(1);
+            }
+        }
+        let outcome = result.as_ref().map(|r| r.status().as_u16());
+        if let Ok(s) = &outcome {
+            stats.status(*s);
+        }
+        let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if attempt + 1 < attempts && !out_of_time && retriable(f, &outcome) {
+            continue;
+        }
+        break;
+    }
+    stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(resp) => {
+            let (mut p, b) = resp.into_parts();
+            strip_hop(&mut p.headers);
+            Response::from_parts(p, Either::Left(b))
+        }
+        Err(Fail::Timeout) => local(504, "UT", "upstream request timeout"),
+        Err(Fail::Overflow) => local(503, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"),
+        Err(Fail::Reset) => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
+        Err(Fail::Connect) => local(503, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+    }
+}

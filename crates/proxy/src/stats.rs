@@ -1,0 +1,109 @@
+//! Counters, named as Envoy names them, so `/stats` reads the same.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub upstream_rq_total: AtomicU64,
+    pub upstream_rq_2xx: AtomicU64,
+    pub upstream_rq_3xx: AtomicU64,
+    pub upstream_rq_4xx: AtomicU64,
+    pub upstream_rq_5xx: AtomicU64,
+    pub upstream_rq_retry: AtomicU64,
+    pub upstream_rq_timeout: AtomicU64,
+    pub upstream_rq_active: AtomicU64,
+    pub upstream_cx_total: AtomicU64,
+    pub upstream_cx_connect_fail: AtomicU64,
+    pub upstream_rq_pending_overflow: AtomicU64,
+}
+
+impl ClusterStats {
+    pub fn status(&self, code: u16) {
+        let c = match code / 100 {
+            2 => &self.upstream_rq_2xx,
+            3 => &self.upstream_rq_3xx,
+            4 => &self.upstream_rq_4xx,
+            _ => &self.upstream_rq_5xx,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn pairs(&self) -> [(&'static str, u64); 11] {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "upstream_cx_connect_fail",
+                g(&self.upstream_cx_connect_fail),
+            ),
+            ("upstream_cx_total", g(&self.upstream_cx_total)),
+            ("upstream_rq_2xx", g(&self.upstream_rq_2xx)),
+            ("upstream_rq_3xx", g(&self.upstream_rq_3xx)),
+            ("upstream_rq_4xx", g(&self.upstream_rq_4xx)),
+            ("upstream_rq_5xx", g(&self.upstream_rq_5xx)),
+            ("upstream_rq_active", g(&self.upstream_rq_active)),
+            (
+                "upstream_rq_pending_overflow",
+                g(&self.upstream_rq_pending_overflow),
+            ),
+            ("upstream_rq_retry", g(&self.upstream_rq_retry)),
+            ("upstream_rq_timeout", g(&self.upstream_rq_timeout)),
+            ("upstream_rq_total", g(&self.upstream_rq_total)),
+        ]
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub downstream_cx_total: AtomicU64,
+    pub downstream_cx_active: AtomicU64,
+    pub downstream_rq_total: AtomicU64,
+}
+
+/// Envoy's text format (`/stats`): `cluster.<name>.<counter>: <value>`.
+pub fn text(cfg: &crate::config::Config, listeners: &[(String, &ListenerStats)]) -> String {
+    let mut out = String::new();
+    let mut names: Vec<&String> = cfg.clusters.keys().collect();
+    names.sort();
+    for n in names {
+        for (k, v) in cfg.clusters[n].stats.pairs() {
+            let _ = writeln!(out, "cluster.{n}.{k}: {v}");
+        }
+    }
+    for (name, s) in listeners {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "listener.{name}.downstream_cx_active: {}",
+            g(&s.downstream_cx_active)
+        );
+        let _ = writeln!(
+            out,
+            "listener.{name}.downstream_cx_total: {}",
+            g(&s.downstream_cx_total)
+        );
+        let _ = writeln!(
+            out,
+            "listener.{name}.downstream_rq_total: {}",
+            g(&s.downstream_rq_total)
+        );
+    }
+    out
+}
+
+/// The same counters in Prometheus' text format, as Envoy exports them
+/// (`envoy_cluster_upstream_rq_total{envoy_cluster_name="..."}`).
+pub fn prometheus(cfg: &crate::config::Config) -> String {
+    let mut out = String::new();
+    let mut names: Vec<&String> = cfg.clusters.keys().collect();
+    names.sort();
+    let first = names.first().map(|n| cfg.clusters[*n].stats.pairs());
+    for (i, (k, _)) in first.into_iter().flatten().enumerate() {
+        let _ = writeln!(out, "# TYPE envoy_cluster_{k} counter");
+        for n in &names {
+            let v = cfg.clusters[*n].stats.pairs()[i].1;
+            let _ = writeln!(out, "envoy_cluster_{k}{{envoy_cluster_name=\"{n}\"}} {v}");
+        }
+    }
+    out
+}
