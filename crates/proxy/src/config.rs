@@ -121,8 +121,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub listeners: Vec<Arc<Listener>>,
-    /// The bootstrap as read, for `/config_dump`.
-    pub raw: serde_json::Value,
+    /// The bootstrap's text, for `/config_dump`.
+    pub raw: String,
 }
 
 fn socket(a: &bootstrap::Address, dns: bool) -> Result<Vec<SocketAddr>> {
@@ -177,7 +177,7 @@ fn regex(r: &str) -> Result<regex::Regex> {
 }
 
 impl Config {
-    pub fn compile(b: &Bootstrap, raw: serde_json::Value) -> Result<Config> {
+    pub fn compile(b: &Bootstrap, raw: String) -> Result<Config> {
         let mut clusters = HashMap::new();
         for c in &b.static_resources.clusters {
             let ty = c.type_.as_deref().unwrap_or("STATIC");

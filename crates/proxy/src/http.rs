@@ -67,6 +67,12 @@ pub fn local(status: u16, flags: &str, body: &str) -> Response<RespBody> {
 
 /// Envoy's domain matching: exact, then `*.suffix`, then `prefix.*`, then `*`.
 fn vhost<'a>(l: &'a HttpListener, host: &str) -> Option<&'a crate::config::VirtualHost> {
+    // One catch-all virtual host, the common case: nothing to compare.
+    if let [only] = l.vhosts.as_slice() {
+        if only.domains.iter().any(|d| d == "*") {
+            return Some(only);
+        }
+    }
     let host = host.to_ascii_lowercase();
     let bare = host
         .rsplit_once(':')
@@ -305,24 +311,32 @@ pub async fn handle(
     req: Request<Incoming>,
     n: usize,
 ) -> Response<RespBody> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let Some(route) = vhost(l, &host).and_then(|v| {
-        v.routes
-            .iter()
-            .find(|r| route_matches(r, &path, req.headers()))
-    }) else {
+    let route = {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        vhost(l, host).and_then(|v| {
+            v.routes
+                .iter()
+                .find(|r| route_matches(r, path, req.headers()))
+        })
+    };
+    let Some(route) = route else {
         return local(404, "NR", "");
+    };
+    let path = || {
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into())
     };
     match &route.action {
         Action::Direct { status, body } => {
@@ -335,9 +349,15 @@ pub async fn handle(
             let loc = if location.starts_with("http") {
                 location.clone()
             } else {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default();
+                let p = path();
                 format!(
                     "http://{host}{}",
-                    if location.is_empty() { &path } else { location }
+                    if location.is_empty() { &p } else { location }
                 )
             };
             if let Ok(v) = loc.parse() {
@@ -347,14 +367,16 @@ pub async fn handle(
         }
         Action::Forward(f) => {
             // `prefix_rewrite` replaces the prefix the route matched.
-            let path = match (&f.prefix_rewrite, &route.path) {
-                (Some(rw), PathMatch::Prefix(p)) if path.len() >= p.len() => {
-                    format!("{rw}{}", &path[p.len()..])
+            let rewritten = f.prefix_rewrite.as_ref().map(|rw| {
+                let path = path();
+                match &route.path {
+                    PathMatch::Prefix(p) if path.len() >= p.len() => {
+                        format!("{rw}{}", &path[p.len()..])
+                    }
+                    _ => rw.clone(),
                 }
-                (Some(rw), _) => rw.clone(),
-                _ => path,
-            };
-            forward(f, pool, req, &path, n).await
+            });
+            forward(f, pool, req, rewritten, n).await
         }
     }
 }
@@ -363,7 +385,7 @@ async fn forward(
     f: &Forward,
     pool: &Pool,
     req: Request<Incoming>,
-    path: &str,
+    rewritten: Option<String>,
     n: usize,
 ) -> Response<RespBody> {
     let cluster = pick_cluster(f, n).clone();
@@ -378,9 +400,17 @@ async fn forward(
             }
         }
     }
-    parts.uri = path
-        .parse::<Uri>()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    // Upstream requests are origin-form (`/path?query`).
+    if let Some(p) = rewritten {
+        parts.uri = p.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let p = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = p.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    }
     parts.version = http::Version::HTTP_11;
     // A request without a body can be sent again; others get one attempt.
     let bodiless = parts
@@ -427,8 +457,15 @@ async fn forward(
             Some(b) => Either::Left(b),
             None => Either::Right(Full::new(Bytes::new())),
         };
-        let mut r = Request::from_parts(parts.clone(), b);
-        *r.uri_mut() = parts.uri.clone();
+        // The last attempt takes the parts; earlier ones send a copy.
+        let r = if attempt + 1 == attempts {
+            Request::from_parts(
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                b,
+            )
+        } else {
+            Request::from_parts(parts.clone(), b)
+        };
         stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         if cluster.lb == Lb::LeastRequest {
             *pool

@@ -52,8 +52,7 @@ pub fn load(path: &std::path::Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the bootstrap {}", path.display()))?;
     let b = bootstrap::parse(&text)?;
-    let raw: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap_or_default();
-    Config::compile(&b, raw)
+    Config::compile(&b, text)
 }
 
 /// Run until SIGTERM or SIGINT (then drain) or `/quitquitquit`.
@@ -251,13 +250,22 @@ async fn serve(shared: Arc<Shared>, i: usize, l: tokio::net::TcpListener, pool: 
                             }
                         })
                     };
+                    // HTTP/2 with prior knowledge starts with its preface
+                    // ("PRI * HTTP/2.0"); anything else is HTTP/1.1. A peek
+                    // decides, so each connection gets the one codec it
+                    // speaks without a sniffing layer in the way.
+                    let h2 = !h.http1_only && {
+                        let mut first = [0u8; 3];
+                        matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
+                    };
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let mut drain = shared.drain.subscribe();
-                    if h.http1_only {
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .max_buf_size(MAX_HEADERS)
-                            .serve_connection(io, svc)
-                            .with_upgrades();
+                    if h2 {
+                        let conn = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .max_header_list_size(MAX_HEADERS as u32)
+                        .serve_connection(io, svc);
                         tokio::pin!(conn);
                         tokio::select! {
                             _ = conn.as_mut() => {}
@@ -267,12 +275,10 @@ async fn serve(shared: Arc<Shared>, i: usize, l: tokio::net::TcpListener, pool: 
                             }
                         }
                     } else {
-                        let mut b = hyper_util::server::conn::auto::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        );
-                        b.http1().max_buf_size(MAX_HEADERS);
-                        b.http2().max_header_list_size(MAX_HEADERS as u32);
-                        let conn = b.serve_connection_with_upgrades(io, svc);
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .max_buf_size(MAX_HEADERS)
+                            .serve_connection(io, svc)
+                            .with_upgrades();
                         tokio::pin!(conn);
                         tokio::select! {
                             _ = conn.as_mut() => {}
@@ -336,7 +342,7 @@ async fn admin(l: tokio::net::TcpListener, shared: Arc<Shared>) {
                         "/ready" => (200, "LIVE\n".to_owned()),
                         "/stats" => (200, stats::text(&shared.cfg, &names)),
                         "/stats/prometheus" => (200, stats::prometheus(&shared.cfg)),
-                        "/config_dump" => (200, serde_json::to_string_pretty(&shared.cfg.raw).unwrap_or_default()),
+                        "/config_dump" => (200, serde_yaml_ng::from_str::<serde_json::Value>(&shared.cfg.raw).ok().and_then(|v| serde_json::to_string_pretty(&v).ok()).unwrap_or_default()),
                         "/server_info" => (200, serde_json::json!({"version": concat!("mast-proxy/", env!("CARGO_PKG_VERSION")), "state": if shared.draining.load(Ordering::Relaxed) { "DRAINING" } else { "LIVE" }}).to_string()),
                         "/drain_listeners" | "/quitquitquit" if req.method() == ::http::Method::POST => {
                             let _ = shared.drain.send(true);
