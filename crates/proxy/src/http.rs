@@ -167,11 +167,14 @@ fn pick_cluster(f: &Forward, n: usize) -> &Arc<Cluster> {
 /// tasks must be `Send`.
 #[derive(Default)]
 pub struct Pool {
-    http1: Mutex<HashMap<SocketAddr, Vec<hyper::client::conn::http1::SendRequest<ReqBody>>>>,
-    http2: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<ReqBody>>>,
+    http1: Mutex<ByEndpoint<Vec<hyper::client::conn::http1::SendRequest<ReqBody>>>>,
+    http2: Mutex<ByEndpoint<hyper::client::conn::http2::SendRequest<ReqBody>>>,
     /// Requests in flight per endpoint, for LEAST_REQUEST.
-    active: Mutex<HashMap<SocketAddr, usize>>,
+    active: Mutex<ByEndpoint<usize>>,
 }
+
+/// A map by endpoint with a fast hash (looked up twice per request).
+type ByEndpoint<V> = HashMap<SocketAddr, V, foldhash::fast::RandomState>;
 
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<ReqBody>),

