@@ -11,6 +11,7 @@
 use crate::config::{Action, Cluster, Forward, HttpListener, Lb, PathMatch, Route, StringMatch};
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub type ReqBody = Either<Incoming, Full<Bytes>>;
-pub type RespBody = Either<Incoming, Full<Bytes>>;
+pub type RespBody = Either<Either<Incoming, crate::h1::UpBody>, Full<Bytes>>;
 
 /// Hop-by-hop headers, which a proxy does not pass on (RFC 9110 7.6.1).
 const HOP: [header::HeaderName; 7] = [
@@ -171,6 +172,8 @@ pub struct Pool {
     http2: Mutex<ByEndpoint<hyper::client::conn::http2::SendRequest<ReqBody>>>,
     /// Requests in flight per endpoint, for LEAST_REQUEST.
     active: Mutex<ByEndpoint<usize>>,
+    /// Idle connections of the inline HTTP/1.1 client.
+    idle: Arc<crate::h1::Idle>,
 }
 
 /// A map by endpoint with a fast hash (looked up twice per request).
@@ -426,6 +429,9 @@ async fn forward(
             http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
         );
     let attempts = if bodiless { f.retries + 1 } else { 1 };
+    if bodiless && !cluster.h2 && body.is_end_stream() {
+        return forward_inline(f, pool, &cluster, parts, attempts, n).await;
+    }
     let stats = &cluster.stats;
     let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
     if active as usize >= cluster.max_requests {
@@ -433,11 +439,7 @@ async fn forward(
         stats
             .upstream_rq_pending_overflow
             .fetch_add(1, Ordering::Relaxed);
-        return local(
-            503,
-            "UO",
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-        );
+        return fail_response(Fail::Overflow);
     }
     let mut body = Some(body);
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -448,13 +450,7 @@ async fn forward(
             return local(503, "UH", "no healthy upstream");
         };
         if attempt > 0 {
-            stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
-            // Envoy's back-off: 25 ms base, jittered.
-            let ms = 25 * (1u64 << (attempt - 1).min(4));
-            tokio::time::sleep(Duration::from_millis(
-                cheap_random(n + attempt as usize) as u64 % ms + 1,
-            ))
-            .await;
+            back_off(&cluster, attempt, n).await;
         }
         let b = match body.take() {
             Some(b) => Either::Left(b),
@@ -478,13 +474,7 @@ async fn forward(
                 .entry(ep)
                 .or_default() += 1;
         }
-        let per_try = f.per_try_timeout;
-        let limit = match (deadline, per_try) {
-            (Some(d), Some(p)) => Some(d.min(tokio::time::Instant::now() + p)),
-            (Some(d), None) => Some(d),
-            (None, Some(p)) => Some(tokio::time::Instant::now() + p),
-            (None, None) => None,
-        };
+        let limit = attempt_limit(deadline, f.per_try_timeout);
         let sent = pool.send(&cluster, ep, r);
         result = match limit {
             Some(at) => match tokio::time::timeout_at(at, sent).await {
@@ -521,11 +511,172 @@ async fn forward(
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
             strip_hop(&mut p.headers);
-            Response::from_parts(p, Either::Left(b))
+            Response::from_parts(p, Either::Left(Either::Left(b)))
         }
-        Err(Fail::Timeout) => local(504, "UT", "upstream request timeout"),
-        Err(Fail::Overflow) => local(503, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"),
-        Err(Fail::Reset) => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
-        Err(Fail::Connect) => local(503, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+        Err(e) => fail_response(e),
+    }
+}
+
+fn fail_response(f: Fail) -> Response<RespBody> {
+    match f {
+        Fail::Timeout => local(504, "UT", "upstream request timeout"),
+        Fail::Overflow => local(503, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"),
+        Fail::Reset => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
+        Fail::Connect => local(503, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+    }
+}
+
+/// A bodiless request over the inline HTTP/1.1 client (see [`crate::h1`]).
+async fn forward_inline(
+    f: &Forward,
+    pool: &Pool,
+    cluster: &Arc<Cluster>,
+    parts: http::request::Parts,
+    attempts: u32,
+    n: usize,
+) -> Response<RespBody> {
+    let stats = &cluster.stats;
+    let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
+    let _done = Done(&stats.upstream_rq_active);
+    if active as usize >= cluster.max_requests {
+        stats
+            .upstream_rq_pending_overflow
+            .fetch_add(1, Ordering::Relaxed);
+        return fail_response(Fail::Overflow);
+    }
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in &parts.headers {
+        if k == header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(k.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let is_head = parts.method == http::Method::HEAD;
+    let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut last = Fail::Connect;
+    for attempt in 0..attempts {
+        let Some(ep) = pool.pick_endpoint(cluster) else {
+            return local(503, "UH", "no healthy upstream");
+        };
+        if attempt > 0 {
+            back_off(cluster, attempt, n).await;
+        }
+        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+        let limit = attempt_limit(deadline, f.per_try_timeout);
+        let once = async {
+            // A pooled connection the upstream has closed meanwhile is
+            // retried on a fresh one, at once.
+            if let Some(c) = pool.idle.take(ep) {
+                match crate::h1::exchange(c, &head, is_head, pool.idle.clone()).await {
+                    Err(crate::h1::Error::Stale) => {}
+                    Err(_) => return Err(Fail::Reset),
+                    Ok(r) => return Ok(r),
+                }
+            }
+            stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
+            let stream = match tokio::time::timeout(
+                cluster.connect_timeout,
+                tokio::net::TcpStream::connect(ep),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    stats
+                        .upstream_cx_connect_fail
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(Fail::Connect);
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            crate::h1::exchange(
+                crate::h1::Conn::new(ep, stream),
+                &head,
+                is_head,
+                pool.idle.clone(),
+            )
+            .await
+            .map_err(|_| Fail::Reset)
+        };
+        let result = match limit {
+            Some(at) => match tokio::time::timeout_at(at, once).await {
+                Ok(r) => r,
+                Err(_) => {
+                    stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+                    Err(Fail::Timeout)
+                }
+            },
+            None => once.await,
+        };
+        let outcome = result.as_ref().map(|r| r.status().as_u16());
+        if let Ok(s) = &outcome {
+            stats.status(*s);
+        }
+        let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if attempt + 1 < attempts && !out_of_time && retriable(f, &outcome) {
+            if let Err(e) = result {
+                last = e;
+            }
+            continue;
+        }
+        return match result {
+            Ok(r) => {
+                let (p, b) = r.into_parts();
+                Response::from_parts(p, Either::Left(Either::Right(b)))
+            }
+            Err(e) => fail_response(e),
+        };
+    }
+    fail_response(last)
+}
+
+/// Counts a request out of `upstream_rq_active` however it ends.
+struct Done<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Envoy's retry back-off: 25 ms base, doubling, jittered.
+async fn back_off(cluster: &Cluster, attempt: u32, n: usize) {
+    cluster
+        .stats
+        .upstream_rq_retry
+        .fetch_add(1, Ordering::Relaxed);
+    let ms = 25 * (1u64 << (attempt - 1).min(4));
+    tokio::time::sleep(Duration::from_millis(
+        cheap_random(n + attempt as usize) as u64 % ms + 1,
+    ))
+    .await;
+}
+
+/// When one attempt must end: the route's deadline or the per-try timeout.
+fn attempt_limit(
+    deadline: Option<tokio::time::Instant>,
+    per_try: Option<Duration>,
+) -> Option<tokio::time::Instant> {
+    let now = tokio::time::Instant::now();
+    match (deadline, per_try) {
+        (Some(d), Some(p)) => Some(d.min(now + p)),
+        (Some(d), None) => Some(d),
+        (None, Some(p)) => Some(now + p),
+        (None, None) => None,
     }
 }

@@ -15,10 +15,13 @@
 //! Each worker (`--concurrency N`) is a thread with its own single-threaded
 //! runtime, its own `SO_REUSEPORT` listening sockets and its own upstream
 //! connections, so workers share nothing on the request path but counters.
-//! ADS (the mesh), TLS and the rest of the issue come next (docs/proxy.md).
+//! Bodiless requests take an inline HTTP/1.1 client (`h1.rs`) that runs
+//! in the downstream connection's task. ADS (the mesh), TLS and the rest of
+//! the issue come next (docs/proxy.md).
 
 pub mod bootstrap;
 pub mod config;
+mod h1;
 pub mod http;
 pub mod stats;
 
