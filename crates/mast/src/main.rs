@@ -35,7 +35,9 @@ enum Command {
     /// Start an all-in-one cluster on this machine: API server and store,
     /// scheduler, controllers and a node agent that runs pods as processes,
     /// with Services, cluster DNS, an Ingress controller on ports 80/443 and
-    /// the mesh control plane (xDS on 127.0.0.1:15010).
+    /// the mesh control plane (xDS on 127.0.0.1:15010); with Envoy at hand,
+    /// sidecar injection and Istio's ingress gateway too (`--demo` adds
+    /// Bookinfo).
     ///
     /// Prints the `export KUBECONFIG=...` line to use with kubectl. Starting
     /// again with the same --data-dir resumes the same cluster.
