@@ -45,6 +45,11 @@ static_resources:
               routes:
               - match: {{prefix: "/"}}
                 direct_response: {{status: 201, body: {{inline_string: "only"}}}}
+            - name: none
+              domains: ["none.test"]
+              routes:
+              - match: {{path: "/only-this"}}
+                direct_response: {{status: 200}}
             - name: all
               domains: ["*"]
               routes:
@@ -68,6 +73,9 @@ static_resources:
                 route: {{cluster: v2}}
               - match: {{prefix: "/"}}
                 route: {{cluster: v1}}
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
@@ -134,6 +142,30 @@ fn observe(port: u16) -> BTreeMap<&'static str, String> {
     out
 }
 
+/// The access log's request line, status and response flags for the
+/// requests whose answers are local or failed (Envoy's default format).
+fn access_log_summary(text: &str) -> String {
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some((_, rest)) = line.split_once("] \"") else {
+            continue;
+        };
+        let Some((request, rest)) = rest.split_once("\" ") else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let (status, flags) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let path = request.split_whitespace().nth(1).unwrap_or("");
+        if ["/dead", "/slow", "/direct", "/other"]
+            .iter()
+            .any(|p| path.starts_with(p))
+        {
+            out.insert(format!("{request} {status} {flags}"));
+        }
+    }
+    out.into_iter().collect::<Vec<_>>().join("; ")
+}
+
 fn wait_port(port: u16) {
     assert!(
         common::eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
@@ -158,6 +190,8 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
         let (listen, admin) = (common::free_port(), common::free_port());
         let path = dir.path().join(format!("{which}.yaml"));
         std::fs::write(&path, bootstrap(listen, admin, v1, v2, dead)).expect("write");
+        let log_path = dir.path().join(format!("{which}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = if which == "envoy" {
             Command::new(common::envoy())
                 .args([
@@ -167,7 +201,7 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
                     "1",
                 ])
                 .args(["--disable-hot-restart", "-l", "error"])
-                .stdout(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
                 .stderr(Stdio::null())
                 .spawn()
         } else {
@@ -179,13 +213,24 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
                     "--concurrency",
                     "1",
                 ])
-                .stdout(Stdio::null())
+                .stdout(log)
                 .stderr(Stdio::null())
                 .spawn()
         };
         let _p = common::Background(child.expect("start the proxy"));
         wait_port(listen);
-        let seen = observe(listen);
+        let no_route = get(
+            &format!("http://127.0.0.1:{listen}/other"),
+            &["-H", "Host: none.test"],
+        )
+        .0;
+        let mut seen = observe(listen);
+        seen.insert("no route", no_route);
+        // Envoy flushes its access log every second; the requests checked
+        // in it come before the last ones.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        seen.insert("log", access_log_summary(&text));
         (seen, admin)
     };
     let (envoy_saw, _) = run("envoy");
@@ -197,6 +242,12 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
     assert_eq!(envoy_saw["dead"], "503");
     assert_eq!(envoy_saw["rewrite"], "200 /v1/things?x=1");
     assert_eq!(envoy_saw["split"], "true");
+    assert_eq!(envoy_saw["no route"], "404");
+    assert!(
+        envoy_saw["log"].contains("GET /dead HTTP/1.1 503 UF"),
+        "{}",
+        envoy_saw["log"]
+    );
     assert_eq!(envoy_saw["retries"], "true");
     assert_eq!(mast_saw, envoy_saw, "mast proxy and Envoy differ");
 }

@@ -106,6 +106,29 @@ pub struct HttpConnectionManager {
     pub route_config: RouteConfiguration,
     #[serde(default)]
     pub http_filters: Vec<HttpFilter>,
+    #[serde(default)]
+    pub access_log: Vec<AccessLog>,
+}
+
+/// An access log in Envoy's default format, to standard output or error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    pub name: String,
+    pub typed_config: AccessLogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "@type")]
+pub enum AccessLogConfig {
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+    )]
+    Stdout(Empty),
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+    )]
+    Stderr(Empty),
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -96,6 +96,9 @@ pub struct VirtualHost {
 #[derive(Debug)]
 pub struct HttpListener {
     pub stat_prefix: String,
+    /// Where access logs go: `Some(true)` standard output, `Some(false)`
+    /// standard error.
+    pub access_log: Option<bool>,
     pub http1_only: bool,
     pub vhosts: Vec<VirtualHost>,
 }
@@ -290,7 +293,13 @@ impl Config {
                             routes,
                         });
                     }
+                    if h.access_log.len() > 1 {
+                        bail!("listener {}: mast proxy implements one access_log", l.name);
+                    }
                     ListenerKind::Http(HttpListener {
+                        access_log: h.access_log.first().map(|a| {
+                            matches!(a.typed_config, bootstrap::AccessLogConfig::Stdout(_))
+                        }),
                         stat_prefix: h.stat_prefix.clone(),
                         http1_only,
                         vhosts,

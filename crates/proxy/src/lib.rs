@@ -10,7 +10,8 @@
 //! prefix and host rewrites, timeouts, retries with back-off), round-robin,
 //! random and least-request balancing, connection and request limits, an
 //! admin port (`/ready`, `/stats`, `/stats/prometheus`, `/config_dump`,
-//! `/drain_listeners`, `/quitquitquit`), and a bounded drain on SIGTERM.
+//! `/drain_listeners`, `/quitquitquit`), access logs in Envoy's default
+//! format, and a bounded drain on SIGTERM.
 //!
 //! Each worker (`--concurrency N`) is a thread with its own single-threaded
 //! runtime, its own `SO_REUSEPORT` listening sockets and its own upstream
@@ -19,6 +20,7 @@
 //! in the downstream connection's task. ADS (the mesh), TLS and the rest of
 //! the issue come next (docs/proxy.md).
 
+mod access;
 pub mod bootstrap;
 pub mod config;
 mod h1;
@@ -242,7 +244,11 @@ async fn serve(shared: Arc<Shared>, i: usize, l: tokio::net::TcpListener, pool: 
                                 let ListenerKind::Http(h) = &listener.kind else {
                                     unreachable!()
                                 };
+                                let log = h.access_log.map(|out| (access::Entry::begin(&req), out));
                                 let mut r = http::handle(h, &pool, req, n).await;
+                                if let Some((entry, stdout)) = log {
+                                    entry.end(&r, stdout);
+                                }
                                 if shared.draining.load(Ordering::Relaxed) {
                                     r.headers_mut().insert(
                                         ::http::header::CONNECTION,
