@@ -917,4 +917,62 @@ fn bookinfo_runs_in_the_mesh_with_envoy_sidecars_as_istios_samples_say() {
         20,
         "not every connection went to v3: {logs}"
     );
+
+    // A tls route by SNI: two TLS servers (openssl, each with a
+    // certificate naming its version) behind a `tls` port; a VirtualService
+    // sends the SNI `echo-tls` to v3, which the client sees in the
+    // certificate it gets.
+    let certs = tempfile::tempdir().expect("tmp");
+    for v in ["v1", "v3"] {
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", &format!("/CN={v}")])
+            .arg("-keyout")
+            .arg(certs.path().join(format!("{v}.key")))
+            .arg("-out")
+            .arg(certs.path().join(format!("{v}.pem")))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl could not make a certificate");
+        c.apply(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: tls-{v}}}\nspec:\n  selector: {{matchLabels: {{app: echo-tls, version: {v}}}}}\n  template:\n    metadata: {{labels: {{app: echo-tls, version: {v}}}}}\n    spec:\n      containers:\n      - name: tls\n        image: openssl\n        args: [s_server, -accept, '8443', -www, -cert, /certs/{v}.pem, -key, /certs/{v}.key]\n        volumeMounts: [{{name: certs, mountPath: /certs}}]\n      volumes: [{{name: certs, hostPath: {{path: {}, type: Directory}}}}]\n",
+            certs.path().display()
+        ));
+    }
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: echo-tls}\nspec:\n  selector: {app: echo-tls}\n  ports: [{name: tls, port: 9443, targetPort: 8443}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo-tls}\nspec:\n  host: echo-tls\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v3, labels: {version: v3}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: echo-tls}\nspec:\n  hosts: [echo-tls]\n  tls:\n  - match: [{port: 9443, sniHosts: [echo-tls]}]\n    route: [{destination: {host: echo-tls, subset: v3}}]\n");
+    assert!(
+        common::eventually(90, || c
+            .ok(&[
+                "get",
+                "endpoints",
+                "echo-tls",
+                "-o",
+                "jsonpath={.subsets[*].addresses[*].ip}"
+            ])
+            .split_whitespace()
+            .count()
+            == 2),
+        "echo-tls never got its endpoints"
+    );
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: tls-client}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: call, image: curlimages/curl, command: [sh, -c, 'for i in 1 2 3 4 5 6 7 8 9 10; do curl -skv --max-time 5 https://echo-tls:9443/ -o /dev/null 2>&1 | grep subject: ; done']}\n");
+    assert!(
+        common::eventually(90, || c.ok(&[
+            "get",
+            "pod",
+            "tls-client",
+            "-o",
+            "jsonpath={.status.phase}"
+        ]) == "Succeeded"),
+        "the TLS client never completed"
+    );
+    let logs = c.ok(&["logs", "tls-client", "-c", "call"]);
+    assert_eq!(
+        logs.matches("CN=v3").count(),
+        10,
+        "not every TLS connection went to v3: {logs}"
+    );
 }
