@@ -166,6 +166,15 @@ fn access_log_summary(text: &str) -> String {
     out.into_iter().collect::<Vec<_>>().join("; ")
 }
 
+/// `mast proxy -c PATH --concurrency 1`.
+fn mast_proxy(path: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mast"));
+    c.args(["proxy", "-c"])
+        .arg(path)
+        .args(["--concurrency", "1"]);
+    c
+}
+
 fn wait_port(port: u16) {
     assert!(
         common::eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
@@ -205,17 +214,7 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
                 .stderr(Stdio::null())
                 .spawn()
         } else {
-            Command::new(env!("CARGO_BIN_EXE_mast"))
-                .args([
-                    "proxy",
-                    "-c",
-                    path.to_str().unwrap_or_default(),
-                    "--concurrency",
-                    "1",
-                ])
-                .stdout(log)
-                .stderr(Stdio::null())
-                .spawn()
+            mast_proxy(&path).stdout(log).stderr(Stdio::null()).spawn()
         };
         let _p = common::Background(child.expect("start the proxy"));
         wait_port(listen);
@@ -291,14 +290,7 @@ fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
     std::fs::write(&path, bootstrap(listen, common::free_port(), up, up, up)).expect("write");
     let _e = echo(up, "v1");
     let _p = common::Background(
-        Command::new(env!("CARGO_BIN_EXE_mast"))
-            .args([
-                "proxy",
-                "-c",
-                path.to_str().unwrap_or_default(),
-                "--concurrency",
-                "1",
-            ])
+        mast_proxy(&path)
             .stderr(Stdio::null())
             .spawn()
             .expect("mast proxy"),

@@ -210,17 +210,31 @@ fn inbound_listener(ports: &BTreeMap<u16, bool>) -> listener::Listener {
         15006,
         envoy::tcp_proxy_filter(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH),
     );
-    let passthrough = l.filter_chains.remove(0);
-    l.default_filter_chain = Some(passthrough);
+    with_chains(
+        &mut l,
+        chains,
+        "envoy.filters.listener.original_dst",
+        any(&OriginalDst::default()),
+    );
+    l
+}
+
+/// Make a one-chain listener's chain its default, put `chains` before it,
+/// and read connections with one listener filter first.
+fn with_chains(
+    l: &mut listener::Listener,
+    chains: Vec<listener::FilterChain>,
+    filter: &str,
+    config: envoy_types::pb::google::protobuf::Any,
+) {
+    let default = l.filter_chains.remove(0);
+    l.default_filter_chain = Some(default);
     l.filter_chains = chains;
     l.listener_filters = vec![listener::ListenerFilter {
-        name: "envoy.filters.listener.original_dst".into(),
-        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
-            &OriginalDst::default(),
-        ))),
+        name: filter.into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(config)),
         ..Default::default()
     }];
-    l
 }
 
 /// Whether an L4 (tcp or tls) match applies to this proxy's traffic on `port`.
@@ -355,16 +369,12 @@ fn tcp_listener(
     let mut l = unbound(envoy::listener(&name, &ip.to_string(), port.port, default));
     if !chains.is_empty() {
         use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-        let d = l.filter_chains.remove(0);
-        l.default_filter_chain = Some(d);
-        l.filter_chains = chains;
-        l.listener_filters = vec![listener::ListenerFilter {
-            name: "envoy.filters.listener.tls_inspector".into(),
-            config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
-                &TlsInspector::default(),
-            ))),
-            ..Default::default()
-        }];
+        with_chains(
+            &mut l,
+            chains,
+            "envoy.filters.listener.tls_inspector",
+            any(&TlsInspector::default()),
+        );
     }
     l
 }
