@@ -2,8 +2,9 @@
 //! Istio's `pilot-agent` (`istio/proxyv2`). Args: `proxy sidecar` for an
 //! injected sidecar, `proxy router` for a gateway.
 //!
-//! It writes the proxy's bootstrap and runs the proxy (`$MAST_PROXY_BIN`,
-//! Envoy with `--mesh-proxy envoy`) as uid 1337, the uid traffic capture
+//! It writes the proxy's bootstrap and runs the proxy (`$MAST_PROXY_BIN`:
+//! Envoy with `--mesh-proxy envoy`, `mast proxy` with `--mesh-proxy mast`,
+//! both given the same bootstrap and flags) as uid 1337, the uid traffic capture
 //! leaves alone. Around it, as pilot-agent does, it:
 //! - relays xDS: the proxy talks to `127.0.0.1:15010` in the pod, and the
 //!   agent forwards that to the control plane at `$MAST_XDS_ADDRESS`
@@ -221,6 +222,10 @@ pub fn run(args: &[String]) -> anyhow::Result<i32> {
             }
         });
         let mut cmd = std::process::Command::new(&bin);
+        // mast's own proxy is `mast proxy`, with Envoy's flags.
+        if std::path::Path::new(&bin).file_name().is_some_and(|n| n == "mast") {
+            cmd.arg("proxy");
+        }
         cmd.args(["--config-yaml", &config, "--disable-hot-restart", "-l", "warning"])
             .args(["--concurrency", &std::env::var("MAST_PROXY_CONCURRENCY").unwrap_or_else(|_| "2".into())])
             .args(["--drain-time-s", &drain.to_string()]);

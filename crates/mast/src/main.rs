@@ -164,8 +164,18 @@ struct AnalyzeArgs {
 #[derive(Args, Debug, Clone)]
 struct ProxyArgs {
     /// The bootstrap, YAML or JSON (Envoy's v3 format).
-    #[arg(short = 'c', long = "config-path")]
-    config_path: PathBuf,
+    #[arg(
+        short = 'c',
+        long = "config-path",
+        required_unless_present = "config_yaml"
+    )]
+    config_path: Option<PathBuf>,
+    /// The bootstrap inline, as Envoy's --config-yaml (wins over -c).
+    #[arg(long = "config-yaml")]
+    config_yaml: Option<String>,
+    /// Accepted as Envoy's flag; mast proxy has no hot restart.
+    #[arg(long = "disable-hot-restart")]
+    disable_hot_restart: bool,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     concurrency: usize,
@@ -924,6 +934,7 @@ fn main() -> Result<()> {
             }
             std::process::exit(mast_proxy::run(mast_proxy::Options {
                 config_path: a.config_path.clone(),
+                config_yaml: a.config_yaml.clone(),
                 concurrency: a.concurrency,
                 drain_time: std::time::Duration::from_secs(a.drain_time_s),
             })?);
@@ -972,6 +983,12 @@ fn main() -> Result<()> {
                     "off" => None,
                     _ if xds.is_none() => None,
                     "envoy" => Some(find_envoy(a.envoy_path.as_ref())?),
+                    "mast" => Some(
+                        std::env::current_exe()
+                            .context("finding mast's own binary for --mesh-proxy mast")?
+                            .display()
+                            .to_string(),
+                    ),
                     "auto" => match find_envoy(a.envoy_path.as_ref()) {
                         Ok(bin) => Some(bin),
                         Err(e) if a.demo => return Err(e.context("--demo runs Bookinfo in the mesh")),
@@ -980,7 +997,7 @@ fn main() -> Result<()> {
                             None
                         }
                     },
-                    other => bail!("--mesh-proxy {other:?}: use envoy, auto or off"),
+                    other => bail!("--mesh-proxy {other:?}: use mast, envoy, auto or off"),
                 };
                 if a.demo && proxy_bin.is_none() {
                     bail!("--demo runs the app in the mesh: it needs --mesh-proxy envoy and --xds-listen");

@@ -603,8 +603,9 @@ admin:
 }
 
 /// `mast up --demo` in pod network namespaces (its own bridge and ranges,
-/// as NetCluster picks them for `n`), with real Envoy sidecars.
-fn demo_cluster(n: u8) -> (Cluster, u16) {
+/// as NetCluster picks them for `n`), with `proxy` (`envoy`: real Envoy
+/// sidecars and gateway; `mast`: mast proxy).
+fn demo_cluster(n: u8, proxy: &str) -> (Cluster, u16) {
     let xds = common::free_port();
     let envoy = common::envoy();
     let flags = [
@@ -617,7 +618,7 @@ fn demo_cluster(n: u8) -> (Cluster, u16) {
         format!("--nodeport-addresses=10.{}.0.0/16", 200 + n),
         format!("--xds-listen=127.0.0.1:{xds}"),
         format!("--envoy-path={}", envoy.display()),
-        "--mesh-proxy=envoy".to_owned(),
+        format!("--mesh-proxy={proxy}"),
         "--demo".to_owned(),
     ];
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -674,8 +675,18 @@ fn page(gw: &str, extra: &[&str]) -> (String, f64) {
 
 #[test]
 fn bookinfo_runs_in_the_mesh_with_envoy_sidecars_as_istios_samples_say() {
-    const N: u8 = 4;
-    let (c, debug) = demo_cluster(N);
+    bookinfo_as_istios_samples_say(4, "envoy");
+}
+
+/// The same scenarios, with mast proxy as every sidecar and the gateway:
+/// the observable results must agree with Envoy's.
+#[test]
+fn bookinfo_runs_in_the_mesh_with_mast_proxy_sidecars_as_istios_samples_say() {
+    bookinfo_as_istios_samples_say(5, "mast");
+}
+
+fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
+    let (c, debug) = demo_cluster(n, proxy);
     // Every Bookinfo pod was injected, and runs its app beside the proxy.
     assert!(
         common::eventually(180, || {
@@ -710,7 +721,7 @@ fn bookinfo_runs_in_the_mesh_with_envoy_sidecars_as_istios_samples_say() {
         "jsonpath={.status.loadBalancer.ingress[0].ip}",
     ]);
     assert!(
-        gw.starts_with(&format!("10.{}.", 240 + N)),
+        gw.starts_with(&format!("10.{}.", 240 + n)),
         "gateway address {gw:?}"
     );
     // 4. The gateway serves /productpage (bookinfo-gateway.yaml, verbatim)
@@ -749,9 +760,19 @@ fn bookinfo_runs_in_the_mesh_with_envoy_sidecars_as_istios_samples_say() {
         "0.0.0.0_9080",
         "reviews.default.svc.cluster.local:9080",
         "SYNCED",
+        // The proxy that runs is the one asked for.
+        if proxy == "mast" {
+            "mast-proxy/"
+        } else {
+            "envoy/"
+        },
     ] {
         assert!(cfg.contains(want), "no {want} in:\n{cfg}");
     }
+    assert!(
+        !cfg.contains("NACK") && !cfg.contains("STALE"),
+        "the proxy did not take its whole configuration:\n{cfg}"
+    );
 
     // 1. Istio's destination-rule-all.yaml plus every service on v1.
     let samples = common::samples().join("bookinfo");

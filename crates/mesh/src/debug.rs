@@ -220,17 +220,18 @@ pub async fn proxy_config(base: &str, proxy: &str) -> anyhow::Result<String> {
     };
     let _ = writeln!(
         out,
-        "{:<60} {:<9} {:<9} {:<9} {:<9}",
+        "{:<60} {:<9} {:<9} {:<9} {:<9} VERSION",
         "NAME", "LDS", "RDS", "CDS", "EDS"
     );
     let _ = writeln!(
         out,
-        "{:<60} {:<9} {:<9} {:<9} {:<9}",
+        "{:<60} {:<9} {:<9} {:<9} {:<9} {}",
         v["proxy"]["info"]["id"].as_str().unwrap_or_default(),
         state(xds::LISTENER),
         state(xds::ROUTE),
         state(xds::CLUSTER),
-        state(xds::ENDPOINT)
+        state(xds::ENDPOINT),
+        v["proxy"]["info"]["agent"].as_str().unwrap_or_default()
     );
     for (name, t) in short {
         if let Some(msg) = types[t]["nack"].as_str() {

@@ -39,6 +39,10 @@ pub struct ProxyInfo {
     pub ip: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// The proxy program, as it names itself (`envoy/1.40.0`,
+    /// `mast-proxy/0.1.0`).
+    #[serde(default)]
+    pub agent: String,
 }
 
 /// The configuration of one proxy: resources by type URL, by name.
@@ -107,6 +111,7 @@ fn proxy_info(req: &DiscoveryRequest) -> Option<ProxyInfo> {
             _ => "router".into(),
         },
         ip: parts.get(1).map(|s| s.to_string()).unwrap_or_default(),
+        agent: agent(node),
         ..Default::default()
     };
     if let Some(md) = &node.metadata {
@@ -126,6 +131,25 @@ fn proxy_info(req: &DiscoveryRequest) -> Option<ProxyInfo> {
         }
     }
     Some(info)
+}
+
+/// `user_agent_name/version` from a node.
+fn agent(node: &envoy_types::pb::envoy::config::core::v3::Node) -> String {
+    use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    let version = match &node.user_agent_version_type {
+        Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+        Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
+            .version
+            .as_ref()
+            .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    match (node.user_agent_name.as_str(), version.as_str()) {
+        ("", _) => "unknown".into(),
+        (name, "") => name.to_owned(),
+        (name, v) => format!("{name}/{v}"),
+    }
 }
 
 /// One stream's state for one type.

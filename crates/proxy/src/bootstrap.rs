@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     #[serde(default)]
@@ -17,10 +17,52 @@ pub struct Bootstrap {
     #[serde(default)]
     pub static_resources: StaticResources,
     #[serde(default)]
-    pub dynamic_resources: Option<serde_json::Value>,
+    pub dynamic_resources: Option<DynamicResources>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Listeners and clusters over ADS (the only source mast proxy implements).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicResources {
+    pub ads_config: ApiConfigSource,
+    #[serde(default)]
+    pub cds_config: Option<ConfigSource>,
+    #[serde(default)]
+    pub lds_config: Option<ConfigSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfigSource {
+    /// GRPC (state of the world); DELTA_GRPC is not implemented.
+    pub api_type: String,
+    #[serde(default)]
+    pub transport_api_version: Option<String>,
+    pub grpc_services: Vec<GrpcService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcService {
+    pub envoy_grpc: EnvoyGrpc,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyGrpc {
+    pub cluster_name: String,
+}
+
+/// Where a resource comes from: ADS, the only source implemented.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSource {
+    pub ads: Empty,
+    #[serde(default)]
+    pub resource_api_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     #[serde(default)]
@@ -31,7 +73,7 @@ pub struct Node {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub address: Address,
@@ -39,13 +81,13 @@ pub struct Admin {
     pub access_log_path: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     pub socket_address: SocketAddress,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketAddress {
     pub address: String,
@@ -54,7 +96,7 @@ pub struct SocketAddress {
     pub protocol: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StaticResources {
     #[serde(default)]
@@ -63,29 +105,79 @@ pub struct StaticResources {
     pub clusters: Vec<Cluster>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     #[serde(default)]
     pub name: String,
     pub address: Address,
+    #[serde(default)]
     pub filter_chains: Vec<FilterChain>,
+    /// The chain for connections no `filter_chain_match` selects.
+    #[serde(default)]
+    pub default_filter_chain: Option<FilterChain>,
+    #[serde(default)]
+    pub listener_filters: Vec<ListenerFilter>,
+    /// Hand each connection to the listener of its original destination
+    /// (`SO_ORIGINAL_DST`, after iptables/nftables `REDIRECT`).
+    #[serde(default)]
+    pub use_original_dst: Option<bool>,
+    /// `false`: not bound, only reached through `use_original_dst`.
+    #[serde(default)]
+    pub bind_to_port: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterChain {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub filter_chain_match: Option<FilterChainMatch>,
     pub filters: Vec<Filter>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChainMatch {
+    #[serde(default)]
+    pub destination_port: Option<u16>,
+    /// SNI names, exact or `*.suffix`, read by the TLS inspector.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// `tls` or `raw_buffer`, as the TLS inspector tells them apart.
+    #[serde(default)]
+    pub transport_protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFilter {
+    pub name: String,
+    pub typed_config: ListenerFilterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "@type")]
+pub enum ListenerFilterConfig {
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+    )]
+    OriginalDst(Empty),
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+    )]
+    TlsInspector(Empty),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     pub name: String,
     pub typed_config: NetworkFilter,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "@type")]
 pub enum NetworkFilter {
     #[serde(
@@ -96,14 +188,18 @@ pub enum NetworkFilter {
     TcpProxy(TcpProxy),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
     /// AUTO (the default), HTTP1 or HTTP2.
     #[serde(default)]
     pub codec_type: Option<String>,
-    pub route_config: RouteConfiguration,
+    #[serde(default)]
+    pub route_config: Option<RouteConfiguration>,
+    /// Routes over RDS (from ADS), by name.
+    #[serde(default)]
+    pub rds: Option<Rds>,
     #[serde(default)]
     pub http_filters: Vec<HttpFilter>,
     #[serde(default)]
@@ -111,14 +207,14 @@ pub struct HttpConnectionManager {
 }
 
 /// An access log in Envoy's default format, to standard output or error.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     pub name: String,
     pub typed_config: AccessLogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "@type")]
 pub enum AccessLogConfig {
     #[serde(
@@ -131,7 +227,7 @@ pub enum AccessLogConfig {
     Stderr(Empty),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpFilter {
     pub name: String,
@@ -139,35 +235,150 @@ pub struct HttpFilter {
     pub typed_config: Option<HttpFilterConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rds {
+    pub config_source: ConfigSource,
+    pub route_config_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "@type")]
 pub enum HttpFilterConfig {
     #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")]
     Router(Empty),
+    /// Faults come per route (`typed_per_filter_config`); the filter's own
+    /// configuration must be empty.
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault")]
+    Fault(Empty),
+    /// CORS policies come per route; the filter's own configuration is empty.
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors")]
+    Cors(Empty),
+}
+
+/// Per-route configuration of an HTTP filter, by filter name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "@type")]
+pub enum PerFilterConfig {
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault")]
+    Fault(HttpFault),
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy")]
+    Cors(CorsPolicy),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFault {
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    pub fixed_delay: String,
+    #[serde(default)]
+    pub percentage: Option<FractionalPercent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    pub http_status: u16,
+    #[serde(default)]
+    pub percentage: Option<FractionalPercent>,
+}
+
+/// `numerator` out of HUNDRED (the default), TEN_THOUSAND or MILLION.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FractionalPercent {
+    #[serde(default)]
+    pub numerator: u32,
+    #[serde(default)]
+    pub denominator: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CorsPolicy {
+    #[serde(default)]
+    pub allow_origin_string_match: Vec<StringMatcher>,
+    #[serde(default)]
+    pub allow_methods: Option<String>,
+    #[serde(default)]
+    pub allow_headers: Option<String>,
+    #[serde(default)]
+    pub expose_headers: Option<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+}
+
+/// A header to add: `append_action` APPEND_IF_EXISTS_OR_ADD (the default)
+/// or OVERWRITE_IF_EXISTS_OR_ADD.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOption {
+    pub header: HeaderValue,
+    #[serde(default)]
+    pub append_action: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValue {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
 }
 
 /// A message with no fields mast proxy implements.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProxy {
     pub stat_prefix: String,
-    pub cluster: String,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weighted_clusters: Option<TcpWeightedClusters>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpWeightedClusters {
+    pub clusters: Vec<TcpClusterWeight>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpClusterWeight {
+    pub name: String,
+    #[serde(default)]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfiguration {
     #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Whether routes may name only known clusters; either way a missing
+    /// cluster is answered 503 (`NC`) rather than refused.
+    #[serde(default)]
+    pub validate_clusters: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHost {
     pub name: String,
@@ -176,7 +387,7 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     #[serde(default)]
@@ -189,9 +400,19 @@ pub struct Route {
     pub direct_response: Option<DirectResponse>,
     #[serde(default)]
     pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default)]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default)]
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default)]
+    pub response_headers_to_remove: Vec<String>,
+    #[serde(default)]
+    pub typed_per_filter_config: BTreeMap<String, PerFilterConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     #[serde(default)]
@@ -204,15 +425,27 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatcher>,
     #[serde(default)]
     pub case_sensitive: Option<bool>,
+    #[serde(default)]
+    pub query_parameters: Vec<QueryParameterMatcher>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    #[serde(default)]
+    pub string_match: Option<StringMatcher>,
+    #[serde(default)]
+    pub present_match: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegexMatcher {
     pub regex: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatcher {
     pub name: String,
@@ -224,7 +457,7 @@ pub struct HeaderMatcher {
     pub invert_match: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StringMatcher {
     #[serde(default)]
@@ -241,7 +474,7 @@ pub struct StringMatcher {
     pub ignore_case: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAction {
     #[serde(default)]
@@ -257,15 +490,31 @@ pub struct RouteAction {
     pub host_rewrite_literal: Option<String>,
     #[serde(default)]
     pub retry_policy: Option<RetryPolicy>,
+    #[serde(default)]
+    pub request_mirror_policies: Vec<RequestMirrorPolicy>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMirrorPolicy {
+    pub cluster: String,
+    #[serde(default)]
+    pub runtime_fraction: Option<RuntimeFractionalPercent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFractionalPercent {
+    pub default_value: FractionalPercent,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedClusters {
     pub clusters: Vec<ClusterWeight>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterWeight {
     pub name: String,
@@ -273,7 +522,7 @@ pub struct ClusterWeight {
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(default)]
@@ -284,7 +533,7 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponse {
     pub status: u16,
@@ -292,13 +541,13 @@ pub struct DirectResponse {
     pub body: Option<DataSource>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSource {
     pub inline_string: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redirect {
     #[serde(default)]
@@ -309,13 +558,17 @@ pub struct Redirect {
     pub response_code: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
-    /// STATIC (the default), STRICT_DNS or LOGICAL_DNS (resolved at start).
+    /// STATIC (the default), STRICT_DNS or LOGICAL_DNS (resolved at
+    /// start), EDS (endpoints over ADS) or ORIGINAL_DST (where the
+    /// connection was going).
     #[serde(default, rename = "type")]
     pub type_: Option<String>,
+    #[serde(default)]
+    pub eds_cluster_config: Option<EdsClusterConfig>,
     #[serde(default)]
     pub connect_timeout: Option<String>,
     /// ROUND_ROBIN (the default), RANDOM or LEAST_REQUEST.
@@ -329,7 +582,16 @@ pub struct Cluster {
     pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptions>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdsClusterConfig {
+    pub eds_config: ConfigSource,
+    /// The name of the endpoints' resource (the cluster's name if empty).
+    #[serde(default)]
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterLoadAssignment {
     #[serde(default)]
@@ -338,33 +600,33 @@ pub struct ClusterLoadAssignment {
     pub endpoints: Vec<LocalityLbEndpoints>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalityLbEndpoints {
     #[serde(default)]
     pub lb_endpoints: Vec<LbEndpoint>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LbEndpoint {
     pub endpoint: Endpoint,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub address: Address,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakers {
     #[serde(default)]
     pub thresholds: Vec<Thresholds>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     #[serde(default)]
@@ -377,20 +639,20 @@ pub struct Thresholds {
     pub max_retries: Option<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "@type")]
 pub enum ProtocolOptions {
     #[serde(rename = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions")]
     Http(HttpProtocolOptions),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProtocolOptions {
     pub explicit_http_config: ExplicitHttpConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplicitHttpConfig {
     #[serde(default)]
@@ -405,8 +667,21 @@ pub fn parse(text: &str) -> anyhow::Result<Bootstrap> {
     let b: Bootstrap = serde_yaml_ng::from_str(text).map_err(|e| {
         anyhow::anyhow!("the bootstrap is not one mast proxy can run: {e} (mast proxy implements a subset of Envoy's v3 bootstrap, and refuses what it does not implement rather than ignore it; see docs/proxy.md)")
     })?;
-    if b.dynamic_resources.is_some() {
-        anyhow::bail!("the bootstrap is not one mast proxy can run: dynamic_resources (ADS) is not implemented yet; give listeners and clusters in static_resources");
+    if let Some(d) = &b.dynamic_resources {
+        if d.ads_config.api_type != "GRPC" {
+            anyhow::bail!("the bootstrap is not one mast proxy can run: dynamic_resources.ads_config.api_type {:?}: mast proxy implements GRPC (state of the world)", d.ads_config.api_type);
+        }
+        let [g] = d.ads_config.grpc_services.as_slice() else {
+            anyhow::bail!("the bootstrap is not one mast proxy can run: dynamic_resources.ads_config needs exactly one grpc_services entry");
+        };
+        if !b
+            .static_resources
+            .clusters
+            .iter()
+            .any(|c| c.name == g.envoy_grpc.cluster_name)
+        {
+            anyhow::bail!("the bootstrap is not one mast proxy can run: the ADS cluster {:?} is not in static_resources.clusters", g.envoy_grpc.cluster_name);
+        }
     }
     Ok(b)
 }

@@ -4,8 +4,9 @@
 //! the proxy at start-up with that name.
 
 use crate::bootstrap::{self, Bootstrap};
-use crate::stats::ClusterStats;
+use crate::stats::{ClusterStats, ListenerStats};
 use anyhow::{anyhow, bail, Context, Result};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -20,10 +21,26 @@ pub enum Lb {
     LeastRequest,
 }
 
+/// Where a cluster's endpoints come from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClusterKind {
+    /// Listed in the cluster (STATIC, or resolved once: STRICT_DNS and
+    /// LOGICAL_DNS).
+    Static,
+    /// From EDS.
+    Eds,
+    /// The connection's original destination (ORIGINAL_DST).
+    OriginalDst,
+    /// Named by a route but not (yet) defined: answered 503 `NC`.
+    Missing,
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     pub name: String,
-    pub endpoints: Vec<SocketAddr>,
+    pub kind: ClusterKind,
+    /// Swapped in place when EDS changes them.
+    pub endpoints: ArcSwap<Vec<SocketAddr>>,
     pub lb: Lb,
     pub next: AtomicUsize,
     pub connect_timeout: Duration,
@@ -32,6 +49,9 @@ pub struct Cluster {
     pub max_connections: usize,
     pub max_requests: usize,
     pub stats: ClusterStats,
+    /// The definition it was built from: an update that leaves it as it
+    /// was keeps this cluster, with its counters and balancing state.
+    source: Option<bootstrap::Cluster>,
 }
 
 #[derive(Debug)]
@@ -58,6 +78,9 @@ pub struct HeaderMatch {
     pub invert: bool,
 }
 
+/// Parts per million, the finest of Envoy's fractions.
+pub type PerMillion = u32;
+
 #[derive(Debug)]
 pub struct Forward {
     /// Clusters with their weights (relative).
@@ -70,6 +93,8 @@ pub struct Forward {
     /// `retry_on`: 5xx, gateway-error, connect-failure, reset...
     pub retry_on: Vec<String>,
     pub per_try_timeout: Option<Duration>,
+    /// Copies of requests to these clusters, answers dropped.
+    pub mirrors: Vec<(Arc<Cluster>, PerMillion)>,
 }
 
 #[derive(Debug)]
@@ -79,18 +104,81 @@ pub enum Action {
     Redirect { location: String, status: u16 },
 }
 
+/// The fault filter's per-route configuration.
+#[derive(Debug, Default)]
+pub struct Fault {
+    pub delay: Option<(Duration, PerMillion)>,
+    pub abort: Option<(u16, PerMillion)>,
+}
+
+/// The CORS filter's per-route policy.
+#[derive(Debug, Default)]
+pub struct Cors {
+    pub origins: Vec<StringMatch>,
+    pub allow_methods: Option<http::HeaderValue>,
+    pub allow_headers: Option<http::HeaderValue>,
+    pub expose_headers: Option<http::HeaderValue>,
+    pub max_age: Option<http::HeaderValue>,
+    pub allow_credentials: bool,
+}
+
+/// Header edits: `(name, value, overwrite)` to add, names to remove.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    pub add: Vec<(http::HeaderName, http::HeaderValue, bool)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v, overwrite) in &self.add {
+            if *overwrite {
+                h.insert(n.clone(), v.clone());
+            } else {
+                h.append(n.clone(), v.clone());
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Route {
     pub path: PathMatch,
     pub case_sensitive: bool,
     pub headers: Vec<HeaderMatch>,
+    pub query: Vec<(String, StringMatch)>,
     pub action: Action,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub fault: Option<Fault>,
+    pub cors: Option<Cors>,
 }
 
 #[derive(Debug)]
 pub struct VirtualHost {
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+}
+
+/// A route configuration: inline in a listener, or from RDS.
+#[derive(Debug)]
+pub struct RouteTable {
+    pub vhosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug)]
+pub enum Routes {
+    Inline(Arc<RouteTable>),
+    /// By name, looked up per request, so RDS updates reach open
+    /// connections.
+    Rds(String),
 }
 
 #[derive(Debug)]
@@ -100,23 +188,102 @@ pub struct HttpListener {
     /// standard error.
     pub access_log: Option<bool>,
     pub http1_only: bool,
-    pub vhosts: Vec<VirtualHost>,
+    pub routes: Routes,
+    /// The fault and CORS filters are in the chain (their per-route
+    /// configuration applies).
+    pub faults: bool,
+    pub cors: bool,
 }
 
 #[derive(Debug)]
-pub enum ListenerKind {
-    Http(HttpListener),
+pub enum Network {
+    Http(Arc<HttpListener>),
     Tcp {
         stat_prefix: String,
-        cluster: Arc<Cluster>,
+        targets: Vec<(Arc<Cluster>, u32)>,
+        total: u32,
     },
+}
+
+#[derive(Debug, Default)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub server_names: Vec<String>,
+    pub transport_protocol: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Chain {
+    pub name: String,
+    pub m: ChainMatch,
+    pub net: Network,
 }
 
 #[derive(Debug)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
-    pub kind: ListenerKind,
+    /// Bound to its port (else reached only through `use_original_dst`).
+    pub bind: bool,
+    pub use_original_dst: bool,
+    /// The `original_dst` listener filter: the destination is the
+    /// connection's original one.
+    pub original_dst: bool,
+    /// The TLS inspector: SNI and `tls` for the chain match.
+    pub tls_inspector: bool,
+    pub chains: Vec<Chain>,
+    pub default_chain: Option<Chain>,
+    pub stats: Arc<ListenerStats>,
+}
+
+/// How a chain's server names match an SNI: exact beats `*.suffix`.
+fn sni_rank(names: &[String], sni: Option<&str>) -> Option<u8> {
+    if names.is_empty() {
+        return Some(0);
+    }
+    let sni = sni?;
+    if names.iter().any(|n| n.eq_ignore_ascii_case(sni)) {
+        return Some(2);
+    }
+    names
+        .iter()
+        .any(|n| {
+            n.strip_prefix('*').is_some_and(|sfx| {
+                sni.len() > sfx.len()
+                    && sni
+                        .to_ascii_lowercase()
+                        .ends_with(&sfx.to_ascii_lowercase())
+            })
+        })
+        .then_some(1)
+}
+
+impl Listener {
+    /// Envoy's filter-chain selection: destination port, then server
+    /// names, then transport protocol, the most specific winning; else the
+    /// default chain.
+    pub fn chain(&self, port: u16, sni: Option<&str>, tls: bool) -> Option<&Chain> {
+        self.chains
+            .iter()
+            .filter_map(|c| {
+                let port_rank = match c.m.destination_port {
+                    Some(p) if p == port => 1u8,
+                    Some(_) => return None,
+                    None => 0,
+                };
+                let sni_rank = sni_rank(&c.m.server_names, sni)?;
+                let proto_rank = match c.m.transport_protocol.as_deref() {
+                    Some("tls") if tls => 1u8,
+                    Some("raw_buffer") if !tls => 1,
+                    Some(_) => return None,
+                    None => 0,
+                };
+                Some(((port_rank, sni_rank, proto_rank), c))
+            })
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, c)| c)
+            .or(self.default_chain.as_ref())
+    }
 }
 
 #[derive(Debug)]
@@ -124,8 +291,40 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub listeners: Vec<Arc<Listener>>,
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    by_address: HashMap<SocketAddr, Arc<Listener>>,
+    by_name: HashMap<String, Arc<Listener>>,
+    /// The static bootstrap, kept for recompiling with ADS updates.
+    pub bootstrap: Bootstrap,
+    /// What ADS delivered (empty without `dynamic_resources`).
+    pub dynamic: crate::xds::Resources,
     /// The bootstrap's text, for `/config_dump`.
     pub raw: String,
+}
+
+impl Config {
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.by_name.get(name)
+    }
+
+    /// The listener for a connection's original destination: exact
+    /// address, else the wildcard address on its port.
+    pub fn by_destination(&self, dst: SocketAddr) -> Option<&Arc<Listener>> {
+        self.by_address.get(&dst).or_else(|| {
+            let any = match dst {
+                SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            self.by_address.get(&SocketAddr::new(any, dst.port()))
+        })
+    }
+
+    /// Where ADS is: the first endpoint of the cluster `ads_config` names.
+    pub fn ads_endpoint(&self) -> Option<SocketAddr> {
+        let d = self.bootstrap.dynamic_resources.as_ref()?;
+        let name = &d.ads_config.grpc_services.first()?.envoy_grpc.cluster_name;
+        self.clusters.get(name)?.endpoints.load().first().copied()
+    }
 }
 
 fn socket(a: &bootstrap::Address, dns: bool) -> Result<Vec<SocketAddr>> {
@@ -179,138 +378,141 @@ fn regex(r: &str) -> Result<regex::Regex> {
     regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| anyhow!("regex {r:?}: {e}"))
 }
 
-impl Config {
-    pub fn compile(b: &Bootstrap, raw: String) -> Result<Config> {
-        let mut clusters = HashMap::new();
-        for c in &b.static_resources.clusters {
-            let ty = c.type_.as_deref().unwrap_or("STATIC");
-            let dns = match ty {
-                "STATIC" => false,
-                "STRICT_DNS" | "LOGICAL_DNS" => true,
-                other => bail!(
-                    "cluster {}: type {other} is not implemented (STATIC, STRICT_DNS, LOGICAL_DNS)",
-                    c.name
-                ),
-            };
-            let mut endpoints = vec![];
-            for l in c.load_assignment.iter().flat_map(|a| &a.endpoints) {
-                for e in &l.lb_endpoints {
-                    endpoints.extend(
-                        socket(&e.endpoint.address, dns)
-                            .with_context(|| format!("cluster {}", c.name))?,
-                    );
-                }
-            }
-            let lb = match c.lb_policy.as_deref().unwrap_or("ROUND_ROBIN") {
-                "ROUND_ROBIN" => Lb::RoundRobin,
-                "RANDOM" => Lb::Random,
-                "LEAST_REQUEST" => Lb::LeastRequest,
-                other => bail!(
-                    "cluster {}: lb_policy {other} is not implemented yet",
-                    c.name
-                ),
-            };
-            let mut h2 = false;
-            for (k, v) in &c.typed_extension_protocol_options {
-                if k != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
-                    bail!(
-                        "cluster {}: typed_extension_protocol_options {k} is not implemented",
-                        c.name
-                    );
-                }
-                let bootstrap::ProtocolOptions::Http(o) = v;
-                h2 = o.explicit_http_config.http2_protocol_options.is_some();
-            }
-            let t = c
-                .circuit_breakers
-                .as_ref()
-                .and_then(|cb| cb.thresholds.first().cloned())
-                .unwrap_or_default();
-            clusters.insert(
-                c.name.clone(),
-                Arc::new(Cluster {
-                    name: c.name.clone(),
-                    endpoints,
-                    lb,
-                    next: AtomicUsize::new(0),
-                    connect_timeout: dur("connect_timeout", &c.connect_timeout)?
-                        .unwrap_or(Duration::from_secs(5)),
-                    h2,
-                    max_connections: t.max_connections.unwrap_or(1024) as usize,
-                    max_requests: t.max_requests.unwrap_or(1024) as usize,
-                    stats: ClusterStats::default(),
-                }),
-            );
-        }
-        let cluster = |name: &str, from: &str| -> Result<Arc<Cluster>> {
-            clusters
-                .get(name)
-                .cloned()
-                .ok_or_else(|| anyhow!("{from} names cluster {name:?}, which static_resources.clusters does not define"))
+fn percent(p: &Option<bootstrap::FractionalPercent>) -> Result<PerMillion> {
+    let Some(p) = p else {
+        return Ok(1_000_000);
+    };
+    let scale = match p.denominator.as_deref().unwrap_or("HUNDRED") {
+        "HUNDRED" => 10_000,
+        "TEN_THOUSAND" => 100,
+        "MILLION" => 1,
+        other => bail!("percentage denominator {other}"),
+    };
+    Ok(p.numerator.saturating_mul(scale).min(1_000_000))
+}
+
+fn header_name(n: &str) -> Result<http::HeaderName> {
+    http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+        .map_err(|_| anyhow!("bad header name {n:?}"))
+}
+
+fn header_value(v: &str) -> Result<http::HeaderValue> {
+    v.parse().map_err(|_| anyhow!("bad header value {v:?}"))
+}
+
+fn header_ops(add: &[bootstrap::HeaderValueOption], remove: &[String]) -> Result<HeaderOps> {
+    let mut ops = HeaderOps::default();
+    for h in add {
+        let overwrite = match h
+            .append_action
+            .as_deref()
+            .unwrap_or("APPEND_IF_EXISTS_OR_ADD")
+        {
+            "APPEND_IF_EXISTS_OR_ADD" => false,
+            "OVERWRITE_IF_EXISTS_OR_ADD" => true,
+            other => bail!("append_action {other} is not implemented"),
         };
-        let mut listeners = vec![];
-        for l in &b.static_resources.listeners {
-            let address = *socket(&l.address, false)?
-                .first()
-                .ok_or_else(|| anyhow!("listener {}: no address", l.name))?;
-            let [chain] = l.filter_chains.as_slice() else {
-                bail!(
-                    "listener {}: mast proxy implements one filter chain per listener",
-                    l.name
-                );
-            };
-            let [filter] = chain.filters.as_slice() else {
-                bail!(
-                    "listener {}: mast proxy implements one network filter per chain",
-                    l.name
-                );
-            };
-            let kind = match &filter.typed_config {
-                bootstrap::NetworkFilter::TcpProxy(t) => ListenerKind::Tcp {
-                    stat_prefix: t.stat_prefix.clone(),
-                    cluster: cluster(&t.cluster, &format!("listener {}", l.name))?,
-                },
-                bootstrap::NetworkFilter::HttpConnectionManager(h) => {
-                    for f in &h.http_filters {
-                        if f.name != "envoy.filters.http.router" {
-                            bail!("listener {}: http filter {} is not implemented (only envoy.filters.http.router)", l.name, f.name);
-                        }
-                    }
-                    let http1_only = match h.codec_type.as_deref().unwrap_or("AUTO") {
-                        "AUTO" | "HTTP2" => false,
-                        "HTTP1" => true,
-                        other => bail!("codec_type {other} is not implemented"),
-                    };
-                    let mut vhosts = vec![];
-                    for vh in &h.route_config.virtual_hosts {
-                        let mut routes = vec![];
-                        for r in &vh.routes {
-                            let from = format!("route in virtual host {}", vh.name);
-                            routes.push(compile_route(r, &from, &cluster)?);
-                        }
-                        vhosts.push(VirtualHost {
-                            domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-                            routes,
-                        });
-                    }
-                    if h.access_log.len() > 1 {
-                        bail!("listener {}: mast proxy implements one access_log", l.name);
-                    }
-                    ListenerKind::Http(HttpListener {
-                        access_log: h.access_log.first().map(|a| {
-                            matches!(a.typed_config, bootstrap::AccessLogConfig::Stdout(_))
-                        }),
-                        stat_prefix: h.stat_prefix.clone(),
-                        http1_only,
-                        vhosts,
-                    })
+        ops.add.push((
+            header_name(&h.header.key)?,
+            header_value(&h.header.value)?,
+            overwrite,
+        ));
+    }
+    for n in remove {
+        ops.remove.push(header_name(n)?);
+    }
+    Ok(ops)
+}
+
+impl Config {
+    /// A bootstrap alone (static resources; ADS adds the rest later).
+    pub fn compile(b: &Bootstrap, raw: String) -> Result<Config> {
+        Self::build(b, raw, &crate::xds::Resources::default(), None)
+    }
+
+    /// The static bootstrap with what ADS delivered. `prev` is the running
+    /// configuration: clusters and listener counters that an update leaves
+    /// unchanged are kept.
+    pub fn build(
+        b: &Bootstrap,
+        raw: String,
+        dynamic: &crate::xds::Resources,
+        prev: Option<&Config>,
+    ) -> Result<Config> {
+        let ads = b.dynamic_resources.is_some();
+        let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
+        for c in b
+            .static_resources
+            .clusters
+            .iter()
+            .chain(dynamic.clusters.values())
+        {
+            if clusters.contains_key(&c.name) {
+                bail!("cluster {} is defined twice", c.name);
+            }
+            let endpoints = endpoints_of(c, dynamic)?;
+            if let Some(old) = prev
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|o| o.source.as_ref() == Some(c))
+            {
+                if **old.endpoints.load() != endpoints {
+                    old.endpoints.store(Arc::new(endpoints));
                 }
-            };
-            listeners.push(Arc::new(Listener {
-                name: l.name.clone(),
-                address,
-                kind,
-            }));
+                clusters.insert(c.name.clone(), old.clone());
+                continue;
+            }
+            let mut cluster = compile_cluster(c).with_context(|| format!("cluster {}", c.name))?;
+            cluster.endpoints = ArcSwap::from_pointee(endpoints);
+            clusters.insert(c.name.clone(), Arc::new(cluster));
+        }
+        let missing: std::cell::RefCell<HashMap<String, Arc<Cluster>>> = Default::default();
+        let cluster = |name: &str, from: &str| -> Result<Arc<Cluster>> {
+            if let Some(c) = clusters.get(name) {
+                return Ok(c.clone());
+            }
+            if !ads {
+                bail!("{from} names cluster {name:?}, which static_resources.clusters does not define");
+            }
+            // Over ADS a route may name a cluster that is not there (yet):
+            // Envoy answers 503 with NC, and so does this.
+            Ok(missing
+                .borrow_mut()
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Cluster::missing(name)))
+                .clone())
+        };
+        let mut routes = HashMap::new();
+        for (name, rc) in &dynamic.routes {
+            routes.insert(name.clone(), Arc::new(compile_table(rc, &cluster)?));
+        }
+        let mut listeners = vec![];
+        for l in b
+            .static_resources
+            .listeners
+            .iter()
+            .chain(dynamic.listeners.values())
+        {
+            let stats = prev
+                .and_then(|p| p.by_name.get(&l.name))
+                .map(|o| o.stats.clone())
+                .unwrap_or_default();
+            let l = compile_listener(l, &cluster, stats)
+                .with_context(|| format!("listener {}", l.name))?;
+            listeners.push(Arc::new(l));
+        }
+        let mut by_address = HashMap::new();
+        let mut by_name = HashMap::new();
+        for l in &listeners {
+            if by_name.insert(l.name.clone(), l.clone()).is_some() {
+                bail!("listener {} is defined twice", l.name);
+            }
+            if by_address.insert(l.address, l.clone()).is_some() {
+                bail!(
+                    "listener {}: another listener has the address {}",
+                    l.name,
+                    l.address
+                );
+            }
         }
         let admin = match &b.admin {
             Some(a) => socket(&a.address, false)?.first().copied(),
@@ -320,16 +522,252 @@ impl Config {
             admin,
             clusters,
             listeners,
+            routes,
+            by_address,
+            by_name,
+            bootstrap: b.clone(),
+            dynamic: dynamic.clone(),
             raw,
         })
     }
 }
 
-fn compile_route(
-    r: &bootstrap::Route,
-    from: &str,
-    cluster: &dyn Fn(&str, &str) -> Result<Arc<Cluster>>,
-) -> Result<Route> {
+impl Cluster {
+    fn missing(name: &str) -> Cluster {
+        Cluster {
+            name: name.to_owned(),
+            kind: ClusterKind::Missing,
+            endpoints: ArcSwap::from_pointee(vec![]),
+            lb: Lb::RoundRobin,
+            next: AtomicUsize::new(0),
+            connect_timeout: Duration::from_secs(1),
+            h2: false,
+            max_connections: 0,
+            max_requests: 0,
+            stats: ClusterStats::default(),
+            source: None,
+        }
+    }
+}
+
+/// A cluster's endpoints: its own, or its EDS resource's.
+fn endpoints_of(
+    c: &bootstrap::Cluster,
+    dynamic: &crate::xds::Resources,
+) -> Result<Vec<SocketAddr>> {
+    let (assignment, dns) = match c.type_.as_deref().unwrap_or("STATIC") {
+        "EDS" => {
+            let e = c.eds_cluster_config.as_ref();
+            let service = e
+                .map(|e| e.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&c.name);
+            (dynamic.endpoints.get(service), false)
+        }
+        "STRICT_DNS" | "LOGICAL_DNS" => (c.load_assignment.as_ref(), true),
+        _ => (c.load_assignment.as_ref(), false),
+    };
+    let mut out = vec![];
+    for l in assignment.iter().flat_map(|a| &a.endpoints) {
+        for e in &l.lb_endpoints {
+            out.extend(
+                socket(&e.endpoint.address, dns).with_context(|| format!("cluster {}", c.name))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
+    let kind = match c.type_.as_deref().unwrap_or("STATIC") {
+        "STATIC" | "STRICT_DNS" | "LOGICAL_DNS" => ClusterKind::Static,
+        "EDS" => ClusterKind::Eds,
+        "ORIGINAL_DST" => ClusterKind::OriginalDst,
+        other => bail!(
+            "type {other} is not implemented (STATIC, STRICT_DNS, LOGICAL_DNS, EDS, ORIGINAL_DST)"
+        ),
+    };
+    if kind == ClusterKind::Eds && c.eds_cluster_config.is_none() {
+        bail!("an EDS cluster needs eds_cluster_config");
+    }
+    let lb = match c.lb_policy.as_deref().unwrap_or("ROUND_ROBIN") {
+        "ROUND_ROBIN" => Lb::RoundRobin,
+        "RANDOM" => Lb::Random,
+        "LEAST_REQUEST" => Lb::LeastRequest,
+        "CLUSTER_PROVIDED" if kind == ClusterKind::OriginalDst => Lb::RoundRobin,
+        other => bail!("lb_policy {other} is not implemented yet"),
+    };
+    let mut h2 = false;
+    for (k, v) in &c.typed_extension_protocol_options {
+        if k != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
+            bail!("typed_extension_protocol_options {k} is not implemented");
+        }
+        let bootstrap::ProtocolOptions::Http(o) = v;
+        h2 = o.explicit_http_config.http2_protocol_options.is_some();
+    }
+    let t = c
+        .circuit_breakers
+        .as_ref()
+        .and_then(|cb| cb.thresholds.first().cloned())
+        .unwrap_or_default();
+    Ok(Cluster {
+        name: c.name.clone(),
+        kind,
+        endpoints: ArcSwap::from_pointee(vec![]),
+        lb,
+        next: AtomicUsize::new(0),
+        connect_timeout: dur("connect_timeout", &c.connect_timeout)?
+            .unwrap_or(Duration::from_secs(5)),
+        h2,
+        max_connections: t.max_connections.unwrap_or(1024) as usize,
+        max_requests: t.max_requests.unwrap_or(1024) as usize,
+        stats: ClusterStats::default(),
+        source: Some(c.clone()),
+    })
+}
+
+type Resolve<'a> = dyn Fn(&str, &str) -> Result<Arc<Cluster>> + 'a;
+
+fn compile_table(rc: &bootstrap::RouteConfiguration, cluster: &Resolve) -> Result<RouteTable> {
+    let mut vhosts = vec![];
+    for vh in &rc.virtual_hosts {
+        let mut routes = vec![];
+        for r in &vh.routes {
+            let from = format!("route in virtual host {}", vh.name);
+            routes.push(compile_route(r, &from, cluster).with_context(|| from.clone())?);
+        }
+        vhosts.push(VirtualHost {
+            domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            routes,
+        });
+    }
+    Ok(RouteTable { vhosts })
+}
+
+fn compile_chain(chain: &bootstrap::FilterChain, cluster: &Resolve) -> Result<Chain> {
+    let [filter] = chain.filters.as_slice() else {
+        bail!("mast proxy implements one network filter per chain");
+    };
+    let net = match &filter.typed_config {
+        bootstrap::NetworkFilter::TcpProxy(t) => {
+            let mut targets = vec![];
+            if let Some(c) = &t.cluster {
+                targets.push((cluster(c, "tcp_proxy")?, 1));
+            }
+            for w in t.weighted_clusters.iter().flat_map(|w| &w.clusters) {
+                if w.weight > 0 {
+                    targets.push((cluster(&w.name, "tcp_proxy")?, w.weight));
+                }
+            }
+            if targets.is_empty() {
+                bail!("a tcp_proxy needs cluster or weighted_clusters");
+            }
+            Network::Tcp {
+                stat_prefix: t.stat_prefix.clone(),
+                total: targets.iter().map(|(_, w)| w).sum(),
+                targets,
+            }
+        }
+        bootstrap::NetworkFilter::HttpConnectionManager(h) => {
+            let (mut faults, mut cors, mut router) = (false, false, false);
+            for f in &h.http_filters {
+                match (&f.typed_config, f.name.as_str()) {
+                    (Some(bootstrap::HttpFilterConfig::Router(_)), _)
+                    | (None, "envoy.filters.http.router") => router = true,
+                    (Some(bootstrap::HttpFilterConfig::Fault(_)), _) => faults = true,
+                    (Some(bootstrap::HttpFilterConfig::Cors(_)), _) => cors = true,
+                    (None, other) => bail!("http filter {other} needs a typed_config"),
+                }
+            }
+            if !router {
+                bail!("an http_connection_manager needs the router filter");
+            }
+            let http1_only = match h.codec_type.as_deref().unwrap_or("AUTO") {
+                "AUTO" | "HTTP2" => false,
+                "HTTP1" => true,
+                other => bail!("codec_type {other} is not implemented"),
+            };
+            let routes = match (&h.route_config, &h.rds) {
+                (Some(rc), None) => Routes::Inline(Arc::new(compile_table(rc, cluster)?)),
+                (None, Some(rds)) => Routes::Rds(rds.route_config_name.clone()),
+                _ => bail!("an http_connection_manager needs route_config or rds"),
+            };
+            if h.access_log.len() > 1 {
+                bail!("mast proxy implements one access_log");
+            }
+            Network::Http(Arc::new(HttpListener {
+                access_log: h
+                    .access_log
+                    .first()
+                    .map(|a| matches!(a.typed_config, bootstrap::AccessLogConfig::Stdout(_))),
+                stat_prefix: h.stat_prefix.clone(),
+                http1_only,
+                routes,
+                faults,
+                cors,
+            }))
+        }
+    };
+    let m = chain.filter_chain_match.clone().unwrap_or_default();
+    Ok(Chain {
+        name: chain.name.clone(),
+        m: ChainMatch {
+            destination_port: m.destination_port,
+            server_names: m.server_names,
+            transport_protocol: m.transport_protocol,
+        },
+        net,
+    })
+}
+
+fn compile_listener(
+    l: &bootstrap::Listener,
+    cluster: &Resolve,
+    stats: Arc<ListenerStats>,
+) -> Result<Listener> {
+    let address = *socket(&l.address, false)?
+        .first()
+        .ok_or_else(|| anyhow!("no address"))?;
+    let mut chains = vec![];
+    for c in &l.filter_chains {
+        chains
+            .push(compile_chain(c, cluster).with_context(|| format!("filter chain {:?}", c.name))?);
+    }
+    let default_chain = l
+        .default_filter_chain
+        .as_ref()
+        .map(|c| compile_chain(c, cluster))
+        .transpose()?;
+    if chains.is_empty() && default_chain.is_none() {
+        bail!("a listener needs a filter chain");
+    }
+    let (mut original_dst, mut tls_inspector) = (false, false);
+    for f in &l.listener_filters {
+        match f.typed_config {
+            bootstrap::ListenerFilterConfig::OriginalDst(_) => original_dst = true,
+            bootstrap::ListenerFilterConfig::TlsInspector(_) => tls_inspector = true,
+        }
+    }
+    let needs_tls = chains
+        .iter()
+        .any(|c| !c.m.server_names.is_empty() || c.m.transport_protocol.is_some());
+    if needs_tls && !tls_inspector {
+        bail!("filter chains match server_names or transport_protocol, which needs the tls_inspector listener filter");
+    }
+    Ok(Listener {
+        name: l.name.clone(),
+        address,
+        bind: l.bind_to_port.unwrap_or(true),
+        use_original_dst: l.use_original_dst.unwrap_or(false),
+        original_dst,
+        tls_inspector,
+        chains,
+        default_chain,
+        stats,
+    })
+}
+
+fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<Route> {
     let m = &r.match_;
     let path = if let Some(p) = &m.prefix {
         PathMatch::Prefix(p.clone())
@@ -426,14 +864,83 @@ fn compile_route(
                 "per_try_timeout",
                 &rp.and_then(|p| p.per_try_timeout.clone()),
             )?,
+            mirrors: a
+                .request_mirror_policies
+                .iter()
+                .map(|m| {
+                    Ok((
+                        cluster(&m.cluster, from)?,
+                        percent(&m.runtime_fraction.as_ref().map(|f| f.default_value.clone()))?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
         })
     } else {
         bail!("{from}: a route needs route, direct_response or redirect");
     };
+    let mut query = vec![];
+    for q in &m.query_parameters {
+        let sm = match (&q.string_match, q.present_match) {
+            (Some(s), _) => string_match(s)?,
+            (None, _) => StringMatch::Present,
+        };
+        query.push((q.name.clone(), sm));
+    }
+    let (mut fault, mut cors) = (None, None);
+    for c in r.typed_per_filter_config.values() {
+        match c {
+            bootstrap::PerFilterConfig::Fault(f) => {
+                fault = Some(Fault {
+                    delay: f
+                        .delay
+                        .as_ref()
+                        .map(|d| -> Result<_> {
+                            Ok((
+                                bootstrap::duration(&d.fixed_delay).ok_or_else(|| {
+                                    anyhow!("fault delay: bad duration {:?}", d.fixed_delay)
+                                })?,
+                                percent(&d.percentage)?,
+                            ))
+                        })
+                        .transpose()?,
+                    abort: f
+                        .abort
+                        .as_ref()
+                        .map(|a| -> Result<_> { Ok((a.http_status, percent(&a.percentage)?)) })
+                        .transpose()?,
+                })
+            }
+            bootstrap::PerFilterConfig::Cors(p) => {
+                let v = |s: &Option<String>| {
+                    s.as_deref()
+                        .filter(|s| !s.is_empty())
+                        .map(header_value)
+                        .transpose()
+                };
+                cors = Some(Cors {
+                    origins: p
+                        .allow_origin_string_match
+                        .iter()
+                        .map(string_match)
+                        .collect::<Result<_>>()?,
+                    allow_methods: v(&p.allow_methods)?,
+                    allow_headers: v(&p.allow_headers)?,
+                    expose_headers: v(&p.expose_headers)?,
+                    max_age: v(&p.max_age)?,
+                    allow_credentials: p.allow_credentials.unwrap_or(false),
+                })
+            }
+        }
+    }
     Ok(Route {
         path,
         case_sensitive: m.case_sensitive.unwrap_or(true),
         headers,
+        query,
         action,
+        request_headers: header_ops(&r.request_headers_to_add, &r.request_headers_to_remove)?,
+        response_headers: header_ops(&r.response_headers_to_add, &r.response_headers_to_remove)?,
+        fault,
+        cors,
     })
 }

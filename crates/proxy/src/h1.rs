@@ -19,6 +19,33 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+/// The head of a bodiless HTTP/1.1 request (origin-form target).
+pub fn request_head(parts: &http::request::Parts) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in &parts.headers {
+        if k == http::header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(k.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
 /// Idle upstream connections of one worker, by endpoint.
 #[derive(Default)]
 pub struct Idle(

@@ -8,7 +8,10 @@
 //! `x-mast-response-flags`: no route 404 (`NR`), no endpoint 503 (`UH`),
 //! connect failure 503 (`UF`), overflow 503 (`UO`), timeout 504 (`UT`).
 
-use crate::config::{Action, Cluster, Forward, HttpListener, Lb, PathMatch, Route, StringMatch};
+use crate::config::{
+    Action, Cluster, ClusterKind, Forward, HttpListener, Lb, PathMatch, Route, RouteTable,
+    StringMatch,
+};
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -66,8 +69,17 @@ pub fn local(status: u16, flags: &str, body: &str) -> Response<RespBody> {
     r
 }
 
+/// What the data path knows of a downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// Where the connection was going: its original destination behind
+    /// capture, else the listener's own address. ORIGINAL_DST clusters
+    /// connect here.
+    pub dst: SocketAddr,
+}
+
 /// Envoy's domain matching: exact, then `*.suffix`, then `prefix.*`, then `*`.
-fn vhost<'a>(l: &'a HttpListener, host: &str) -> Option<&'a crate::config::VirtualHost> {
+fn vhost<'a>(l: &'a RouteTable, host: &str) -> Option<&'a crate::config::VirtualHost> {
     // One catch-all virtual host, the common case: nothing to compare.
     if let [only] = l.vhosts.as_slice() {
         if only.domains.iter().any(|d| d == "*") {
@@ -123,7 +135,25 @@ fn string_match(m: &StringMatch, v: Option<&str>) -> bool {
     }
 }
 
+/// The value of a query parameter (undecoded, as Envoy compares it).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
 fn route_matches(r: &Route, path: &str, headers: &HeaderMap) -> bool {
+    if !r.query.is_empty() {
+        let q = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+        if !r
+            .query
+            .iter()
+            .all(|(name, m)| string_match(m, query_param(q, name)))
+        {
+            return false;
+        }
+    }
     let path_only = path.split('?').next().unwrap_or(path);
     let ok = match &r.path {
         PathMatch::Prefix(p) if r.case_sensitive => path_only.starts_with(p.as_str()),
@@ -149,18 +179,19 @@ fn cheap_random(seed: usize) -> usize {
     (z ^ (z >> 31)) as usize
 }
 
-fn pick_cluster(f: &Forward, n: usize) -> &Arc<Cluster> {
-    if f.targets.len() == 1 {
-        return &f.targets[0].0;
+/// One of weighted targets (there is at least one), by relative weight.
+pub fn pick_weighted(targets: &[(Arc<Cluster>, u32)], total: u32, n: usize) -> &Arc<Cluster> {
+    if targets.len() == 1 {
+        return &targets[0].0;
     }
-    let mut x = (cheap_random(n) % f.total.max(1) as usize) as u32;
-    for (c, w) in &f.targets {
+    let mut x = (cheap_random(n) % total.max(1) as usize) as u32;
+    for (c, w) in targets {
         if x < *w {
             return c;
         }
         x -= w;
     }
-    &f.targets[0].0
+    &targets[0].0
 }
 
 /// Per-worker upstream connections, by endpoint. Each worker has its own,
@@ -194,19 +225,23 @@ enum Fail {
 }
 
 impl Pool {
-    pub fn pick_endpoint(&self, c: &Cluster) -> Option<SocketAddr> {
-        let n = c.endpoints.len();
+    pub fn pick_endpoint(&self, c: &Cluster, ctx: &Ctx) -> Option<SocketAddr> {
+        if c.kind == ClusterKind::OriginalDst {
+            return Some(ctx.dst);
+        }
+        let endpoints = c.endpoints.load();
+        let n = endpoints.len();
         if n == 0 {
             return None;
         }
         let i = c.next.fetch_add(1, Ordering::Relaxed);
         Some(match c.lb {
-            Lb::RoundRobin => c.endpoints[i % n],
-            Lb::Random => c.endpoints[cheap_random(i) % n],
+            Lb::RoundRobin => endpoints[i % n],
+            Lb::Random => endpoints[cheap_random(i) % n],
             Lb::LeastRequest => {
                 // Power of two choices, as Envoy's LEAST_REQUEST does.
-                let a = c.endpoints[cheap_random(i) % n];
-                let b = c.endpoints[cheap_random(i.wrapping_add(7)) % n];
+                let a = endpoints[cheap_random(i) % n];
+                let b = endpoints[cheap_random(i.wrapping_add(7)) % n];
                 let act = self.active.lock().unwrap_or_else(|e| e.into_inner());
                 if act.get(&b).unwrap_or(&0) < act.get(&a).unwrap_or(&0) {
                     b
@@ -310,12 +345,14 @@ fn retriable(f: &Forward, outcome: &Result<u16, &Fail>) -> bool {
     })
 }
 
-/// Handle one request on an HTTP listener.
+/// Handle one request on an HTTP listener, routed by `table`.
 pub async fn handle(
     l: &HttpListener,
+    table: &RouteTable,
     pool: &Pool,
     req: Request<Incoming>,
     n: usize,
+    ctx: &Ctx,
 ) -> Response<RespBody> {
     let route = {
         let host = req
@@ -329,7 +366,7 @@ pub async fn handle(
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        vhost(l, host).and_then(|v| {
+        vhost(table, host).and_then(|v| {
             v.routes
                 .iter()
                 .find(|r| route_matches(r, path, req.headers()))
@@ -338,6 +375,92 @@ pub async fn handle(
     let Some(route) = route else {
         return local(404, "NR", "");
     };
+    // The CORS filter: preflights are answered here, others get the
+    // allow headers on their response.
+    let origin = match (&route.cors, l.cors) {
+        (Some(c), true) => req
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|o| {
+                let o = o.to_str().ok();
+                c.origins.iter().any(|m| string_match(m, o))
+            })
+            .cloned()
+            .map(|o| (c, o)),
+        _ => None,
+    };
+    if let Some((c, o)) = &origin {
+        if req.method() == http::Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            let mut r = local(200, "", "");
+            r.headers_mut().remove(header::CONTENT_TYPE);
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+            for (k, v) in [
+                (header::ACCESS_CONTROL_ALLOW_METHODS, &c.allow_methods),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, &c.allow_headers),
+                (header::ACCESS_CONTROL_MAX_AGE, &c.max_age),
+            ] {
+                if let Some(v) = v {
+                    h.insert(k, v.clone());
+                }
+            }
+            if c.allow_credentials {
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    header::HeaderValue::from_static("true"),
+                );
+            }
+            return r;
+        }
+    }
+    // The fault filter: a delay, then an abort, each for its share.
+    if let (Some(f), true) = (&route.fault, l.faults) {
+        if let Some((d, share)) = f.delay {
+            if chance(share, n) {
+                tokio::time::sleep(d).await;
+            }
+        }
+        if let Some((status, share)) = f.abort {
+            if chance(share, n.wrapping_add(1)) {
+                return local(status, "FI", "fault filter abort");
+            }
+        }
+    }
+    let mut resp = route_action(route, pool, req, n, ctx).await;
+    route.response_headers.apply(resp.headers_mut());
+    if let Some((c, o)) = origin {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        if let Some(v) = &c.expose_headers {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+        }
+        if c.allow_credentials {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                header::HeaderValue::from_static("true"),
+            );
+        }
+    }
+    resp
+}
+
+/// True for `share` parts per million of calls.
+fn chance(share: crate::config::PerMillion, n: usize) -> bool {
+    share >= 1_000_000 || (cheap_random(n ^ 0x5eed) % 1_000_000) < share as usize
+}
+
+async fn route_action(
+    route: &Route,
+    pool: &Pool,
+    mut req: Request<Incoming>,
+    n: usize,
+    ctx: &Ctx,
+) -> Response<RespBody> {
+    route.request_headers.apply(req.headers_mut());
     let path = || {
         req.uri()
             .path_and_query()
@@ -382,7 +505,7 @@ pub async fn handle(
                     _ => rw.clone(),
                 }
             });
-            forward(f, pool, req, rewritten, n).await
+            forward(f, pool, req, rewritten, n, ctx).await
         }
     }
 }
@@ -393,8 +516,12 @@ async fn forward(
     req: Request<Incoming>,
     rewritten: Option<String>,
     n: usize,
+    ctx: &Ctx,
 ) -> Response<RespBody> {
-    let cluster = pick_cluster(f, n).clone();
+    let cluster = pick_weighted(&f.targets, f.total, n).clone();
+    if cluster.kind == ClusterKind::Missing {
+        return local(503, "NC", "no cluster");
+    }
     let (mut parts, body) = req.into_parts();
     strip_hop(&mut parts.headers);
     if let Some(h) = &f.host_rewrite {
@@ -429,8 +556,11 @@ async fn forward(
             http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
         );
     let attempts = if bodiless { f.retries + 1 } else { 1 };
+    if bodiless && body.is_end_stream() {
+        mirror(f, pool, &parts, n, ctx);
+    }
     if bodiless && !cluster.h2 && body.is_end_stream() {
-        return forward_inline(f, pool, &cluster, parts, attempts, n).await;
+        return forward_inline(f, pool, &cluster, parts, attempts, n, ctx).await;
     }
     let stats = &cluster.stats;
     let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
@@ -445,7 +575,7 @@ async fn forward(
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut result: Result<Response<Incoming>, Fail> = Err(Fail::Connect);
     for attempt in 0..attempts {
-        let Some(ep) = pool.pick_endpoint(&cluster) else {
+        let Some(ep) = pool.pick_endpoint(&cluster, ctx) else {
             stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
             return local(503, "UH", "no healthy upstream");
         };
@@ -534,6 +664,7 @@ async fn forward_inline(
     parts: http::request::Parts,
     attempts: u32,
     n: usize,
+    ctx: &Ctx,
 ) -> Response<RespBody> {
     let stats = &cluster.stats;
     let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
@@ -544,33 +675,12 @@ async fn forward_inline(
             .fetch_add(1, Ordering::Relaxed);
         return fail_response(Fail::Overflow);
     }
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .as_bytes(),
-    );
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in &parts.headers {
-        if k == header::CONTENT_LENGTH {
-            continue;
-        }
-        head.extend_from_slice(k.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(v.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    let head = crate::h1::request_head(&parts);
     let is_head = parts.method == http::Method::HEAD;
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut last = Fail::Connect;
     for attempt in 0..attempts {
-        let Some(ep) = pool.pick_endpoint(cluster) else {
+        let Some(ep) = pool.pick_endpoint(cluster, ctx) else {
             return local(503, "UH", "no healthy upstream");
         };
         if attempt > 0 {
@@ -643,6 +753,53 @@ async fn forward_inline(
         };
     }
     fail_response(last)
+}
+
+/// Send copies of a bodiless request to the route's mirror clusters, as
+/// Envoy does: `Host` gets `-shadow`, and the answers are dropped.
+fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx: &Ctx) {
+    for (i, (cluster, share)) in f.mirrors.iter().enumerate() {
+        if !chance(*share, n.wrapping_add(7 + i)) {
+            continue;
+        }
+        let Some(ep) = pool.pick_endpoint(cluster, ctx) else {
+            continue;
+        };
+        let mut p = parts.clone();
+        if let Some(h) = p.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            let shadow = match h.rsplit_once(':') {
+                Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
+                    format!("{host}-shadow:{port}")
+                }
+                _ => format!("{h}-shadow"),
+            };
+            if let Ok(v) = shadow.parse() {
+                p.headers.insert(header::HOST, v);
+            }
+        }
+        let (cluster, idle) = (cluster.clone(), pool.idle.clone());
+        cluster
+            .stats
+            .upstream_rq_total
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let head = crate::h1::request_head(&p);
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(ep))
+                    .await
+            else {
+                return;
+            };
+            let is_head = p.method == http::Method::HEAD;
+            if let Ok(r) =
+                crate::h1::exchange(crate::h1::Conn::new(ep, stream), &head, is_head, idle).await
+            {
+                cluster.stats.status(r.status().as_u16());
+                // Read the answer to its end, so the connection can be reused.
+                let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+            }
+        });
+    }
 }
 
 /// Counts a request out of `upstream_rq_active` however it ends.

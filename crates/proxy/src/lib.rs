@@ -26,17 +26,23 @@ pub mod config;
 mod h1;
 pub mod http;
 pub mod stats;
+pub mod tls;
+pub mod xds;
 
 use anyhow::{Context, Result};
-use config::{Config, ListenerKind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use arc_swap::ArcSwap;
+use config::{Config, Network, Routes};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The command line, with Envoy's meanings.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub config_path: std::path::PathBuf,
+    /// The bootstrap file (`-c`).
+    pub config_path: Option<std::path::PathBuf>,
+    /// The bootstrap inline (`--config-yaml`).
+    pub config_yaml: Option<String>,
     /// Worker threads (Envoy's `--concurrency`); 0 means one per core.
     pub concurrency: usize,
     /// How long a drain waits for open requests (Envoy's `--drain-time-s`).
@@ -45,24 +51,62 @@ pub struct Options {
 
 /// State every worker shares.
 struct Shared {
-    cfg: Arc<Config>,
-    listener_stats: Vec<Arc<stats::ListenerStats>>,
+    /// The running configuration, swapped whole by updates.
+    cfg: ArcSwap<Config>,
+    /// Bumped on every swap, so workers bind and close listeners.
+    version: tokio::sync::watch::Sender<u64>,
+    /// Holds a whole first configuration (at once without ADS).
+    initialized: AtomicBool,
     draining: AtomicBool,
     drain: tokio::sync::watch::Sender<bool>,
     requests: AtomicUsize,
+    /// Open downstream connections, over all listeners.
+    open: AtomicU64,
 }
 
-/// Read, check and compile a bootstrap file.
-pub fn load(path: &std::path::Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the bootstrap {}", path.display()))?;
+/// Read, check and compile a bootstrap (a file, or inline text).
+pub fn load(opts: &Options) -> Result<Config> {
+    let text = match (&opts.config_yaml, &opts.config_path) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the bootstrap {}", path.display()))?,
+        (None, None) => anyhow::bail!("give the bootstrap with -c FILE or --config-yaml TEXT"),
+    };
     let b = bootstrap::parse(&text)?;
     Config::compile(&b, text)
 }
 
+/// Applies what ADS delivers.
+struct Updater(Arc<Shared>);
+
+impl xds::Apply for Updater {
+    fn apply(&self, resources: &xds::Resources) -> Result<()> {
+        let cur = self.0.cfg.load_full();
+        if cur.dynamic == *resources {
+            return Ok(());
+        }
+        let next = Config::build(&cur.bootstrap, cur.raw.clone(), resources, Some(&cur))?;
+        self.0.cfg.store(Arc::new(next));
+        self.0.version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    fn initialized(&self) {
+        if !self.0.initialized.swap(true, Ordering::SeqCst) {
+            let cfg = self.0.cfg.load();
+            eprintln!(
+                "mast proxy: initialized from ADS: {} listener(s), {} route configuration(s), {} cluster(s)",
+                cfg.listeners.len(),
+                cfg.routes.len(),
+                cfg.clusters.len()
+            );
+        }
+    }
+}
+
 /// Run until SIGTERM or SIGINT (then drain) or `/quitquitquit`.
 pub fn run(opts: Options) -> Result<i32> {
-    let cfg = Arc::new(load(&opts.config_path)?);
+    let cfg = Arc::new(load(&opts)?);
     let workers = if opts.concurrency == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -71,28 +115,28 @@ pub fn run(opts: Options) -> Result<i32> {
         opts.concurrency
     };
     let (drain, _) = tokio::sync::watch::channel(false);
+    let ads = cfg.ads_endpoint();
+    if cfg.bootstrap.dynamic_resources.is_some() && ads.is_none() {
+        anyhow::bail!("the ADS cluster has no endpoint");
+    }
     let shared = Arc::new(Shared {
-        listener_stats: cfg
-            .listeners
-            .iter()
-            .map(|_| Arc::new(stats::ListenerStats::default()))
-            .collect(),
-        cfg: cfg.clone(),
+        cfg: ArcSwap::new(cfg.clone()),
+        version: tokio::sync::watch::channel(0).0,
+        initialized: AtomicBool::new(ads.is_none()),
         draining: AtomicBool::new(false),
         drain,
         requests: AtomicUsize::new(0),
+        open: AtomicU64::new(0),
     });
-    // Bind every listener once per worker before serving, so a port in use
-    // is an error at start-up.
+    // Bind every static listener once per worker before serving, so a port
+    // in use is an error at start-up.
     let mut sockets = vec![];
     for _ in 0..workers {
         let mut mine = vec![];
-        for l in &cfg.listeners {
-            mine.push(
-                bind(l.address).with_context(|| {
-                    format!("listener {} cannot listen on {}", l.name, l.address)
-                })?,
-            );
+        for l in cfg.listeners.iter().filter(|l| l.bind) {
+            let s = bind(l.address)
+                .with_context(|| format!("listener {} cannot listen on {}", l.name, l.address))?;
+            mine.push((l.name.clone(), l.address, s));
         }
         sockets.push(mine);
     }
@@ -115,6 +159,14 @@ pub fn run(opts: Options) -> Result<i32> {
                 .with_context(|| format!("the admin port cannot listen on {addr}"))?;
             tokio::spawn(admin(l, shared.clone()));
         }
+        if let Some(ep) = ads {
+            let node = serde_yaml_ng::from_str::<serde_json::Value>(&cfg.raw)
+                .ok()
+                .and_then(|v| v.get("node").cloned())
+                .unwrap_or_else(|| serde_json::json!({}));
+            eprintln!("mast proxy: configuration from ADS at {ep}");
+            tokio::spawn(xds::run(ep, node, Arc::new(Updater(shared.clone()))));
+        }
         eprintln!(
             "mast proxy: {} listener(s), {} cluster(s), {workers} worker(s)",
             cfg.listeners.len(),
@@ -133,12 +185,7 @@ pub fn run(opts: Options) -> Result<i32> {
         shared.draining.store(true, Ordering::SeqCst);
         let _ = shared.drain.send(true);
         let deadline = tokio::time::Instant::now() + opts.drain_time;
-        while tokio::time::Instant::now() < deadline
-            && shared
-                .listener_stats
-                .iter()
-                .any(|s| s.downstream_cx_active.load(Ordering::Relaxed) > 0)
-        {
+        while tokio::time::Instant::now() < deadline && shared.open.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::Ok(())
@@ -171,7 +218,10 @@ fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-fn worker(shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) {
+fn worker(
+    shared: Arc<Shared>,
+    sockets: Vec<(String, std::net::SocketAddr, std::net::TcpListener)>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -184,36 +234,108 @@ fn worker(shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) {
     };
     rt.block_on(async move {
         let pool = Arc::new(http::Pool::default());
-        let mut tasks = vec![];
-        for (i, s) in sockets.into_iter().enumerate() {
-            let Ok(l) = tokio::net::TcpListener::from_std(s) else {
-                continue;
-            };
-            tasks.push(tokio::spawn(serve(shared.clone(), i, l, pool.clone())));
+        type Bound =
+            std::collections::HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>;
+        let mut bound: Bound = Default::default();
+        for (name, addr, s) in sockets {
+            if let Ok(l) = tokio::net::TcpListener::from_std(s) {
+                let task = tokio::spawn(serve(shared.clone(), name.clone(), l, pool.clone()));
+                bound.insert(name, (addr, task));
+            }
         }
-        for t in tasks {
-            let _ = t.await;
+        let mut version = shared.version.subscribe();
+        let mut drain = shared.drain.subscribe();
+        loop {
+            // Listeners come and go with the configuration; connections
+            // they accepted stay until they end.
+            let cfg = shared.cfg.load_full();
+            bound.retain(|name, (addr, task)| {
+                let keep = cfg
+                    .listener(name)
+                    .is_some_and(|l| l.bind && l.address == *addr);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for l in cfg.listeners.iter().filter(|l| l.bind) {
+                if bound.contains_key(&l.name) {
+                    continue;
+                }
+                match bind(l.address).and_then(|s| Ok(tokio::net::TcpListener::from_std(s)?)) {
+                    Ok(s) => {
+                        let task =
+                            tokio::spawn(serve(shared.clone(), l.name.clone(), s, pool.clone()));
+                        bound.insert(l.name.clone(), (l.address, task));
+                    }
+                    Err(e) => eprintln!(
+                        "mast proxy: listener {} cannot listen on {}: {e:#}",
+                        l.name, l.address
+                    ),
+                }
+            }
+            tokio::select! {
+                r = version.changed() => if r.is_err() { break },
+                _ = drained(&mut drain) => break,
+            }
+        }
+        for (_, (_, task)) in bound {
+            task.abort();
         }
         // Let open connections finish within the drain time.
-        drained(&mut shared.drain.subscribe()).await;
-        loop {
-            let open: u64 = shared
-                .listener_stats
-                .iter()
-                .map(|s| s.downstream_cx_active.load(Ordering::Relaxed))
-                .sum();
-            if open == 0 {
-                break;
-            }
+        while shared.open.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
 }
 
-/// Accept on one listener until the drain starts.
-async fn serve(shared: Arc<Shared>, i: usize, l: tokio::net::TcpListener, pool: Arc<http::Pool>) {
-    let listener = shared.cfg.listeners[i].clone();
-    let st = shared.listener_stats[i].clone();
+/// Counts a connection as open until it ends.
+struct Open(Arc<Shared>, Arc<stats::ListenerStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.1.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The destination a capture (`REDIRECT`) rewrote: `SO_ORIGINAL_DST`.
+fn original_dst(s: &tokio::net::TcpStream) -> Option<std::net::SocketAddr> {
+    let r = socket2::SockRef::from(s);
+    r.original_dst_v4()
+        .or_else(|_| r.original_dst_v6())
+        .ok()
+        .and_then(|a| a.as_socket())
+}
+
+/// The TLS inspector: peek until the ClientHello is in, for at most 5 s.
+async fn inspect_tls(s: &tokio::net::TcpStream) -> (Option<String>, bool) {
+    let mut buf = vec![0u8; 16 * 1024 + 5];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, s.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return (None, false),
+        };
+        match tls::client_hello(&buf[..n]) {
+            tls::Hello::NotTls => return (None, false),
+            tls::Hello::Tls(sni) => return (sni, true),
+            tls::Hello::NeedMore if n == 0 || tokio::time::Instant::now() >= deadline => {
+                return (None, false)
+            }
+            // More of the hello is on its way: look again shortly.
+            tls::Hello::NeedMore => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// Accept on one listener until the drain starts (or the listener goes).
+async fn serve(
+    shared: Arc<Shared>,
+    name: String,
+    l: tokio::net::TcpListener,
+    pool: Arc<http::Pool>,
+) {
     let mut drain = shared.drain.subscribe();
     loop {
         let (stream, _) = tokio::select! {
@@ -223,90 +345,159 @@ async fn serve(shared: Arc<Shared>, i: usize, l: tokio::net::TcpListener, pool: 
             },
             _ = drained(&mut drain) => return,
         };
+        let cfg = shared.cfg.load_full();
+        let Some(listener) = cfg.listener(&name).cloned() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let st = listener.stats.clone();
         st.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
         st.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
-        let (shared, st, pool, listener) =
-            (shared.clone(), st.clone(), pool.clone(), listener.clone());
-        tokio::spawn(async move {
-            match &listener.kind {
-                ListenerKind::Tcp { cluster, .. } => tcp(stream, cluster, &pool).await,
-                ListenerKind::Http(h) => {
-                    let svc = {
-                        let (shared, st, pool, listener) =
-                            (shared.clone(), st.clone(), pool.clone(), listener.clone());
-                        hyper::service::service_fn(move |req| {
-                            let (shared, st, pool, listener) =
-                                (shared.clone(), st.clone(), pool.clone(), listener.clone());
-                            async move {
-                                st.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
-                                let n = shared.requests.fetch_add(1, Ordering::Relaxed);
-                                let ListenerKind::Http(h) = &listener.kind else {
-                                    unreachable!()
-                                };
-                                let log = h.access_log.map(|out| (access::Entry::begin(&req), out));
-                                let mut r = http::handle(h, &pool, req, n).await;
-                                if let Some((entry, stdout)) = log {
-                                    entry.end(&r, stdout);
-                                }
-                                if shared.draining.load(Ordering::Relaxed) {
-                                    r.headers_mut().insert(
-                                        ::http::header::CONNECTION,
-                                        ::http::HeaderValue::from_static("close"),
-                                    );
-                                }
-                                Ok::<_, std::convert::Infallible>(r)
-                            }
-                        })
-                    };
-                    // HTTP/2 with prior knowledge starts with its preface
-                    // ("PRI * HTTP/2.0"); anything else is HTTP/1.1. A peek
-                    // decides, so each connection gets the one codec it
-                    // speaks without a sniffing layer in the way.
-                    let h2 = !h.http1_only && {
-                        let mut first = [0u8; 3];
-                        matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
-                    };
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let mut drain = shared.drain.subscribe();
-                    if h2 {
-                        let conn = hyper::server::conn::http2::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        )
-                        .max_header_list_size(MAX_HEADERS as u32)
-                        .serve_connection(io, svc);
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            _ = conn.as_mut() => {}
-                            _ = drained(&mut drain) => {
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
-                        }
-                    } else {
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .max_buf_size(MAX_HEADERS)
-                            .serve_connection(io, svc)
-                            .with_upgrades();
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            _ = conn.as_mut() => {}
-                            _ = drained(&mut drain) => {
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
-                        }
-                    }
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        let open = Open(shared.clone(), st);
+        tokio::spawn(connection(
+            shared.clone(),
+            cfg,
+            listener,
+            stream,
+            pool.clone(),
+            open,
+        ));
+    }
+}
+
+/// One downstream connection: find its listener and filter chain, then
+/// proxy TCP or serve HTTP.
+async fn connection(
+    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+    mut listener: Arc<config::Listener>,
+    stream: tokio::net::TcpStream,
+    pool: Arc<http::Pool>,
+    _open: Open,
+) {
+    let Ok(mut dst) = stream.local_addr() else {
+        return;
+    };
+    if listener.use_original_dst || listener.original_dst {
+        if let Some(od) = original_dst(&stream) {
+            dst = od;
+        }
+    }
+    // `use_original_dst`: the listener of the original destination takes
+    // the connection, if there is one; else this listener's chains do.
+    if listener.use_original_dst {
+        if let Some(target) = cfg.by_destination(dst) {
+            listener = target.clone();
+        }
+    }
+    let (sni, tls) = if listener.tls_inspector {
+        inspect_tls(&stream).await
+    } else {
+        (None, false)
+    };
+    let Some(chain) = listener.chain(dst.port(), sni.as_deref(), tls) else {
+        return; // No chain: Envoy closes the connection.
+    };
+    let ctx = http::Ctx { dst };
+    match &chain.net {
+        Network::Tcp { targets, total, .. } => {
+            let n = shared.requests.fetch_add(1, Ordering::Relaxed);
+            let cluster = http::pick_weighted(targets, *total, n).clone();
+            tcp(stream, &cluster, &pool, &ctx).await
+        }
+        Network::Http(h) => {
+            let st = listener.stats.clone();
+            http_connection(shared, h.clone(), st, stream, pool, ctx).await
+        }
+    }
+}
+
+async fn http_connection(
+    shared: Arc<Shared>,
+    h: Arc<config::HttpListener>,
+    st: Arc<stats::ListenerStats>,
+    stream: tokio::net::TcpStream,
+    pool: Arc<http::Pool>,
+    ctx: http::Ctx,
+) {
+    let svc = {
+        let (shared, h) = (shared.clone(), h.clone());
+        hyper::service::service_fn(move |req| {
+            let (shared, st, pool, h) = (shared.clone(), st.clone(), pool.clone(), h.clone());
+            async move {
+                st.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
+                let n = shared.requests.fetch_add(1, Ordering::Relaxed);
+                let log = h.access_log.map(|out| (access::Entry::begin(&req), out));
+                // Routes over RDS are looked up per request, so an update
+                // reaches connections that are already open.
+                let table = match &h.routes {
+                    Routes::Inline(t) => Some(t.clone()),
+                    Routes::Rds(name) => shared.cfg.load().routes.get(name).cloned(),
+                };
+                let mut r = match table {
+                    Some(t) => http::handle(&h, &t, &pool, req, n, &ctx).await,
+                    None => http::local(404, "NR", ""),
+                };
+                if let Some((entry, stdout)) = log {
+                    entry.end(&r, stdout);
                 }
+                if shared.draining.load(Ordering::Relaxed) {
+                    r.headers_mut().insert(
+                        ::http::header::CONNECTION,
+                        ::http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(r)
             }
-            st.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
-        });
+        })
+    };
+    // HTTP/2 with prior knowledge starts with its preface ("PRI *
+    // HTTP/2.0"); anything else is HTTP/1.1. A peek decides, so each
+    // connection gets the one codec it speaks without a sniffing layer in
+    // the way.
+    let h2 = !h.http1_only && {
+        let mut first = [0u8; 3];
+        matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
+    };
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let mut drain = shared.drain.subscribe();
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .max_header_list_size(MAX_HEADERS as u32)
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drained(&mut drain) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEADERS)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drained(&mut drain) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
     }
 }
 
 /// TCP proxying: one upstream connection per downstream one.
-async fn tcp(mut down: tokio::net::TcpStream, cluster: &config::Cluster, pool: &http::Pool) {
-    let Some(ep) = pool.pick_endpoint(cluster) else {
+async fn tcp(
+    mut down: tokio::net::TcpStream,
+    cluster: &config::Cluster,
+    pool: &http::Pool,
+    ctx: &http::Ctx,
+) {
+    let Some(ep) = pool.pick_endpoint(cluster, ctx) else {
         return;
     };
     cluster
@@ -326,6 +517,20 @@ async fn tcp(mut down: tokio::net::TcpStream, cluster: &config::Cluster, pool: &
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
 }
 
+/// The bootstrap and what ADS delivered, as JSON.
+fn config_dump(cfg: &Config) -> String {
+    let bootstrap = serde_yaml_ng::from_str::<serde_json::Value>(&cfg.raw).unwrap_or_default();
+    let d = &cfg.dynamic.json;
+    let v = serde_json::json!({
+        "bootstrap": bootstrap,
+        "dynamic_listeners": d.get(xds::LISTENER),
+        "dynamic_route_configs": d.get(xds::ROUTE),
+        "dynamic_active_clusters": d.get(xds::CLUSTER),
+        "dynamic_endpoint_configs": d.get(xds::ENDPOINT),
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
 /// The admin port, with Envoy's paths.
 async fn admin(l: tokio::net::TcpListener, shared: Arc<Shared>) {
     loop {
@@ -339,19 +544,14 @@ async fn admin(l: tokio::net::TcpListener, shared: Arc<Shared>) {
                     let shared = shared.clone();
                     async move {
                         let path = req.uri().path().to_owned();
-                        let names: Vec<(String, &stats::ListenerStats)> = shared
-                            .cfg
-                            .listeners
-                            .iter()
-                            .zip(&shared.listener_stats)
-                            .map(|(l, s)| (l.name.clone(), &**s))
-                            .collect();
+                        let cfg = shared.cfg.load_full();
                         let (status, body) = match path.as_str() {
                         "/ready" if shared.draining.load(Ordering::Relaxed) => (503, "DRAINING\n".to_owned()),
+                        "/ready" if !shared.initialized.load(Ordering::Relaxed) => (503, "PRE_INITIALIZING\n".to_owned()),
                         "/ready" => (200, "LIVE\n".to_owned()),
-                        "/stats" => (200, stats::text(&shared.cfg, &names)),
-                        "/stats/prometheus" => (200, stats::prometheus(&shared.cfg)),
-                        "/config_dump" => (200, serde_yaml_ng::from_str::<serde_json::Value>(&shared.cfg.raw).ok().and_then(|v| serde_json::to_string_pretty(&v).ok()).unwrap_or_default()),
+                        "/stats" => (200, stats::text(&cfg)),
+                        "/stats/prometheus" => (200, stats::prometheus(&cfg)),
+                        "/config_dump" => (200, config_dump(&cfg)),
                         "/server_info" => (200, serde_json::json!({"version": concat!("mast-proxy/", env!("CARGO_PKG_VERSION")), "state": if shared.draining.load(Ordering::Relaxed) { "DRAINING" } else { "LIVE" }}).to_string()),
                         "/drain_listeners" | "/quitquitquit" if req.method() == ::http::Method::POST => {
                             let _ = shared.drain.send(true);

@@ -61,7 +61,7 @@ pub struct ListenerStats {
 }
 
 /// Envoy's text format (`/stats`): `cluster.<name>.<counter>: <value>`.
-pub fn text(cfg: &crate::config::Config, listeners: &[(String, &ListenerStats)]) -> String {
+pub fn text(cfg: &crate::config::Config) -> String {
     let mut out = String::new();
     let mut names: Vec<&String> = cfg.clusters.keys().collect();
     names.sort();
@@ -70,7 +70,8 @@ pub fn text(cfg: &crate::config::Config, listeners: &[(String, &ListenerStats)])
             let _ = writeln!(out, "cluster.{n}.{k}: {v}");
         }
     }
-    for (name, s) in listeners {
+    for l in &cfg.listeners {
+        let (name, s) = (&l.name, &l.stats);
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
