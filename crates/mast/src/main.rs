@@ -337,10 +337,10 @@ struct UpArgs {
     /// run without it).
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_listen: String,
-    /// The proxy that mesh pods and the ingress gateway run: `envoy`;
-    /// `off` for no sidecar injection and no gateway; `auto` for Envoy when
-    /// one is found (--envoy-path, or on PATH), else off.
-    #[arg(long, default_value = "auto")]
+    /// The proxy that mesh pods and the ingress gateway run: `mast` (mast
+    /// proxy, built in), `envoy` (an Envoy binary: --envoy-path, or on
+    /// PATH), or `off` for no sidecar injection and no gateway.
+    #[arg(long, default_value = "mast")]
     mesh_proxy: String,
     /// The Envoy binary for `--mesh-proxy envoy` (default: `envoy` on PATH).
     #[arg(long, env = "MAST_ENVOY")]
@@ -983,24 +983,16 @@ fn main() -> Result<()> {
                     "off" => None,
                     _ if xds.is_none() => None,
                     "envoy" => Some(find_envoy(a.envoy_path.as_ref())?),
-                    "mast" => Some(
+                    "mast" | "auto" => Some(
                         std::env::current_exe()
                             .context("finding mast's own binary for --mesh-proxy mast")?
                             .display()
                             .to_string(),
                     ),
-                    "auto" => match find_envoy(a.envoy_path.as_ref()) {
-                        Ok(bin) => Some(bin),
-                        Err(e) if a.demo => return Err(e.context("--demo runs Bookinfo in the mesh")),
-                        Err(_) => {
-                            tracing::info!("no Envoy found (--envoy-path, PATH): the mesh runs without sidecar injection and ingress gateway");
-                            None
-                        }
-                    },
-                    other => bail!("--mesh-proxy {other:?}: use mast, envoy, auto or off"),
+                    other => bail!("--mesh-proxy {other:?}: use mast, envoy or off"),
                 };
                 if a.demo && proxy_bin.is_none() {
-                    bail!("--demo runs the app in the mesh: it needs --mesh-proxy envoy and --xds-listen");
+                    bail!("--demo runs the app in the mesh: it needs --mesh-proxy mast (or envoy) and --xds-listen");
                 }
                 // Sidecars capture traffic in the pod's own network
                 // namespace: without one (loopback pods), no injection.

@@ -204,6 +204,17 @@ fn through(port: u16, count: usize, extra: &[&str]) -> std::collections::BTreeMa
 
 #[test]
 fn a_real_envoy_gateway_routes_as_istio_configuration_says() {
+    gateway_routes_as_istio_configuration_says("envoy");
+}
+
+/// The same steps with mast proxy as the gateway, on the same bootstrap:
+/// the observable results must agree with Envoy's.
+#[test]
+fn a_mast_proxy_gateway_routes_as_istio_configuration_says() {
+    gateway_routes_as_istio_configuration_says("mast");
+}
+
+fn gateway_routes_as_istio_configuration_says(proxy: &str) {
     let c = Cluster::start();
     let _sched = c.component(&["scheduler"]);
     let _ctrl = c.component(&["controllers"]);
@@ -321,18 +332,24 @@ admin:
     );
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, bootstrap).expect("bootstrap");
-    let _envoy = common::Background(
+    let mut cmd = if proxy == "mast" {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mast"));
+        cmd.arg("proxy");
+        cmd
+    } else {
         std::process::Command::new(common::envoy())
-            .args([
-                "-c",
-                path.to_str().unwrap_or_default(),
-                "--log-level",
-                "warn",
-                "--disable-hot-restart",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start envoy"),
+    };
+    let _proxy = common::Background(
+        cmd.args([
+            "-c",
+            path.to_str().unwrap_or_default(),
+            "--log-level",
+            "warn",
+            "--disable-hot-restart",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the proxy"),
     );
     // 1. All traffic to v1.
     assert!(

@@ -492,6 +492,56 @@ pub struct RouteAction {
     pub retry_policy: Option<RetryPolicy>,
     #[serde(default)]
     pub request_mirror_policies: Vec<RequestMirrorPolicy>,
+    /// What RING_HASH and MAGLEV clusters hash: the first policy that
+    /// yields a value.
+    #[serde(default)]
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    #[serde(default)]
+    pub header: Option<HashHeader>,
+    #[serde(default)]
+    pub cookie: Option<HashCookie>,
+    #[serde(default)]
+    pub connection_properties: Option<HashConnection>,
+    #[serde(default)]
+    pub query_parameter: Option<HashQuery>,
+    #[serde(default)]
+    pub terminal: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashHeader {
+    pub header_name: String,
+}
+
+/// A cookie's value; with `ttl`, a missing cookie is made and set, as
+/// Envoy does, so the client keeps to one endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashCookie {
+    pub name: String,
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashConnection {
+    #[serde(default)]
+    pub source_ip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashQuery {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -579,6 +629,8 @@ pub struct Cluster {
     #[serde(default)]
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
     pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptions>,
 }
 
@@ -617,6 +669,29 @@ pub struct LbEndpoint {
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub address: Address,
+}
+
+/// Ejection after consecutive failures. Success-rate ejection is not
+/// implemented: `enforcing_success_rate` must be 0 or unset.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default)]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default)]
+    pub enforcing_consecutive_5xx: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_failure: Option<u32>,
+    #[serde(default)]
+    pub enforcing_consecutive_gateway_failure: Option<u32>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub base_ejection_time: Option<String>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+    #[serde(default)]
+    pub enforcing_success_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -19,6 +19,11 @@ pub enum Lb {
     RoundRobin,
     Random,
     LeastRequest,
+    /// RING_HASH and MAGLEV: the same key reaches the same endpoint while
+    /// the endpoints stay; when they change, only the keys of the changed
+    /// endpoints move. Done by rendezvous hashing, which gives both
+    /// properties without a table to rebuild.
+    Hash,
 }
 
 /// Where a cluster's endpoints come from.
@@ -47,7 +52,13 @@ pub struct Cluster {
     /// Upstream HTTP/2 (explicit `http2_protocol_options`).
     pub h2: bool,
     pub max_connections: usize,
+    pub max_pending: usize,
     pub max_requests: usize,
+    /// Upstream HTTP/1.1 connections in use (`max_connections`); requests
+    /// beyond them wait, up to `max_pending`, then overflow.
+    pub conns: tokio::sync::Semaphore,
+    pub pending: AtomicUsize,
+    pub outlier: Option<crate::outlier::Outlier>,
     pub stats: ClusterStats,
     /// The definition it was built from: an update that leaves it as it
     /// was keeps this cluster, with its counters and balancing state.
@@ -95,6 +106,21 @@ pub struct Forward {
     pub per_try_timeout: Option<Duration>,
     /// Copies of requests to these clusters, answers dropped.
     pub mirrors: Vec<(Arc<Cluster>, PerMillion)>,
+    /// What hashing clusters hash, in order.
+    pub hash: Vec<HashOn>,
+}
+
+#[derive(Debug)]
+pub enum HashOn {
+    Header(http::HeaderName),
+    /// A cookie; with a TTL, one is made and set when missing.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: Option<String>,
+    },
+    SourceIp,
+    Query(String),
 }
 
 #[derive(Debug)]
@@ -543,7 +569,11 @@ impl Cluster {
             connect_timeout: Duration::from_secs(1),
             h2: false,
             max_connections: 0,
+            max_pending: 0,
             max_requests: 0,
+            conns: tokio::sync::Semaphore::new(0),
+            pending: AtomicUsize::new(0),
+            outlier: None,
             stats: ClusterStats::default(),
             source: None,
         }
@@ -595,6 +625,7 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         "RANDOM" => Lb::Random,
         "LEAST_REQUEST" => Lb::LeastRequest,
         "CLUSTER_PROVIDED" if kind == ClusterKind::OriginalDst => Lb::RoundRobin,
+        "RING_HASH" | "MAGLEV" => Lb::Hash,
         other => bail!("lb_policy {other} is not implemented yet"),
     };
     let mut h2 = false;
@@ -610,6 +641,33 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         .as_ref()
         .and_then(|cb| cb.thresholds.first().cloned())
         .unwrap_or_default();
+    let outlier = match &c.outlier_detection {
+        None => None,
+        Some(o) => {
+            if o.enforcing_success_rate.unwrap_or(0) != 0 {
+                bail!("outlier_detection: success-rate ejection is not implemented; set enforcing_success_rate: 0");
+            }
+            let enforced = |n: Option<u32>, enforcing: Option<u32>| match enforcing.unwrap_or(100) {
+                0 => Ok(0),
+                100 => Ok(n.unwrap_or(5)),
+                other => bail!(
+                    "outlier_detection: enforcing percentage {other} is not implemented (0 or 100)"
+                ),
+            };
+            Some(crate::outlier::Outlier::new(
+                enforced(o.consecutive_5xx, o.enforcing_consecutive_5xx)?,
+                // Envoy enforces gateway failures only when asked.
+                enforced(
+                    o.consecutive_gateway_failure,
+                    o.enforcing_consecutive_gateway_failure.or(Some(0)),
+                )?,
+                dur("base_ejection_time", &o.base_ejection_time)?
+                    .unwrap_or(Duration::from_secs(30)),
+                o.max_ejection_percent.unwrap_or(10).min(100),
+            ))
+        }
+    };
+    let max_connections = t.max_connections.unwrap_or(1024) as usize;
     Ok(Cluster {
         name: c.name.clone(),
         kind,
@@ -619,8 +677,12 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         connect_timeout: dur("connect_timeout", &c.connect_timeout)?
             .unwrap_or(Duration::from_secs(5)),
         h2,
-        max_connections: t.max_connections.unwrap_or(1024) as usize,
+        max_connections,
+        max_pending: t.max_pending_requests.unwrap_or(1024) as usize,
         max_requests: t.max_requests.unwrap_or(1024) as usize,
+        conns: tokio::sync::Semaphore::new(max_connections),
+        pending: AtomicUsize::new(0),
+        outlier,
         stats: ClusterStats::default(),
         source: Some(c.clone()),
     })
@@ -634,7 +696,7 @@ fn compile_table(rc: &bootstrap::RouteConfiguration, cluster: &Resolve) -> Resul
         let mut routes = vec![];
         for r in &vh.routes {
             let from = format!("route in virtual host {}", vh.name);
-            routes.push(compile_route(r, &from, cluster).with_context(|| from.clone())?);
+            routes.push(compile_route(r, cluster).with_context(|| from.clone())?);
         }
         vhosts.push(VirtualHost {
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -767,7 +829,7 @@ fn compile_listener(
     })
 }
 
-fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<Route> {
+fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
     let m = &r.match_;
     let path = if let Some(p) = &m.prefix {
         PathMatch::Prefix(p.clone())
@@ -776,16 +838,16 @@ fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<
     } else if let Some(re) = &m.safe_regex {
         PathMatch::Regex(regex(&re.regex)?)
     } else {
-        bail!("{from}: a match needs prefix, path or safe_regex");
+        bail!("a match needs prefix, path or safe_regex");
     };
     let mut headers = vec![];
     for h in &m.headers {
         let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-            .map_err(|_| anyhow!("{from}: bad header name {:?}", h.name))?;
+            .map_err(|_| anyhow!("bad header name {:?}", h.name))?;
         let sm = match (&h.string_match, h.present_match) {
             (Some(s), _) => string_match(s)?,
             (None, Some(true)) | (None, None) => StringMatch::Present,
-            (None, Some(false)) => bail!("{from}: present_match: false is not implemented"),
+            (None, Some(false)) => bail!("present_match: false is not implemented"),
         };
         headers.push(HeaderMatch {
             name,
@@ -794,6 +856,10 @@ fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<
         });
     }
     let action = if let Some(d) = &r.direct_response {
+        let len = d.body.as_ref().map(|b| b.inline_string.len()).unwrap_or(0);
+        if len > 4096 {
+            bail!("the direct_response body is {len} bytes, over Envoy's limit of 4096 (max_direct_response_body_size_bytes)");
+        }
         Action::Direct {
             status: d.status,
             body: Bytes::from(
@@ -810,7 +876,7 @@ fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<
             "SEE_OTHER" => 303,
             "TEMPORARY_REDIRECT" => 307,
             "PERMANENT_REDIRECT" => 308,
-            other => bail!("{from}: redirect response_code {other}"),
+            other => bail!("redirect response_code {other}"),
         };
         Action::Redirect {
             location: format!(
@@ -826,16 +892,16 @@ fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<
     } else if let Some(a) = &r.route {
         let mut targets = vec![];
         if let Some(c) = &a.cluster {
-            targets.push((cluster(c, from)?, 1));
+            targets.push((cluster(c, "the route")?, 1));
         }
         for w in a.weighted_clusters.iter().flat_map(|w| &w.clusters) {
             let weight = w.weight.unwrap_or(0);
             if weight > 0 {
-                targets.push((cluster(&w.name, from)?, weight));
+                targets.push((cluster(&w.name, "the route")?, weight));
             }
         }
         if targets.is_empty() {
-            bail!("{from}: a route needs cluster or weighted_clusters");
+            bail!("a route needs cluster or weighted_clusters");
         }
         let rp = a.retry_policy.as_ref();
         Action::Forward(Forward {
@@ -853,7 +919,7 @@ fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<
                 .as_deref()
                 .map(|h| {
                     h.parse()
-                        .map_err(|_| anyhow!("{from}: bad host_rewrite_literal {h:?}"))
+                        .map_err(|_| anyhow!("bad host_rewrite_literal {h:?}"))
                 })
                 .transpose()?,
             retries: rp.map(|p| p.num_retries.unwrap_or(1)).unwrap_or(0),
@@ -864,19 +930,39 @@ fn compile_route(r: &bootstrap::Route, from: &str, cluster: &Resolve) -> Result<
                 "per_try_timeout",
                 &rp.and_then(|p| p.per_try_timeout.clone()),
             )?,
+            hash: a
+                .hash_policy
+                .iter()
+                .map(|h| -> Result<HashOn> {
+                    if h.terminal == Some(true) {
+                        bail!("hash_policy.terminal is not implemented");
+                    }
+                    Ok(match (&h.header, &h.cookie, &h.connection_properties, &h.query_parameter) {
+                        (Some(hd), None, None, None) => HashOn::Header(header_name(&hd.header_name)?),
+                        (None, Some(c), None, None) => HashOn::Cookie {
+                            name: c.name.clone(),
+                            ttl: dur("cookie ttl", &c.ttl)?,
+                            path: c.path.clone().filter(|p| !p.is_empty()),
+                        },
+                        (None, None, Some(cp), None) if cp.source_ip => HashOn::SourceIp,
+                        (None, None, None, Some(q)) => HashOn::Query(q.name.clone()),
+                        _ => bail!("a hash_policy needs exactly one of header, cookie, connection_properties.source_ip, query_parameter"),
+                    })
+                })
+                .collect::<Result<_>>()?,
             mirrors: a
                 .request_mirror_policies
                 .iter()
                 .map(|m| {
                     Ok((
-                        cluster(&m.cluster, from)?,
+                        cluster(&m.cluster, "the route")?,
                         percent(&m.runtime_fraction.as_ref().map(|f| f.default_value.clone()))?,
                     ))
                 })
                 .collect::<Result<_>>()?,
         })
     } else {
-        bail!("{from}: a route needs route, direct_response or redirect");
+        bail!("a route needs route, direct_response or redirect");
     };
     let mut query = vec![];
     for q in &m.query_parameters {

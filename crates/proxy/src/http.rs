@@ -76,6 +76,8 @@ pub struct Ctx {
     /// capture, else the listener's own address. ORIGINAL_DST clusters
     /// connect here.
     pub dst: SocketAddr,
+    /// The downstream peer (for source-IP hashing).
+    pub peer: SocketAddr,
 }
 
 /// Envoy's domain matching: exact, then `*.suffix`, then `prefix.*`, then `*`.
@@ -194,6 +196,95 @@ pub fn pick_weighted(targets: &[(Arc<Cluster>, u32)], total: u32, n: usize) -> &
     &targets[0].0
 }
 
+/// A hash that is the same in every worker and every run.
+fn stable_hash<T: std::hash::Hash>(v: &T) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x6d61_7374).hash_one(v)
+}
+
+/// A request's key for hashing clusters: the first hash policy that gives
+/// one. With a cookie policy that has a TTL and no cookie yet, a cookie is
+/// made; its `Set-Cookie` goes on the answer.
+fn request_hash(
+    f: &Forward,
+    parts: &http::request::Parts,
+    ctx: &Ctx,
+    n: usize,
+) -> (Option<u64>, Option<http::HeaderValue>) {
+    use crate::config::HashOn;
+    for h in &f.hash {
+        match h {
+            HashOn::Header(name) => {
+                if let Some(v) = parts.headers.get(name) {
+                    return (Some(stable_hash(&v.as_bytes())), None);
+                }
+            }
+            HashOn::Cookie { name, ttl, path } => {
+                let found = parts
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|kv| {
+                        let (k, v) = kv.trim().split_once('=')?;
+                        (k == name).then(|| v.to_owned())
+                    });
+                if let Some(v) = found {
+                    return (Some(stable_hash(&v.as_bytes())), None);
+                }
+                if let Some(ttl) = ttl {
+                    let v = format!("{:016x}", cheap_random(n) as u64 ^ stable_hash(&ctx.peer));
+                    let mut set = format!("{name}=\"{v}\"; Max-Age={}", ttl.as_secs());
+                    if let Some(p) = path {
+                        set.push_str(&format!("; Path={p}"));
+                    }
+                    set.push_str("; HttpOnly");
+                    return (Some(stable_hash(&v.as_bytes())), set.parse().ok());
+                }
+            }
+            HashOn::SourceIp => return (Some(stable_hash(&ctx.peer.ip())), None),
+            HashOn::Query(q) => {
+                let found = parts.uri.query().and_then(|qs| query_param(qs, q));
+                if let Some(v) = found {
+                    return (Some(stable_hash(&v.as_bytes())), None);
+                }
+            }
+        }
+    }
+    (None, None)
+}
+
+/// Take a place on the cluster's connections (`max_connections`), waiting
+/// as one of at most `max_pending` requests when all are in use.
+async fn admit(c: &Cluster) -> Result<tokio::sync::SemaphorePermit<'_>, Fail> {
+    if let Ok(p) = c.conns.try_acquire() {
+        return Ok(p);
+    }
+    if c.pending.fetch_add(1, Ordering::Relaxed) >= c.max_pending {
+        c.pending.fetch_sub(1, Ordering::Relaxed);
+        c.stats
+            .upstream_rq_pending_overflow
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(Fail::Overflow);
+    }
+    let p = c.conns.acquire().await;
+    c.pending.fetch_sub(1, Ordering::Relaxed);
+    p.map_err(|_| Fail::Overflow)
+}
+
+/// Tell outlier detection how an attempt went.
+fn report(c: &Cluster, ep: SocketAddr, outcome: &Result<u16, &Fail>) {
+    if let Some(o) = &c.outlier {
+        let oc = match outcome {
+            Ok(s) => crate::outlier::Outcome::Status(*s),
+            Err(Fail::Overflow) => return,
+            Err(_) => crate::outlier::Outcome::LocalFailure,
+        };
+        o.report(ep, oc, c.endpoints.load().len());
+    }
+}
+
 /// Per-worker upstream connections, by endpoint. Each worker has its own,
 /// so the lock is never contended; it exists because hyper's connection
 /// tasks must be `Send`.
@@ -225,11 +316,21 @@ enum Fail {
 }
 
 impl Pool {
-    pub fn pick_endpoint(&self, c: &Cluster, ctx: &Ctx) -> Option<SocketAddr> {
+    /// An endpoint of `c` by its balancing policy, skipping ejected ones.
+    /// `hash` is the request's key for hashing clusters.
+    pub fn pick_endpoint(&self, c: &Cluster, ctx: &Ctx, hash: Option<u64>) -> Option<SocketAddr> {
         if c.kind == ClusterKind::OriginalDst {
             return Some(ctx.dst);
         }
-        let endpoints = c.endpoints.load();
+        let all = c.endpoints.load();
+        let healthy;
+        let endpoints: &[SocketAddr] = match &c.outlier {
+            Some(o) => {
+                healthy = o.healthy(&all);
+                &healthy
+            }
+            None => &all,
+        };
         let n = endpoints.len();
         if n == 0 {
             return None;
@@ -238,6 +339,15 @@ impl Pool {
         Some(match c.lb {
             Lb::RoundRobin => endpoints[i % n],
             Lb::Random => endpoints[cheap_random(i) % n],
+            Lb::Hash => match hash {
+                // Rendezvous hashing: the endpoint that scores highest for
+                // this key.
+                Some(key) => *endpoints
+                    .iter()
+                    .max_by_key(|e| stable_hash(&(key, e)))
+                    .unwrap_or(&endpoints[0]),
+                None => endpoints[cheap_random(i) % n],
+            },
             Lb::LeastRequest => {
                 // Power of two choices, as Envoy's LEAST_REQUEST does.
                 let a = endpoints[cheap_random(i) % n];
@@ -559,9 +669,35 @@ async fn forward(
     if bodiless && body.is_end_stream() {
         mirror(f, pool, &parts, n, ctx);
     }
-    if bodiless && !cluster.h2 && body.is_end_stream() {
-        return forward_inline(f, pool, &cluster, parts, attempts, n, ctx).await;
+    let (hash, cookie) = if cluster.lb == Lb::Hash {
+        request_hash(f, &parts, ctx, n)
+    } else {
+        (None, None)
+    };
+    let mut resp = if bodiless && !cluster.h2 && body.is_end_stream() {
+        forward_inline(f, pool, &cluster, parts, attempts, n, ctx, hash).await
+    } else {
+        forward_hyper(f, pool, &cluster, parts, body, attempts, n, ctx, hash).await
+    };
+    if let Some(c) = cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
     }
+    resp
+}
+
+/// A request over hyper's client: with a body, or to an HTTP/2 upstream.
+#[allow(clippy::too_many_arguments)]
+async fn forward_hyper(
+    f: &Forward,
+    pool: &Pool,
+    cluster: &Arc<Cluster>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    attempts: u32,
+    n: usize,
+    ctx: &Ctx,
+    hash: Option<u64>,
+) -> Response<RespBody> {
     let stats = &cluster.stats;
     let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
     if active as usize >= cluster.max_requests {
@@ -573,14 +709,25 @@ async fn forward(
     }
     let mut body = Some(body);
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
+    let _permit = if cluster.h2 {
+        None
+    } else {
+        match admit(cluster).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
+                return fail_response(e);
+            }
+        }
+    };
     let mut result: Result<Response<Incoming>, Fail> = Err(Fail::Connect);
     for attempt in 0..attempts {
-        let Some(ep) = pool.pick_endpoint(&cluster, ctx) else {
+        let Some(ep) = pool.pick_endpoint(cluster, ctx, hash) else {
             stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
             return local(503, "UH", "no healthy upstream");
         };
         if attempt > 0 {
-            back_off(&cluster, attempt, n).await;
+            back_off(cluster, attempt, n).await;
         }
         let b = match body.take() {
             Some(b) => Either::Left(b),
@@ -605,7 +752,7 @@ async fn forward(
                 .or_default() += 1;
         }
         let limit = attempt_limit(deadline, f.per_try_timeout);
-        let sent = pool.send(&cluster, ep, r);
+        let sent = pool.send(cluster, ep, r);
         result = match limit {
             Some(at) => match tokio::time::timeout_at(at, sent).await {
                 Ok(r) => r,
@@ -630,6 +777,7 @@ async fn forward(
         if let Ok(s) = &outcome {
             stats.status(*s);
         }
+        report(cluster, ep, &outcome);
         let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         if attempt + 1 < attempts && !out_of_time && retriable(f, &outcome) {
             continue;
@@ -650,13 +798,18 @@ async fn forward(
 fn fail_response(f: Fail) -> Response<RespBody> {
     match f {
         Fail::Timeout => local(504, "UT", "upstream request timeout"),
-        Fail::Overflow => local(503, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow"),
+        Fail::Overflow => {
+            let mut r = local(503, "UO", "upstream connect error or disconnect/reset before headers. reset reason: overflow");
+            r.headers_mut().insert("x-envoy-overloaded", header::HeaderValue::from_static("true"));
+            r
+        }
         Fail::Reset => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
         Fail::Connect => local(503, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
     }
 }
 
 /// A bodiless request over the inline HTTP/1.1 client (see [`crate::h1`]).
+#[allow(clippy::too_many_arguments)]
 async fn forward_inline(
     f: &Forward,
     pool: &Pool,
@@ -665,6 +818,7 @@ async fn forward_inline(
     attempts: u32,
     n: usize,
     ctx: &Ctx,
+    hash: Option<u64>,
 ) -> Response<RespBody> {
     let stats = &cluster.stats;
     let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
@@ -678,9 +832,20 @@ async fn forward_inline(
     let head = crate::h1::request_head(&parts);
     let is_head = parts.method == http::Method::HEAD;
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
+    let _permit = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, admit(cluster)).await {
+            Ok(p) => p,
+            Err(_) => Err(Fail::Timeout),
+        },
+        None => admit(cluster).await,
+    };
+    let _permit = match _permit {
+        Ok(p) => p,
+        Err(e) => return fail_response(e),
+    };
     let mut last = Fail::Connect;
     for attempt in 0..attempts {
-        let Some(ep) = pool.pick_endpoint(cluster, ctx) else {
+        let Some(ep) = pool.pick_endpoint(cluster, ctx, hash) else {
             return local(503, "UH", "no healthy upstream");
         };
         if attempt > 0 {
@@ -737,6 +902,7 @@ async fn forward_inline(
         if let Ok(s) = &outcome {
             stats.status(*s);
         }
+        report(cluster, ep, &outcome);
         let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         if attempt + 1 < attempts && !out_of_time && retriable(f, &outcome) {
             if let Err(e) = result {
@@ -762,7 +928,7 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
         if !chance(*share, n.wrapping_add(7 + i)) {
             continue;
         }
-        let Some(ep) = pool.pick_endpoint(cluster, ctx) else {
+        let Some(ep) = pool.pick_endpoint(cluster, ctx, None) else {
             continue;
         };
         let mut p = parts.clone();

@@ -25,6 +25,7 @@ pub mod bootstrap;
 pub mod config;
 mod h1;
 pub mod http;
+mod outlier;
 pub mod stats;
 pub mod tls;
 pub mod xds;
@@ -376,7 +377,7 @@ async fn connection(
     pool: Arc<http::Pool>,
     _open: Open,
 ) {
-    let Ok(mut dst) = stream.local_addr() else {
+    let (Ok(mut dst), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
         return;
     };
     if listener.use_original_dst || listener.original_dst {
@@ -399,7 +400,7 @@ async fn connection(
     let Some(chain) = listener.chain(dst.port(), sni.as_deref(), tls) else {
         return; // No chain: Envoy closes the connection.
     };
-    let ctx = http::Ctx { dst };
+    let ctx = http::Ctx { dst, peer };
     match &chain.net {
         Network::Tcp { targets, total, .. } => {
             let n = shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -497,7 +498,7 @@ async fn tcp(
     pool: &http::Pool,
     ctx: &http::Ctx,
 ) {
-    let Some(ep) = pool.pick_endpoint(cluster, ctx) else {
+    let Some(ep) = pool.pick_endpoint(cluster, ctx, None) else {
         return;
     };
     cluster

@@ -1,0 +1,138 @@
+//! Outlier detection: an endpoint that fails `consecutive_5xx` times in a
+//! row (or `consecutive_gateway_failure` times with 502, 503, 504 or a
+//! connection failure) is ejected for `base_ejection_time` times the number
+//! of its ejections, as Envoy ejects, while no more than
+//! `max_ejection_percent` of the endpoints are out. The state is per
+//! cluster and shared by all workers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Outlier {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway: u32,
+    pub base_ejection: Duration,
+    pub max_percent: u32,
+    state: Mutex<HashMap<SocketAddr, Health>>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    five_xx: u32,
+    gateway: u32,
+    ejections: u32,
+    until: Option<Instant>,
+}
+
+/// What one attempt on an endpoint came to.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Status(u16),
+    /// A connection failure, reset or timeout: a gateway failure.
+    LocalFailure,
+}
+
+impl Outlier {
+    pub fn new(
+        consecutive_5xx: u32,
+        consecutive_gateway: u32,
+        base: Duration,
+        max_percent: u32,
+    ) -> Self {
+        Outlier {
+            consecutive_5xx,
+            consecutive_gateway,
+            base_ejection: base,
+            max_percent,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Record an attempt's outcome; it may eject the endpoint.
+    pub fn report(&self, ep: SocketAddr, outcome: Outcome, endpoints: usize) {
+        let (five_xx, gateway) = match outcome {
+            Outcome::Status(s) if (502..=504).contains(&s) => (true, true),
+            Outcome::Status(s) => (s >= 500, false),
+            Outcome::LocalFailure => (true, true),
+        };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let ejected = st
+            .values()
+            .filter(|h| h.until.is_some_and(|u| u > now))
+            .count();
+        let h = st.entry(ep).or_default();
+        if !five_xx {
+            h.five_xx = 0;
+            h.gateway = 0;
+            return;
+        }
+        h.five_xx += 1;
+        if gateway {
+            h.gateway += 1;
+        }
+        let trip = (self.consecutive_5xx > 0 && h.five_xx >= self.consecutive_5xx)
+            || (self.consecutive_gateway > 0 && h.gateway >= self.consecutive_gateway);
+        let room = (ejected + 1) * 100 <= endpoints.max(1) * self.max_percent as usize;
+        if trip && room && h.until.is_none_or(|u| u <= now) {
+            h.ejections += 1;
+            h.until = Some(now + self.base_ejection * h.ejections);
+            h.five_xx = 0;
+            h.gateway = 0;
+        }
+    }
+
+    /// The endpoints not ejected now; all of them if every one is (as
+    /// Envoy's panic mode balances over all hosts when too few are left).
+    pub fn healthy(&self, eps: &[SocketAddr]) -> Vec<SocketAddr> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let up: Vec<SocketAddr> = eps
+            .iter()
+            .filter(|e| st.get(e).and_then(|h| h.until).is_none_or(|u| u <= now))
+            .copied()
+            .collect();
+        if up.is_empty() {
+            eps.to_vec()
+        } else {
+            up
+        }
+    }
+
+    /// Whether an endpoint is ejected now.
+    #[cfg(test)]
+    pub fn ejected(&self, ep: &SocketAddr) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.get(ep)
+            .and_then(|h| h.until)
+            .is_some_and(|u| u > Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_failures_eject_within_the_percentage() {
+        let o = Outlier::new(2, 0, Duration::from_secs(60), 50);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        o.report(a, Outcome::Status(500), 2);
+        assert!(!o.ejected(&a));
+        o.report(a, Outcome::Status(200), 2);
+        o.report(a, Outcome::Status(500), 2);
+        assert!(!o.ejected(&a), "a success resets the count");
+        o.report(a, Outcome::LocalFailure, 2);
+        assert!(o.ejected(&a));
+        // 50% of two endpoints: the second may not go too.
+        o.report(b, Outcome::Status(503), 2);
+        o.report(b, Outcome::Status(503), 2);
+        assert!(!o.ejected(&b));
+    }
+}
