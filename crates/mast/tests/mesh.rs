@@ -702,6 +702,69 @@ fn bookinfo_runs_in_the_mesh_with_mast_proxy_sidecars_as_istios_samples_say() {
     bookinfo_as_istios_samples_say(5, "mast");
 }
 
+/// Istio's standard metrics, from the proxies' :15090 as Prometheus
+/// scrapes them: productpage's sidecar reports its calls to reviews-v1 as
+/// the source, reviews-v1's reports the same calls as the destination.
+fn istio_metrics_say_who_called_whom(c: &Cluster) {
+    let scrape = |selector: &str| {
+        let ip = c.ok(&[
+            "get",
+            "pod",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ]);
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://{ip}:15090/stats/prometheus"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let series = |text: &str, reporter: &str| -> Option<String> {
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("reporter=\"{reporter}\""))
+                    && l.contains("source_workload=\"productpage-v1\"")
+                    && l.contains("destination_workload=\"reviews-v1\"")
+                    && l.contains("response_code=\"200\"")
+            })
+            .map(str::to_owned)
+    };
+    let source = scrape("app=productpage");
+    let line = series(&source, "source").unwrap_or_else(|| {
+        panic!("productpage's sidecar reports no calls to reviews-v1:\n{source}")
+    });
+    for want in [
+        "destination_service=\"reviews.default.svc.cluster.local\"",
+        "destination_app=\"reviews\"",
+        "destination_version=\"v1\"",
+        "source_app=\"productpage\"",
+        "request_protocol=\"http\"",
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    let count = |l: &str| {
+        l.rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count(&line) >= 30, "{line}");
+    assert!(source.contains("istio_request_duration_milliseconds_bucket{"));
+    let dest = scrape("app=reviews,version=v1");
+    let line = series(&dest, "destination").unwrap_or_else(|| {
+        panic!("reviews-v1's sidecar reports no calls from productpage:\n{dest}")
+    });
+    assert!(
+        line.contains("destination_service_name=\"reviews\""),
+        "{line}"
+    );
+    assert!(count(&line) >= 30, "{line}");
+}
+
 fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
     let (c, debug) = demo_cluster(n, proxy);
     // Every Bookinfo pod was injected, and runs its app beside the proxy.
@@ -809,6 +872,9 @@ fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
     );
     let (body, _) = page(&gw, &[]);
     assert!(!body.contains("color="), "v1 shows no stars: {body}");
+    if proxy == "mast" {
+        istio_metrics_say_who_called_whom(&c);
+    }
 
     // The jason rule: end-user jason to v2 (black stars), everyone else v3.
     c.ok(&[

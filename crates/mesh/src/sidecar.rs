@@ -210,6 +210,8 @@ fn inbound_listener(ports: &BTreeMap<u16, bool>) -> listener::Listener {
         15006,
         envoy::tcp_proxy_filter(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH),
     );
+    l.traffic_direction =
+        envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32;
     with_chains(
         &mut l,
         chains,
@@ -379,9 +381,11 @@ fn tcp_listener(
     l
 }
 
-/// A listener reached only through 15001's hand-off.
+/// An outbound listener reached only through 15001's hand-off.
 fn unbound(mut l: listener::Listener) -> listener::Listener {
     l.bind_to_port = Some(BoolValue { value: false });
+    l.traffic_direction =
+        envoy_types::pb::envoy::config::core::v3::TrafficDirection::Outbound as i32;
     l
 }
 
@@ -396,6 +400,8 @@ pub fn generate(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
         envoy::tcp_proxy_filter(PASSTHROUGH, PASSTHROUGH),
     );
     outbound.use_original_dst = Some(BoolValue { value: true });
+    outbound.traffic_direction =
+        envoy_types::pb::envoy::config::core::v3::TrafficDirection::Outbound as i32;
     listeners.insert(outbound.name.clone(), any(&outbound));
     let mut http_ports = BTreeSet::new();
     for (key, svc) in &mesh.services {

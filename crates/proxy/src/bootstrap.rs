@@ -125,6 +125,10 @@ pub struct Listener {
     /// `false`: not bound, only reached through `use_original_dst`.
     #[serde(default)]
     pub bind_to_port: Option<bool>,
+    /// INBOUND or OUTBOUND (UNSPECIFIED is outbound): which side Istio's
+    /// metrics report.
+    #[serde(default)]
+    pub traffic_direction: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -219,6 +219,8 @@ pub struct HttpListener {
     /// configuration applies).
     pub faults: bool,
     pub cors: bool,
+    /// Outbound (or a gateway): Istio's metrics report `source`.
+    pub outbound: bool,
 }
 
 #[derive(Debug)]
@@ -228,6 +230,7 @@ pub enum Network {
         stat_prefix: String,
         targets: Vec<(Arc<Cluster>, u32)>,
         total: u32,
+        outbound: bool,
     },
 }
 
@@ -706,7 +709,11 @@ fn compile_table(rc: &bootstrap::RouteConfiguration, cluster: &Resolve) -> Resul
     Ok(RouteTable { vhosts })
 }
 
-fn compile_chain(chain: &bootstrap::FilterChain, cluster: &Resolve) -> Result<Chain> {
+fn compile_chain(
+    chain: &bootstrap::FilterChain,
+    cluster: &Resolve,
+    outbound: bool,
+) -> Result<Chain> {
     let [filter] = chain.filters.as_slice() else {
         bail!("mast proxy implements one network filter per chain");
     };
@@ -728,6 +735,7 @@ fn compile_chain(chain: &bootstrap::FilterChain, cluster: &Resolve) -> Result<Ch
                 stat_prefix: t.stat_prefix.clone(),
                 total: targets.iter().map(|(_, w)| w).sum(),
                 targets,
+                outbound,
             }
         }
         bootstrap::NetworkFilter::HttpConnectionManager(h) => {
@@ -767,6 +775,7 @@ fn compile_chain(chain: &bootstrap::FilterChain, cluster: &Resolve) -> Result<Ch
                 routes,
                 faults,
                 cors,
+                outbound,
             }))
         }
     };
@@ -790,15 +799,22 @@ fn compile_listener(
     let address = *socket(&l.address, false)?
         .first()
         .ok_or_else(|| anyhow!("no address"))?;
+    let outbound = match l.traffic_direction.as_deref().unwrap_or("UNSPECIFIED") {
+        "INBOUND" => false,
+        "OUTBOUND" | "UNSPECIFIED" => true,
+        other => bail!("traffic_direction {other}: INBOUND, OUTBOUND or UNSPECIFIED"),
+    };
     let mut chains = vec![];
     for c in &l.filter_chains {
-        chains
-            .push(compile_chain(c, cluster).with_context(|| format!("filter chain {:?}", c.name))?);
+        chains.push(
+            compile_chain(c, cluster, outbound)
+                .with_context(|| format!("filter chain {:?}", c.name))?,
+        );
     }
     let default_chain = l
         .default_filter_chain
         .as_ref()
-        .map(|c| compile_chain(c, cluster))
+        .map(|c| compile_chain(c, cluster, outbound))
         .transpose()?;
     if chains.is_empty() && default_chain.is_none() {
         bail!("a listener needs a filter chain");

@@ -70,7 +70,7 @@ pub fn local(status: u16, flags: &str, body: &str) -> Response<RespBody> {
 }
 
 /// What the data path knows of a downstream connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ctx {
     /// Where the connection was going: its original destination behind
     /// capture, else the listener's own address. ORIGINAL_DST clusters
@@ -78,7 +78,13 @@ pub struct Ctx {
     pub dst: SocketAddr,
     /// The downstream peer (for source-IP hashing).
     pub peer: SocketAddr,
+    /// Istio's metrics, and whether this side is the source (outbound).
+    pub istio: Option<(Arc<crate::istio::Metrics>, bool)>,
 }
+
+/// The cluster that answered, on responses (for Istio's metrics).
+#[derive(Clone)]
+pub struct Upstream(pub Arc<Cluster>);
 
 /// Envoy's domain matching: exact, then `*.suffix`, then `prefix.*`, then `*`.
 fn vhost<'a>(l: &'a RouteTable, host: &str) -> Option<&'a crate::config::VirtualHost> {
@@ -669,6 +675,14 @@ async fn forward(
     if bodiless && body.is_end_stream() {
         mirror(f, pool, &parts, n, ctx);
     }
+    // Tell an in-mesh destination who the source is (Istio's metrics).
+    if let Some((m, true)) = &ctx.istio {
+        if cluster.name.starts_with("outbound|") {
+            parts
+                .headers
+                .insert(crate::istio::PEER, m.me_header.clone());
+        }
+    }
     let (hash, cookie) = if cluster.lb == Lb::Hash {
         request_hash(f, &parts, ctx, n)
     } else {
@@ -681,6 +695,9 @@ async fn forward(
     };
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    if ctx.istio.is_some() {
+        resp.extensions_mut().insert(Upstream(cluster));
     }
     resp
 }

@@ -25,6 +25,7 @@ pub mod bootstrap;
 pub mod config;
 mod h1;
 pub mod http;
+pub mod istio;
 mod outlier;
 pub mod stats;
 pub mod tls;
@@ -63,6 +64,8 @@ struct Shared {
     requests: AtomicUsize,
     /// Open downstream connections, over all listeners.
     open: AtomicU64,
+    /// Istio's metrics, for an Istio-shaped node.
+    istio: Option<Arc<istio::Metrics>>,
 }
 
 /// Read, check and compile a bootstrap (a file, or inline text).
@@ -128,6 +131,12 @@ pub fn run(opts: Options) -> Result<i32> {
         drain,
         requests: AtomicUsize::new(0),
         open: AtomicU64::new(0),
+        istio: cfg
+            .bootstrap
+            .node
+            .as_ref()
+            .and_then(|n| istio::Workload::from_node(&n.metadata))
+            .map(|w| Arc::new(istio::Metrics::new(w))),
     });
     // Bind every static listener once per worker before serving, so a port
     // in use is an error at start-up.
@@ -400,14 +409,37 @@ async fn connection(
     let Some(chain) = listener.chain(dst.port(), sni.as_deref(), tls) else {
         return; // No chain: Envoy closes the connection.
     };
-    let ctx = http::Ctx { dst, peer };
+    let mut ctx = http::Ctx {
+        dst,
+        peer,
+        istio: None,
+    };
     match &chain.net {
-        Network::Tcp { targets, total, .. } => {
+        Network::Tcp {
+            targets,
+            total,
+            outbound,
+            ..
+        } => {
             let n = shared.requests.fetch_add(1, Ordering::Relaxed);
             let cluster = http::pick_weighted(targets, *total, n).clone();
-            tcp(stream, &cluster, &pool, &ctx).await
+            let service = if *outbound {
+                istio::service_of_cluster(&cluster.name).to_owned()
+            } else {
+                String::new()
+            };
+            if let Some(m) = &shared.istio {
+                m.tcp(*outbound, &service, None);
+            }
+            let bytes = tcp(stream, &cluster, &pool, &ctx).await;
+            if let Some(m) = &shared.istio {
+                m.tcp(*outbound, &service, Some(bytes));
+            }
         }
         Network::Http(h) => {
+            if let Some(m) = &shared.istio {
+                ctx.istio = Some((m.clone(), h.outbound));
+            }
             let st = listener.stats.clone();
             http_connection(shared, h.clone(), st, stream, pool, ctx).await
         }
@@ -424,8 +456,14 @@ async fn http_connection(
 ) {
     let svc = {
         let (shared, h) = (shared.clone(), h.clone());
-        hyper::service::service_fn(move |req| {
-            let (shared, st, pool, h) = (shared.clone(), st.clone(), pool.clone(), h.clone());
+        hyper::service::service_fn(move |mut req: ::http::Request<hyper::body::Incoming>| {
+            let (shared, st, pool, h, ctx) = (
+                shared.clone(),
+                st.clone(),
+                pool.clone(),
+                h.clone(),
+                ctx.clone(),
+            );
             async move {
                 st.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
                 let n = shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -436,10 +474,48 @@ async fn http_connection(
                     Routes::Inline(t) => Some(t.clone()),
                     Routes::Rds(name) => shared.cfg.load().routes.get(name).cloned(),
                 };
+                // Istio's metrics: who the peer is (the source's header on
+                // inbound requests), what was asked and how long it took.
+                let started = std::time::Instant::now();
+                let seen = ctx.istio.as_ref().map(|_| {
+                    let peer = if h.outbound {
+                        None
+                    } else {
+                        req.headers_mut().remove(istio::PEER)
+                    };
+                    (peer, request_facts(&req))
+                });
                 let mut r = match table {
                     Some(t) => http::handle(&h, &t, &pool, req, n, &ctx).await,
                     None => http::local(404, "NR", ""),
                 };
+                if let (Some((m, outbound)), Some((peer_in, facts))) = (&ctx.istio, seen) {
+                    let peer = if *outbound {
+                        r.headers_mut().remove(istio::PEER)
+                    } else {
+                        r.headers_mut().insert(istio::PEER, m.me_header.clone());
+                        peer_in
+                    };
+                    let service = match r.extensions().get::<http::Upstream>() {
+                        Some(u) if *outbound => istio::service_of_cluster(&u.0.name).to_owned(),
+                        _ => facts.service(&m.me.namespace),
+                    };
+                    m.http(istio::Request {
+                        source: *outbound,
+                        peer: peer.as_ref(),
+                        service: &service,
+                        grpc: facts.grpc,
+                        code: r.status().as_u16(),
+                        flags: r
+                            .headers()
+                            .get("x-mast-response-flags")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(""),
+                        request_bytes: facts.bytes,
+                        response_bytes: content_length(r.headers()),
+                        duration: started.elapsed(),
+                    });
+                }
                 if let Some((entry, stdout)) = log {
                     entry.end(&r, stdout);
                 }
@@ -491,15 +567,66 @@ async fn http_connection(
     }
 }
 
+/// What Istio's metrics need of a request before it is handed on.
+struct Facts {
+    host: String,
+    grpc: bool,
+    bytes: u64,
+}
+
+impl Facts {
+    /// The Service asked for, as a full name (`reviews` from namespace
+    /// `default` is `reviews.default.svc.cluster.local`).
+    fn service(&self, ns: &str) -> String {
+        let host = self
+            .host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map(|(h, _)| h)
+            .unwrap_or(&self.host);
+        match host.matches('.').count() {
+            _ if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() => "unknown".into(),
+            0 => format!("{host}.{ns}.svc.cluster.local"),
+            1 => format!("{host}.svc.cluster.local"),
+            _ => host.to_owned(),
+        }
+    }
+}
+
+fn request_facts<B>(req: &::http::Request<B>) -> Facts {
+    Facts {
+        host: req
+            .headers()
+            .get(::http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_owned(),
+        grpc: req
+            .headers()
+            .get(::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+        bytes: content_length(req.headers()),
+    }
+}
+
+fn content_length(h: &::http::HeaderMap) -> u64 {
+    h.get(::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// TCP proxying: one upstream connection per downstream one.
+/// Returns the bytes received from and sent to the downstream side.
 async fn tcp(
     mut down: tokio::net::TcpStream,
     cluster: &config::Cluster,
     pool: &http::Pool,
     ctx: &http::Ctx,
-) {
+) -> (u64, u64) {
     let Some(ep) = pool.pick_endpoint(cluster, ctx, None) else {
-        return;
+        return (0, 0);
     };
     cluster
         .stats
@@ -512,10 +639,12 @@ async fn tcp(
             .stats
             .upstream_cx_connect_fail
             .fetch_add(1, Ordering::Relaxed);
-        return;
+        return (0, 0);
     };
     let _ = up.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    tokio::io::copy_bidirectional(&mut down, &mut up)
+        .await
+        .unwrap_or((0, 0))
 }
 
 /// The bootstrap and what ADS delivered, as JSON.
@@ -551,7 +680,13 @@ async fn admin(l: tokio::net::TcpListener, shared: Arc<Shared>) {
                         "/ready" if !shared.initialized.load(Ordering::Relaxed) => (503, "PRE_INITIALIZING\n".to_owned()),
                         "/ready" => (200, "LIVE\n".to_owned()),
                         "/stats" => (200, stats::text(&cfg)),
-                        "/stats/prometheus" => (200, stats::prometheus(&cfg)),
+                        "/stats/prometheus" => {
+                            let mut text = stats::prometheus(&cfg);
+                            if let Some(m) = &shared.istio {
+                                m.prometheus(&mut text);
+                            }
+                            (200, text)
+                        }
                         "/config_dump" => (200, config_dump(&cfg)),
                         "/server_info" => (200, serde_json::json!({"version": concat!("mast-proxy/", env!("CARGO_PKG_VERSION")), "state": if shared.draining.load(Ordering::Relaxed) { "DRAINING" } else { "LIVE" }}).to_string()),
                         "/drain_listeners" | "/quitquitquit" if req.method() == ::http::Method::POST => {
