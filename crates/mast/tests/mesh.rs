@@ -220,12 +220,15 @@ fn gateway_routes_as_istio_configuration_says(proxy: &str) {
     let _ctrl = c.component(&["controllers"]);
     let _agent = c.agent("mesh", &[]);
     let (xds, debug) = (common::free_port(), common::free_port());
-    let _cp = c.component(&[
-        "mesh",
-        "serve",
-        &format!("--xds-listen=127.0.0.1:{xds}"),
-        &format!("--debug-listen=127.0.0.1:{debug}"),
-    ]);
+    let control_plane = || {
+        c.component(&[
+            "mesh",
+            "serve",
+            &format!("--xds-listen=127.0.0.1:{xds}"),
+            &format!("--debug-listen=127.0.0.1:{debug}"),
+        ])
+    };
+    let mut cp = Some(control_plane());
     let proxy_config = || {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_mast"))
             .args([
@@ -617,6 +620,55 @@ admin:
         }),
         "the header edits never showed"
     );
+    // 13. An update reaches connections that are already open: a
+    // keep-alive connection's next request takes the new routes.
+    use std::io::{BufRead, Read, Write};
+    let mut conn = std::io::BufReader::new(
+        std::net::TcpStream::connect(("127.0.0.1", gw_port)).expect("connect"),
+    );
+    let mut ask = move || -> String {
+        conn.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+            .expect("the connection is still open");
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            conn.read_line(&mut line).expect("a response head");
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        conn.read_exact(&mut body).expect("a response body");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        v["version"].as_str().unwrap_or("?").to_owned()
+    };
+    vs("  - route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(common::eventually(20, || through(gw_port, 5, &[])
+        .get("v1")
+        == Some(&5)));
+    assert_eq!(ask(), "v1");
+    vs("  - route: [{destination: {host: reviews, subset: v3}}]\n");
+    assert!(common::eventually(20, || through(gw_port, 5, &[])
+        .get("v3")
+        == Some(&5)));
+    assert_eq!(ask(), "v3", "the open connection kept the old routes");
+    // 14. Without its control plane the proxy keeps its configuration; it
+    // finds a new control plane on its own, and takes its changes.
+    drop(cp.take());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(through(gw_port, 10, &[]).get("v3"), Some(&10));
+    assert_eq!(ask(), "v3");
+    cp = Some(control_plane());
+    vs("  - route: [{destination: {host: reviews, subset: v1}}]\n");
+    assert!(
+        common::eventually(60, || through(gw_port, 5, &[]).get("v1") == Some(&5)),
+        "the proxy never came back to the control plane"
+    );
+    drop(cp);
 }
 
 /// `mast up --demo` in pod network namespaces (its own bridge and ranges,

@@ -18,6 +18,73 @@ fn echo(port: u16, version: &str) -> common::Background {
     )
 }
 
+/// A server that takes any `Upgrade` request with 101, then echoes bytes
+/// in upper case: a WebSocket's handshake and tunnel, as a proxy sees them.
+fn upgrade_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Read, Write};
+                let mut r = std::io::BufReader::new(s);
+                let mut upgrade = false;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    upgrade |= line.to_ascii_lowercase().starts_with("upgrade: websocket");
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut s = r.get_ref().try_clone().expect("clone");
+                if !upgrade {
+                    let _ =
+                        s.write_all(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A WebSocket handshake through the proxy, then a message each way.
+fn websocket(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return "no connection".into();
+    };
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+    let mut got = vec![];
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let status = head.lines().next().unwrap_or("").trim().to_owned();
+    let _ = s.write_all(b"ping");
+    let mut echo = [0u8; 4];
+    let echoed = s
+        .read_exact(&mut echo)
+        .map(|_| String::from_utf8_lossy(&echo).into_owned());
+    format!("{status} {}", echoed.unwrap_or_else(|e| e.to_string()))
+}
+
 fn bootstrap(listen: u16, admin: u16, v1: u16, v2: u16, dead: u16) -> String {
     let cluster = |name: &str, port: u16| {
         format!(
@@ -37,6 +104,8 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
+          request_headers_timeout: 2s
+          upgrade_configs: [{{upgrade_type: websocket}}]
           route_config:
             name: local
             virtual_hosts:
@@ -71,6 +140,8 @@ static_resources:
                 route: {{cluster: dead}}
               - match: {{path: "/exact"}}
                 route: {{cluster: v2}}
+              - match: {{prefix: "/ws"}}
+                route: {{cluster: ws}}
               - match: {{prefix: "/"}}
                 route: {{cluster: v1}}
           access_log:
@@ -80,11 +151,18 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
-{}{}{}"#,
+{}{}{}{}"#,
         cluster("v1", v1),
         cluster("v2", v2),
-        cluster("dead", dead)
+        cluster("dead", dead),
+        cluster("ws", ws_port())
     )
+}
+
+/// The upgrade server's port: one for the whole test binary.
+fn ws_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(upgrade_server)
 }
 
 /// curl: (status, body).
@@ -127,6 +205,7 @@ fn observe(port: u16) -> BTreeMap<&'static str, String> {
         format!("{code} {}", v["path"].as_str().unwrap_or("-")),
     );
     out.insert("timeout", get(&format!("{base}/slow?delay=2s"), &[]).0);
+    out.insert("websocket", websocket(port));
     out.insert("dead", get(&format!("{base}/dead"), &[]).0);
     // Weights: 1000 requests, each side 500 ± 75.
     let answers = common::curl_many(&format!("{base}/split"), 1000, &[]);
@@ -248,6 +327,10 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
         envoy_saw["log"]
     );
     assert_eq!(envoy_saw["retries"], "true");
+    assert_eq!(
+        envoy_saw["websocket"],
+        "HTTP/1.1 101 Switching Protocols PING"
+    );
     assert_eq!(mast_saw, envoy_saw, "mast proxy and Envoy differ");
 }
 
@@ -323,6 +406,45 @@ fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
     let mut got = String::new();
     let _ = s.read_to_string(&mut got);
     assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    // Slowloris: headers sent a byte at a time are cut off after the
+    // listener's request_headers_timeout (2 s), while others are served.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .ok();
+    let started = std::time::Instant::now();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let mut closed = false;
+    while started.elapsed() < std::time::Duration::from_secs(15) {
+        if s.write_all(b"X").is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        assert_eq!(
+            get(&format!("http://127.0.0.1:{listen}/direct"), &[]).0,
+            "200"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(closed, "a slow client kept its connection for 15 s");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "cut off before the timeout"
+    );
     // The proxy still serves others.
     assert_eq!(
         get(&format!("http://127.0.0.1:{listen}/direct"), &[]).0,

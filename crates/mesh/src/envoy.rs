@@ -746,6 +746,11 @@ pub fn hcm_filter(
     let manager = hcm::HttpConnectionManager {
         stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(routes),
+        // WebSockets pass, as Istio configures its proxies.
+        upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
         http_filters: vec![
             hcm::HttpFilter {
                 name: CORS.into(),

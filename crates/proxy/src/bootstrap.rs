@@ -208,6 +208,21 @@ pub struct HttpConnectionManager {
     pub http_filters: Vec<HttpFilter>,
     #[serde(default)]
     pub access_log: Vec<AccessLog>,
+    /// How long a request's headers may take to arrive (slowloris). Envoy
+    /// has no limit by default; mast proxy's default is 30 s.
+    #[serde(default)]
+    pub request_headers_timeout: Option<String>,
+    /// Upgrades to tunnel (`websocket`).
+    #[serde(default)]
+    pub upgrade_configs: Vec<UpgradeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    pub upgrade_type: String,
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }
 
 /// An access log in Envoy's default format, to standard output or error.

@@ -221,6 +221,10 @@ pub struct HttpListener {
     pub cors: bool,
     /// Outbound (or a gateway): Istio's metrics report `source`.
     pub outbound: bool,
+    /// How long request headers may take (`request_headers_timeout`).
+    pub headers_timeout: Duration,
+    /// Upgrades tunnelled (`upgrade_configs`), lower case: `websocket`.
+    pub upgrades: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -776,6 +780,19 @@ fn compile_chain(
                 faults,
                 cors,
                 outbound,
+                upgrades: h
+                    .upgrade_configs
+                    .iter()
+                    .filter(|u| u.enabled != Some(false))
+                    .map(|u| match u.upgrade_type.to_ascii_lowercase().as_str() {
+                        "websocket" => Ok("websocket".to_owned()),
+                        other => bail!("upgrade_type {other} is not implemented (websocket)"),
+                    })
+                    .collect::<Result<_>>()?,
+                headers_timeout: match dur("request_headers_timeout", &h.request_headers_timeout)? {
+                    Some(d) if !d.is_zero() => d,
+                    _ => Duration::from_secs(30),
+                },
             }))
         }
     };

@@ -546,7 +546,7 @@ pub async fn handle(
             }
         }
     }
-    let mut resp = route_action(route, pool, req, n, ctx).await;
+    let mut resp = route_action(l, route, pool, req, n, ctx).await;
     route.response_headers.apply(resp.headers_mut());
     if let Some((c, o)) = origin {
         let h = resp.headers_mut();
@@ -570,6 +570,7 @@ fn chance(share: crate::config::PerMillion, n: usize) -> bool {
 }
 
 async fn route_action(
+    l: &HttpListener,
     route: &Route,
     pool: &Pool,
     mut req: Request<Incoming>,
@@ -621,7 +622,18 @@ async fn route_action(
                     _ => rw.clone(),
                 }
             });
-            forward(f, pool, req, rewritten, n, ctx).await
+            // An upgrade the listener allows (`upgrade_configs`) becomes a
+            // tunnel once the upstream agrees.
+            let upgrade = req
+                .headers()
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_ascii_lowercase)
+                .filter(|u| l.upgrades.contains(u));
+            match upgrade {
+                Some(proto) => forward_upgrade(f, pool, req, rewritten, proto, n, ctx).await,
+                None => forward(f, pool, req, rewritten, n, ctx).await,
+            }
         }
     }
 }
@@ -639,28 +651,7 @@ async fn forward(
         return local(503, "NC", "no cluster");
     }
     let (mut parts, body) = req.into_parts();
-    strip_hop(&mut parts.headers);
-    if let Some(h) = &f.host_rewrite {
-        parts.headers.insert(header::HOST, h.clone());
-    } else if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = a.as_str().parse() {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-    }
-    // Upstream requests are origin-form (`/path?query`).
-    if let Some(p) = rewritten {
-        parts.uri = p.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
-    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let p = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        parts.uri = p.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
-    }
-    parts.version = http::Version::HTTP_11;
+    upstream_parts(f, &mut parts, rewritten);
     // A request without a body can be sent again; others get one attempt.
     let bodiless = parts
         .headers
@@ -700,6 +691,147 @@ async fn forward(
         resp.extensions_mut().insert(Upstream(cluster));
     }
     resp
+}
+
+/// An upgrade (WebSocket): the request goes to the upstream as HTTP/1.1
+/// with its `Upgrade`; a `101` answer makes the two connections one
+/// tunnel, copied both ways until either side closes. Other answers are
+/// passed back as they are.
+async fn forward_upgrade(
+    f: &Forward,
+    pool: &Pool,
+    mut req: Request<Incoming>,
+    rewritten: Option<String>,
+    proto: String,
+    n: usize,
+    ctx: &Ctx,
+) -> Response<RespBody> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = pick_weighted(&f.targets, f.total, n).clone();
+    if cluster.kind == ClusterKind::Missing {
+        return local(503, "NC", "no cluster");
+    }
+    let downstream = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    upstream_parts(f, &mut parts, rewritten);
+    parts.headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(v) = proto.parse() {
+        parts.headers.insert(header::UPGRADE, v);
+    }
+    let Some(ep) = pool.pick_endpoint(&cluster, ctx, None) else {
+        return local(503, "UH", "no healthy upstream");
+    };
+    cluster
+        .stats
+        .upstream_rq_total
+        .fetch_add(1, Ordering::Relaxed);
+    cluster
+        .stats
+        .upstream_cx_total
+        .fetch_add(1, Ordering::Relaxed);
+    let Ok(Ok(mut up)) =
+        tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(ep)).await
+    else {
+        cluster
+            .stats
+            .upstream_cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
+        return fail_response(Fail::Connect);
+    };
+    let _ = up.set_nodelay(true);
+    if up
+        .write_all(&crate::h1::request_head(&parts))
+        .await
+        .is_err()
+    {
+        return fail_response(Fail::Reset);
+    }
+    // The answer's head, then whatever already followed it.
+    let mut buf = Vec::with_capacity(4096);
+    let head = loop {
+        let mut chunk = [0u8; 4096];
+        let read = match f.timeout {
+            Some(t) => match tokio::time::timeout(t, up.read(&mut chunk)).await {
+                Ok(r) => r,
+                Err(_) => return fail_response(Fail::Timeout),
+            },
+            None => up.read(&mut chunk).await,
+        };
+        match read {
+            Ok(0) | Err(_) => return fail_response(Fail::Reset),
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let mut resp = Response::new(());
+                *resp.status_mut() =
+                    StatusCode::from_u16(r.code.unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY);
+                for h in r.headers.iter() {
+                    if let (Ok(k), Ok(v)) = (
+                        header::HeaderName::from_bytes(h.name.as_bytes()),
+                        header::HeaderValue::from_bytes(h.value),
+                    ) {
+                        resp.headers_mut().append(k, v);
+                    }
+                }
+                break (resp, len);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < crate::MAX_HEADERS => {}
+            _ => return fail_response(Fail::Reset),
+        }
+    };
+    let (resp, len) = head;
+    let rest = buf.split_off(len);
+    cluster.stats.status(resp.status().as_u16());
+    let (p, ()) = resp.into_parts();
+    if p.status != StatusCode::SWITCHING_PROTOCOLS {
+        // Not upgraded: the answer and what of its body had come (the
+        // connection is not reused).
+        return Response::from_parts(p, Either::Right(Full::new(Bytes::from(rest))));
+    }
+    tokio::spawn(async move {
+        let Ok(upgraded) = downstream.await else {
+            return;
+        };
+        let mut down = hyper_util::rt::TokioIo::new(upgraded);
+        if !rest.is_empty() && down.write_all(&rest).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    });
+    Response::from_parts(p, Either::Right(Full::new(Bytes::new())))
+}
+
+/// A downstream request's head made ready for the upstream: hop-by-hop
+/// headers off, `Host` (rewritten), origin-form target (rewritten).
+fn upstream_parts(f: &Forward, parts: &mut http::request::Parts, rewritten: Option<String>) {
+    strip_hop(&mut parts.headers);
+    if let Some(h) = &f.host_rewrite {
+        parts.headers.insert(header::HOST, h.clone());
+    } else if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = a.as_str().parse() {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    // Upstream requests are origin-form (`/path?query`).
+    if let Some(p) = rewritten {
+        parts.uri = p.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let p = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = p.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = http::Version::HTTP_11;
 }
 
 /// A request over hyper's client: with a body, or to an HTTP/2 upstream.

@@ -205,7 +205,7 @@ pub fn run(opts: Options) -> Result<i32> {
 
 /// The most request headers a connection may send: Envoy's default
 /// (`max_request_headers_kb`, 60 KiB); more gets 431.
-const MAX_HEADERS: usize = 60 * 1024;
+pub(crate) const MAX_HEADERS: usize = 60 * 1024;
 
 /// Resolves once the drain has started.
 async fn drained(rx: &mut tokio::sync::watch::Receiver<bool>) {
@@ -552,7 +552,10 @@ async fn http_connection(
             }
         }
     } else {
+        // Slowloris: headers that take too long close the connection.
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(h.headers_timeout)
             .max_buf_size(MAX_HEADERS)
             .serve_connection(io, svc)
             .with_upgrades();
