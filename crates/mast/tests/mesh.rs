@@ -304,6 +304,53 @@ spec:
     // A real Envoy, configured only by its bootstrap's ADS server.
     let dir = tempfile::tempdir().expect("tmp");
     let admin = common::free_port();
+    // The gateway's ADS stream (gRPC: HTTP/2 both ways, one long stream)
+    // goes through a mast proxy relay on its way to the control plane.
+    let relay = common::free_port();
+    let relay_path = dir.path().join("relay.yaml");
+    std::fs::write(
+        &relay_path,
+        format!(
+            r#"
+static_resources:
+  listeners:
+  - name: grpc
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {relay}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: grpc
+          route_config:
+            virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: xds, timeout: 0s}}}}]}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
+"#
+        ),
+    )
+    .expect("relay bootstrap");
+    let _relay = common::Background(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args(["proxy", "-c"])
+            .arg(&relay_path)
+            .args(["--concurrency", "1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the relay"),
+    );
     let bootstrap = format!(
         r#"
 node:
@@ -328,7 +375,7 @@ static_resources:
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
       cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {relay}}}}}}}}}]}}]
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 "#
@@ -754,26 +801,30 @@ fn bookinfo_runs_in_the_mesh_with_mast_proxy_sidecars_as_istios_samples_say() {
     bookinfo_as_istios_samples_say(5, "mast");
 }
 
+/// The Prometheus text of the first pod that `selector` matches, from its
+/// proxy's :15090, as Prometheus scrapes it.
+fn scrape(c: &Cluster, selector: &str) -> String {
+    let ip = c.ok(&[
+        "get",
+        "pod",
+        "-l",
+        selector,
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://{ip}:15090/stats/prometheus"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Istio's standard metrics, from the proxies' :15090 as Prometheus
 /// scrapes them: productpage's sidecar reports its calls to reviews-v1 as
 /// the source, reviews-v1's reports the same calls as the destination.
 fn istio_metrics_say_who_called_whom(c: &Cluster) {
-    let scrape = |selector: &str| {
-        let ip = c.ok(&[
-            "get",
-            "pod",
-            "-l",
-            selector,
-            "-o",
-            "jsonpath={.items[0].status.podIP}",
-        ]);
-        let o = std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "5"])
-            .arg(format!("http://{ip}:15090/stats/prometheus"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let scrape = |selector: &str| scrape(c, selector);
     let series = |text: &str, reporter: &str| -> Option<String> {
         text.lines()
             .find(|l| {
@@ -1029,8 +1080,8 @@ fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
         "the pod never completed: {}",
         c.ok(&["get", "pod", "once", "-o", "yaml"])
     );
-    let proxy = c.ok(&["get", "pod", "once", "-o", "jsonpath={.status.initContainerStatuses[0].name} {.status.initContainerStatuses[0].state.terminated.reason}"]);
-    assert!(proxy.starts_with("istio-proxy "), "{proxy}");
+    let sidecar = c.ok(&["get", "pod", "once", "-o", "jsonpath={.status.initContainerStatuses[0].name} {.status.initContainerStatuses[0].state.terminated.reason}"]);
+    assert!(sidecar.starts_with("istio-proxy "), "{sidecar}");
     let logs = c.ok(&["logs", "once", "-c", "call"]);
     assert!(logs.contains("William Shakespeare"), "{logs}");
 
@@ -1073,6 +1124,27 @@ fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
         20,
         "not every connection went to v3: {logs}"
     );
+    if proxy == "mast" {
+        // Istio's TCP metrics, as echo-v3's sidecar reports them.
+        let text = scrape(&c, "app=echo,version=v3");
+        let opened = text
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains("destination_workload=\"echo-v3\"")
+                    && l.contains("request_protocol=\"tcp\"")
+            })
+            .unwrap_or_else(|| panic!("echo-v3's sidecar reports no TCP connections:\n{text}"));
+        assert!(!opened.ends_with(" 0"), "{opened}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("istio_tcp_received_bytes_total{")
+                    && l.contains("destination_workload=\"echo-v3\"")
+                    && !l.ends_with(" 0")),
+            "{text}"
+        );
+    }
 
     // A tls route by SNI: two TLS servers (openssl, each with a
     // certificate naming its version) behind a `tls` port; a VirtualService

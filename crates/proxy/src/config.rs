@@ -60,9 +60,6 @@ pub struct Cluster {
     pub pending: AtomicUsize,
     pub outlier: Option<crate::outlier::Outlier>,
     pub stats: ClusterStats,
-    /// The definition it was built from: an update that leaves it as it
-    /// was keeps this cluster, with its counters and balancing state.
-    source: Option<bootstrap::Cluster>,
 }
 
 #[derive(Debug)]
@@ -352,6 +349,17 @@ impl Config {
         })
     }
 
+    /// A cluster's definition, static or from ADS.
+    fn definition(&self, name: &str) -> Option<&bootstrap::Cluster> {
+        self.dynamic.clusters.get(name).or_else(|| {
+            self.bootstrap
+                .static_resources
+                .clusters
+                .iter()
+                .find(|c| c.name == name)
+        })
+    }
+
     /// Where ADS is: the first endpoint of the cluster `ads_config` names.
     pub fn ads_endpoint(&self) -> Option<SocketAddr> {
         let d = self.bootstrap.dynamic_resources.as_ref()?;
@@ -484,9 +492,11 @@ impl Config {
                 bail!("cluster {} is defined twice", c.name);
             }
             let endpoints = endpoints_of(c, dynamic)?;
+            // An update that leaves a cluster's definition as it was keeps
+            // the cluster, with its counters and balancing state.
             if let Some(old) = prev
+                .filter(|p| p.definition(&c.name) == Some(c))
                 .and_then(|p| p.clusters.get(&c.name))
-                .filter(|o| o.source.as_ref() == Some(c))
             {
                 if **old.endpoints.load() != endpoints {
                     old.endpoints.store(Arc::new(endpoints));
@@ -582,7 +592,6 @@ impl Cluster {
             pending: AtomicUsize::new(0),
             outlier: None,
             stats: ClusterStats::default(),
-            source: None,
         }
     }
 }
@@ -691,7 +700,6 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         pending: AtomicUsize::new(0),
         outlier,
         stats: ClusterStats::default(),
-        source: Some(c.clone()),
     })
 }
 

@@ -981,12 +981,15 @@ async fn forward_inline(
     let head = crate::h1::request_head(&parts);
     let is_head = parts.method == http::Method::HEAD;
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
-    let _permit = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, admit(cluster)).await {
-            Ok(p) => p,
-            Err(_) => Err(Fail::Timeout),
+    // The common case takes a free place at once, with no timer.
+    let _permit = match cluster.conns.try_acquire() {
+        Ok(p) => Ok(p),
+        Err(_) => match deadline {
+            Some(d) => tokio::time::timeout_at(d, admit(cluster))
+                .await
+                .unwrap_or(Err(Fail::Timeout)),
+            None => admit(cluster).await,
         },
-        None => admit(cluster).await,
     };
     let _permit = match _permit {
         Ok(p) => p,

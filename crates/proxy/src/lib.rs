@@ -653,13 +653,21 @@ async fn tcp(
 /// The bootstrap and what ADS delivered, as JSON.
 fn config_dump(cfg: &Config) -> String {
     let bootstrap = serde_yaml_ng::from_str::<serde_json::Value>(&cfg.raw).unwrap_or_default();
-    let d = &cfg.dynamic.json;
+    let d = |t: &str| -> Vec<serde_json::Value> {
+        cfg.dynamic
+            .raw
+            .get(t)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| xds::to_json(a).ok())
+            .collect()
+    };
     let v = serde_json::json!({
         "bootstrap": bootstrap,
-        "dynamic_listeners": d.get(xds::LISTENER),
-        "dynamic_route_configs": d.get(xds::ROUTE),
-        "dynamic_active_clusters": d.get(xds::CLUSTER),
-        "dynamic_endpoint_configs": d.get(xds::ENDPOINT),
+        "dynamic_listeners": d(xds::LISTENER),
+        "dynamic_route_configs": d(xds::ROUTE),
+        "dynamic_active_clusters": d(xds::CLUSTER),
+        "dynamic_endpoint_configs": d(xds::ENDPOINT),
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }

@@ -52,18 +52,16 @@ pub fn to_json(any: &Any) -> Result<serde_json::Value> {
         .map_err(|e| anyhow!("a {name} cannot be read: {e}"))
 }
 
-/// Read one resource of a type into `T` (a bootstrap type), with the name
-/// it goes by.
-fn read<T: serde::de::DeserializeOwned>(any: &Any, what: &str) -> Result<T> {
-    let v = to_json(any)?;
+/// Read one resource (in its JSON form) into `T`, a bootstrap type.
+fn read<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
     let name = v
         .get("name")
         .or_else(|| v.get("cluster_name"))
         .and_then(|n| n.as_str())
-        .unwrap_or("")
-        .to_owned();
-    serde_json::from_value(v)
-        .map_err(|e| anyhow!("{what} {name:?}: {e} (mast proxy refuses what it does not implement; see docs/proxy.md)"))
+        .unwrap_or("");
+    T::deserialize(v).map_err(|e| {
+        anyhow!("{what} {name:?}: {e} (mast proxy refuses what it does not implement; see docs/proxy.md)")
+    })
 }
 
 /// What ADS has delivered and the proxy accepted, by resource name.
@@ -73,8 +71,9 @@ pub struct Resources {
     pub routes: BTreeMap<String, bootstrap::RouteConfiguration>,
     pub clusters: BTreeMap<String, bootstrap::Cluster>,
     pub endpoints: BTreeMap<String, bootstrap::ClusterLoadAssignment>,
-    /// The same resources as JSON, by type, for `/config_dump`.
-    pub json: BTreeMap<String, Vec<serde_json::Value>>,
+    /// The same resources as they came (protobuf, compact), by type, for
+    /// `/config_dump`.
+    pub raw: BTreeMap<String, Vec<Any>>,
 }
 
 impl Resources {
@@ -83,46 +82,44 @@ impl Resources {
         if let Some(r) = resources.iter().find(|r| r.type_url != type_url) {
             bail!("a {type_url} response carries a {}", r.type_url);
         }
+        let json: Vec<serde_json::Value> = resources.iter().map(to_json).collect::<Result<_>>()?;
         let mut next = self.clone();
-        next.json.insert(
-            type_url.to_owned(),
-            resources.iter().map(to_json).collect::<Result<_>>()?,
-        );
         match type_url {
             LISTENER => {
-                next.listeners = resources
+                next.listeners = json
                     .iter()
-                    .map(|r| {
-                        read::<bootstrap::Listener>(r, "listener").map(|l| (l.name.clone(), l))
+                    .map(|v| {
+                        read::<bootstrap::Listener>(v, "listener").map(|l| (l.name.clone(), l))
                     })
                     .collect::<Result<_>>()?
             }
             ROUTE => {
-                next.routes = resources
+                next.routes = json
                     .iter()
-                    .map(|r| {
-                        read::<bootstrap::RouteConfiguration>(r, "route configuration")
-                            .map(|l| (l.name.clone(), l))
+                    .map(|v| {
+                        read::<bootstrap::RouteConfiguration>(v, "route configuration")
+                            .map(|r| (r.name.clone(), r))
                     })
                     .collect::<Result<_>>()?
             }
             CLUSTER => {
-                next.clusters = resources
+                next.clusters = json
                     .iter()
-                    .map(|r| read::<bootstrap::Cluster>(r, "cluster").map(|l| (l.name.clone(), l)))
+                    .map(|v| read::<bootstrap::Cluster>(v, "cluster").map(|c| (c.name.clone(), c)))
                     .collect::<Result<_>>()?
             }
             ENDPOINT => {
-                next.endpoints = resources
+                next.endpoints = json
                     .iter()
-                    .map(|r| {
-                        read::<bootstrap::ClusterLoadAssignment>(r, "endpoints")
-                            .map(|l| (l.cluster_name.clone(), l))
+                    .map(|v| {
+                        read::<bootstrap::ClusterLoadAssignment>(v, "endpoints")
+                            .map(|e| (e.cluster_name.clone(), e))
                     })
                     .collect::<Result<_>>()?
             }
             other => bail!("resource type {other} is not one mast proxy subscribes to"),
         }
+        next.raw.insert(type_url.to_owned(), resources.to_vec());
         Ok(next)
     }
 
@@ -362,4 +359,55 @@ async fn stream(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(type_url: &str, value: Vec<u8>) -> Any {
+        Any {
+            type_url: type_url.to_owned(),
+            value,
+        }
+    }
+
+    #[test]
+    fn resources_decode_into_the_bootstrap_types() {
+        use prost::Message;
+        let c = envoy_types::pb::envoy::config::cluster::v3::Cluster {
+            name: "outbound|9080||reviews".into(),
+            ..Default::default()
+        };
+        let r = Resources::default()
+            .with(CLUSTER, &[any(CLUSTER, c.encode_to_vec())])
+            .expect("a plain cluster reads");
+        assert!(r.clusters.contains_key("outbound|9080||reviews"));
+        assert_eq!(r.raw[CLUSTER].len(), 1);
+    }
+
+    #[test]
+    fn garbage_and_unimplemented_fields_are_refused_by_name() {
+        use prost::Message;
+        // Bytes that are no Cluster.
+        let e = Resources::default()
+            .with(CLUSTER, &[any(CLUSTER, vec![0xff, 0xff, 0xff, 0x0f])])
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("does not decode"), "{e:#}");
+        // A type that was not asked for.
+        let e = Resources::default()
+            .with(CLUSTER, &[any(LISTENER, vec![])])
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("carries"), "{e:#}");
+        // A field mast proxy does not implement: named in the NACK.
+        let c = envoy_types::pb::envoy::config::cluster::v3::Cluster {
+            name: "c".into(),
+            ignore_health_on_host_removal: true,
+            ..Default::default()
+        };
+        let e = Resources::default()
+            .with(CLUSTER, &[any(CLUSTER, c.encode_to_vec())])
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("ignore_health_on_host_removal"), "{e:#}");
+    }
 }
