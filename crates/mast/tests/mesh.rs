@@ -214,6 +214,23 @@ fn a_mast_proxy_gateway_routes_as_istio_configuration_says() {
     gateway_routes_as_istio_configuration_says("mast");
 }
 
+/// The static cluster `xds`: HTTP/2 (gRPC) to 127.0.0.1:`port`.
+fn xds_cluster(port: u16) -> String {
+    format!(
+        r#"  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"#
+    )
+}
+
 fn gateway_routes_as_istio_configuration_says(proxy: &str) {
     let c = Cluster::start();
     let _sched = c.component(&["scheduler"]);
@@ -328,17 +345,8 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
-"#
+{}"#,
+            xds_cluster(xds)
         ),
     )
     .expect("relay bootstrap");
@@ -366,19 +374,10 @@ dynamic_resources:
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {relay}}}}}}}}}]}}]
-admin:
+{}admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-"#
+"#,
+        xds_cluster(relay)
     );
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, bootstrap).expect("bootstrap");

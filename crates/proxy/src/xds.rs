@@ -408,6 +408,9 @@ mod tests {
         let e = Resources::default()
             .with(CLUSTER, &[any(CLUSTER, c.encode_to_vec())])
             .unwrap_err();
-        assert!(format!("{e:#}").contains("ignore_health_on_host_removal"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("ignore_health_on_host_removal"),
+            "{e:#}"
+        );
     }
 }
