@@ -142,6 +142,8 @@ static_resources:
                 route: {{cluster: v2}}
               - match: {{prefix: "/ws"}}
                 route: {{cluster: ws}}
+              - match: {{prefix: "/checked"}}
+                route: {{cluster: checked}}
               - match: {{prefix: "/"}}
                 route: {{cluster: v1}}
           access_log:
@@ -151,7 +153,19 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
-{}{}{}{}"#,
+{}{}{}{}  - name: checked
+    connect_timeout: 1s
+    type: STATIC
+    health_checks:
+    - timeout: 1s
+      interval: 1s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      http_health_check: {{path: /}}
+    load_assignment:
+      cluster_name: checked
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {v1}}}}}}}}}, {{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {dead}}}}}}}}}]}}]
+"#,
         cluster("v1", v1),
         cluster("v2", v2),
         cluster("dead", dead),
@@ -206,6 +220,17 @@ fn observe(port: u16) -> BTreeMap<&'static str, String> {
     );
     out.insert("timeout", get(&format!("{base}/slow?delay=2s"), &[]).0);
     out.insert("websocket", websocket(port));
+    // Active health checks: of v1 and a dead endpoint, only v1 is used
+    // once the first checks are in.
+    let healthy = common::eventually(10, || {
+        common::count_by(
+            &common::curl_many(&format!("{base}/checked"), 20, &[]),
+            "version",
+        )
+        .get("v1")
+            == Some(&20)
+    });
+    out.insert("health checks", healthy.to_string());
     out.insert("dead", get(&format!("{base}/dead"), &[]).0);
     // Weights: 1000 requests, each side 500 ± 75.
     let answers = common::curl_many(&format!("{base}/split"), 1000, &[]);

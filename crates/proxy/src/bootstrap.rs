@@ -650,6 +650,12 @@ pub struct Cluster {
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
+    /// `healthy_panic_threshold`: below this share of healthy endpoints
+    /// (50% by default), all of them are used.
+    #[serde(default)]
+    pub common_lb_config: Option<CommonLbConfig>,
+    #[serde(default)]
     pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptions>,
 }
 
@@ -688,6 +694,43 @@ pub struct LbEndpoint {
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub address: Address,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CommonLbConfig {
+    #[serde(default)]
+    pub healthy_panic_threshold: Option<Percent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    #[serde(default)]
+    pub value: f64,
+}
+
+/// An active health check: HTTP (`path`, 200 is healthy) or TCP (a
+/// connect).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub timeout: String,
+    pub interval: String,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    #[serde(default)]
+    pub http_health_check: Option<HttpHealthCheck>,
+    #[serde(default)]
+    pub tcp_health_check: Option<Empty>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// Ejection after consecutive failures. Success-rate ejection is not

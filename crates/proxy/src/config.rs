@@ -59,6 +59,10 @@ pub struct Cluster {
     pub conns: tokio::sync::Semaphore,
     pub pending: AtomicUsize,
     pub outlier: Option<crate::outlier::Outlier>,
+    pub health: Option<crate::health::Health>,
+    /// Below this share of healthy endpoints (percent), all are used
+    /// (Envoy's panic mode).
+    pub panic_threshold: f64,
     pub stats: ClusterStats,
 }
 
@@ -591,6 +595,8 @@ impl Cluster {
             conns: tokio::sync::Semaphore::new(0),
             pending: AtomicUsize::new(0),
             outlier: None,
+            health: None,
+            panic_threshold: 50.0,
             stats: ClusterStats::default(),
         }
     }
@@ -683,6 +689,31 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
             ))
         }
     };
+    let health = match c.health_checks.as_slice() {
+        [] => None,
+        [h] => {
+            let probe = match (&h.http_health_check, &h.tcp_health_check) {
+                (Some(http), None) => crate::health::Probe::Http {
+                    path: http.path.clone(),
+                    host: http.host.clone().unwrap_or_else(|| c.name.clone()),
+                },
+                (None, Some(_)) => crate::health::Probe::Tcp,
+                _ => bail!("a health check needs one of http_health_check, tcp_health_check"),
+            };
+            let d = |what: &str, v: &String| {
+                bootstrap::duration(v)
+                    .ok_or_else(|| anyhow!("health check {what}: bad duration {v:?}"))
+            };
+            Some(crate::health::Health::new(
+                probe,
+                d("interval", &h.interval)?.max(Duration::from_millis(10)),
+                d("timeout", &h.timeout)?,
+                h.unhealthy_threshold,
+                h.healthy_threshold,
+            ))
+        }
+        _ => bail!("mast proxy implements one health check per cluster"),
+    };
     let max_connections = t.max_connections.unwrap_or(1024) as usize;
     Ok(Cluster {
         name: c.name.clone(),
@@ -699,6 +730,13 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         conns: tokio::sync::Semaphore::new(max_connections),
         pending: AtomicUsize::new(0),
         outlier,
+        health,
+        panic_threshold: c
+            .common_lb_config
+            .as_ref()
+            .and_then(|l| l.healthy_panic_threshold.as_ref())
+            .map(|p| p.value.clamp(0.0, 100.0))
+            .unwrap_or(50.0),
         stats: ClusterStats::default(),
     })
 }

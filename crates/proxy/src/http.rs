@@ -330,12 +330,23 @@ impl Pool {
         }
         let all = c.endpoints.load();
         let healthy;
-        let endpoints: &[SocketAddr] = match &c.outlier {
-            Some(o) => {
-                healthy = o.healthy(&all);
+        let endpoints: &[SocketAddr] = if c.outlier.is_none() && c.health.is_none() {
+            &all
+        } else {
+            let mut up = all.to_vec();
+            if let Some(h) = &c.health {
+                up = h.healthy(&up);
+            }
+            if let Some(o) = &c.outlier {
+                up = o.healthy(&up);
+            }
+            // Envoy's panic mode: with too few healthy endpoints, use all.
+            if (up.len() as f64) * 100.0 < c.panic_threshold * all.len() as f64 {
+                &all
+            } else {
+                healthy = up;
                 &healthy
             }
-            None => &all,
         };
         let n = endpoints.len();
         if n == 0 {

@@ -24,6 +24,7 @@ mod access;
 pub mod bootstrap;
 pub mod config;
 mod h1;
+mod health;
 pub mod http;
 pub mod istio;
 mod outlier;
@@ -80,6 +81,16 @@ pub fn load(opts: &Options) -> Result<Config> {
     Config::compile(&b, text)
 }
 
+/// Start the active health checks of clusters that have them, once per
+/// cluster (they end with it). Runs in the main thread's runtime.
+fn start_health_checks(cfg: &Config) {
+    for c in cfg.clusters.values() {
+        if c.health.as_ref().is_some_and(|h| h.start()) {
+            tokio::spawn(health::run(Arc::downgrade(c)));
+        }
+    }
+}
+
 /// Applies what ADS delivers.
 struct Updater(Arc<Shared>);
 
@@ -90,6 +101,7 @@ impl xds::Apply for Updater {
             return Ok(());
         }
         let next = Config::build(&cur.bootstrap, cur.raw.clone(), resources, Some(&cur))?;
+        start_health_checks(&next);
         self.0.cfg.store(Arc::new(next));
         self.0.version.send_modify(|v| *v += 1);
         Ok(())
@@ -169,6 +181,7 @@ pub fn run(opts: Options) -> Result<i32> {
                 .with_context(|| format!("the admin port cannot listen on {addr}"))?;
             tokio::spawn(admin(l, shared.clone()));
         }
+        start_health_checks(&cfg);
         if let Some(ep) = ads {
             let node = serde_yaml_ng::from_str::<serde_json::Value>(&cfg.raw)
                 .ok()

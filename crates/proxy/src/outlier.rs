@@ -85,21 +85,14 @@ impl Outlier {
         }
     }
 
-    /// The endpoints not ejected now; all of them if every one is (as
-    /// Envoy's panic mode balances over all hosts when too few are left).
+    /// The endpoints not ejected now.
     pub fn healthy(&self, eps: &[SocketAddr]) -> Vec<SocketAddr> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let up: Vec<SocketAddr> = eps
-            .iter()
+        eps.iter()
             .filter(|e| st.get(e).and_then(|h| h.until).is_none_or(|u| u <= now))
             .copied()
-            .collect();
-        if up.is_empty() {
-            eps.to_vec()
-        } else {
-            up
-        }
+            .collect()
     }
 
     /// Whether an endpoint is ejected now.
