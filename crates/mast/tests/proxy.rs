@@ -105,7 +105,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
           request_headers_timeout: 2s
-          upgrade_configs: [{{upgrade_type: websocket}}]
+          upgrade_configs: [{{upgrade_type: websocket}}, {{upgrade_type: CONNECT}}]
           route_config:
             name: local
             virtual_hosts:
@@ -144,6 +144,8 @@ static_resources:
                 route: {{cluster: ws}}
               - match: {{prefix: "/checked"}}
                 route: {{cluster: checked}}
+              - match: {{connect_matcher: {{}}}}
+                route: {{cluster: v2, upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]}}
               - match: {{prefix: "/"}}
                 route: {{cluster: v1}}
           access_log:
@@ -220,6 +222,13 @@ fn observe(port: u16) -> BTreeMap<&'static str, String> {
     );
     out.insert("timeout", get(&format!("{base}/slow?delay=2s"), &[]).0);
     out.insert("websocket", websocket(port));
+    // CONNECT: a tunnel to the route's cluster (v2), carrying a plain GET.
+    let (code, body) = get("http://tunnel.test/", &["-p", "-x", &base]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    out.insert(
+        "connect",
+        format!("{code} {}", v["version"].as_str().unwrap_or("-")),
+    );
     // Active health checks: of v1 and a dead endpoint, only v1 is used
     // once the first checks are in.
     let healthy = common::eventually(10, || {

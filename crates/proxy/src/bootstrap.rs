@@ -446,6 +446,9 @@ pub struct RouteMatch {
     pub case_sensitive: Option<bool>,
     #[serde(default)]
     pub query_parameters: Vec<QueryParameterMatcher>,
+    /// Matches CONNECT requests (and only those).
+    #[serde(default)]
+    pub connect_matcher: Option<Empty>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -515,6 +518,20 @@ pub struct RouteAction {
     /// yields a value.
     #[serde(default)]
     pub hash_policy: Vec<HashPolicy>,
+    /// CONNECT with `connect_config`: terminated here, its payload
+    /// proxied as TCP.
+    #[serde(default)]
+    pub upgrade_configs: Vec<RouteUpgradeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteUpgradeConfig {
+    pub upgrade_type: String,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub connect_config: Option<Empty>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]

@@ -71,6 +71,8 @@ pub enum PathMatch {
     Prefix(String),
     Exact(String),
     Regex(regex::Regex),
+    /// `connect_matcher`: CONNECT requests, which no other match takes.
+    Connect,
 }
 
 #[derive(Debug)]
@@ -832,7 +834,10 @@ fn compile_chain(
                     .filter(|u| u.enabled != Some(false))
                     .map(|u| match u.upgrade_type.to_ascii_lowercase().as_str() {
                         "websocket" => Ok("websocket".to_owned()),
-                        other => bail!("upgrade_type {other} is not implemented (websocket)"),
+                        "connect" => Ok("connect".to_owned()),
+                        other => {
+                            bail!("upgrade_type {other} is not implemented (websocket, CONNECT)")
+                        }
                     })
                     .collect::<Result<_>>()?,
                 headers_timeout: match dur("request_headers_timeout", &h.request_headers_timeout)? {
@@ -916,8 +921,10 @@ fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
         PathMatch::Exact(p.clone())
     } else if let Some(re) = &m.safe_regex {
         PathMatch::Regex(regex(&re.regex)?)
+    } else if m.connect_matcher.is_some() {
+        PathMatch::Connect
     } else {
-        bail!("a match needs prefix, path or safe_regex");
+        bail!("a match needs prefix, path, safe_regex or connect_matcher");
     };
     let mut headers = vec![];
     for h in &m.headers {
@@ -1043,6 +1050,27 @@ fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
     } else {
         bail!("a route needs route, direct_response or redirect");
     };
+    if let (PathMatch::Connect, Some(a)) = (&path, &r.route) {
+        let terminated = a.upgrade_configs.iter().any(|u| {
+            u.upgrade_type.eq_ignore_ascii_case("connect")
+                && u.enabled != Some(false)
+                && u.connect_config.is_some()
+        });
+        if !terminated {
+            bail!("a CONNECT route forwarded upstream is not implemented; terminate it with upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]");
+        }
+    }
+    if let Some(u) = r
+        .route
+        .iter()
+        .flat_map(|a| &a.upgrade_configs)
+        .find(|u| !u.upgrade_type.eq_ignore_ascii_case("connect"))
+    {
+        bail!(
+            "route upgrade_configs {} is not implemented (CONNECT)",
+            u.upgrade_type
+        );
+    }
     let mut query = vec![];
     for q in &m.query_parameters {
         let sm = match (&q.string_match, q.present_match) {

@@ -151,7 +151,10 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn route_matches(r: &Route, path: &str, headers: &HeaderMap) -> bool {
+fn route_matches(r: &Route, connect: bool, path: &str, headers: &HeaderMap) -> bool {
+    if connect != matches!(r.path, PathMatch::Connect) {
+        return false;
+    }
     if !r.query.is_empty() {
         let q = path.split_once('?').map(|(_, q)| q).unwrap_or("");
         if !r
@@ -171,6 +174,7 @@ fn route_matches(r: &Route, path: &str, headers: &HeaderMap) -> bool {
         PathMatch::Exact(p) if r.case_sensitive => path_only == p,
         PathMatch::Exact(p) => path_only.eq_ignore_ascii_case(p),
         PathMatch::Regex(re) => re.is_match(path_only),
+        PathMatch::Connect => true,
     };
     ok && r.headers.iter().all(|h| {
         let v = headers.get(&h.name).and_then(|v| v.to_str().ok());
@@ -482,6 +486,7 @@ pub async fn handle(
     ctx: &Ctx,
 ) -> Response<RespBody> {
     let route = {
+        let connect = req.method() == http::Method::CONNECT;
         let host = req
             .headers()
             .get(header::HOST)
@@ -496,7 +501,7 @@ pub async fn handle(
         vhost(table, host).and_then(|v| {
             v.routes
                 .iter()
-                .find(|r| route_matches(r, path, req.headers()))
+                .find(|r| route_matches(r, connect, path, req.headers()))
         })
     };
     let Some(route) = route else {
@@ -642,6 +647,13 @@ async fn route_action(
                 .map(str::to_ascii_lowercase)
                 .filter(|u| l.upgrades.contains(u));
             match upgrade {
+                _ if req.method() == http::Method::CONNECT => {
+                    if l.upgrades.iter().any(|u| u == "connect") {
+                        forward_connect(f, pool, req, n, ctx).await
+                    } else {
+                        local(404, "NR", "")
+                    }
+                }
                 Some(proto) => forward_upgrade(f, pool, req, rewritten, proto, n, ctx).await,
                 None => forward(f, pool, req, rewritten, n, ctx).await,
             }
@@ -816,6 +828,48 @@ async fn forward_upgrade(
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     });
     Response::from_parts(p, Either::Right(Full::new(Bytes::new())))
+}
+
+/// CONNECT (`upgrade_type: CONNECT` and a `connect_matcher` route): a TCP
+/// connection to an endpoint of the route's cluster, answered 200, then a
+/// tunnel copied both ways, as Envoy terminates CONNECT.
+async fn forward_connect(
+    f: &Forward,
+    pool: &Pool,
+    mut req: Request<Incoming>,
+    n: usize,
+    ctx: &Ctx,
+) -> Response<RespBody> {
+    let cluster = pick_weighted(&f.targets, f.total, n).clone();
+    if cluster.kind == ClusterKind::Missing {
+        return local(503, "NC", "no cluster");
+    }
+    let Some(ep) = pool.pick_endpoint(&cluster, ctx, None) else {
+        return local(503, "UH", "no healthy upstream");
+    };
+    cluster
+        .stats
+        .upstream_cx_total
+        .fetch_add(1, Ordering::Relaxed);
+    let Ok(Ok(mut up)) =
+        tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(ep)).await
+    else {
+        cluster
+            .stats
+            .upstream_cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
+        return fail_response(Fail::Connect);
+    };
+    let _ = up.set_nodelay(true);
+    let downstream = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = downstream.await else {
+            return;
+        };
+        let mut down = hyper_util::rt::TokioIo::new(upgraded);
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    });
+    Response::new(Either::Right(Full::new(Bytes::new())))
 }
 
 /// A downstream request's head made ready for the upstream: hop-by-hop
