@@ -35,9 +35,9 @@ enum Command {
     /// Start an all-in-one cluster on this machine: API server and store,
     /// scheduler, controllers and a node agent that runs pods as processes,
     /// with Services, cluster DNS, an Ingress controller on ports 80/443 and
-    /// the mesh control plane (xDS on 127.0.0.1:15010); with Envoy at hand,
-    /// sidecar injection and Istio's ingress gateway too (`--demo` adds
-    /// Bookinfo).
+    /// the mesh control plane (xDS on 127.0.0.1:15010), sidecar injection
+    /// (mast proxy, or Envoy with --mesh-proxy envoy) and Istio's ingress
+    /// gateway (`--demo` adds Bookinfo, in the mesh).
     ///
     /// Prints the `export KUBECONFIG=...` line to use with kubectl. Starting
     /// again with the same --data-dir resumes the same cluster.
@@ -126,7 +126,7 @@ struct ClientArgs {
 enum MeshCommand {
     /// Run the mesh control plane against an API server: Services and
     /// Istio configuration (VirtualService, DestinationRule, Gateway) served
-    /// to Envoy proxies over xDS (ADS).
+    /// to proxies (mast proxy or Envoy) over Envoy's xDS (ADS).
     Serve(MeshArgs),
     /// Find problems in the mesh's configuration, as `istioctl analyze`
     /// does: references to hosts, subsets and gateways that do not exist,
@@ -333,8 +333,8 @@ struct UpArgs {
     /// on this machine's pod bridge.
     #[arg(long, default_value = "10.44.0.0/24")]
     service_lb_pool: mast_controllers::nodeipam::Cidr,
-    /// Where the mesh control plane serves xDS to Envoy proxies (`off` to
-    /// run without it).
+    /// Where the mesh control plane serves xDS to proxies (`off` to run
+    /// without it).
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_listen: String,
     /// The proxy that mesh pods and the ingress gateway run: `mast` (mast
