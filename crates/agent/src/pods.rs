@@ -758,14 +758,7 @@ impl Worker {
                 .map_err(|_| format!("bad pod IP {:?}", self.rec.ip))?;
             let a = mast_net::Attachment {
                 bridge: net.bridge.clone(),
-                host_if: format!(
-                    "mv{}",
-                    self.uid
-                        .replace('-', "")
-                        .chars()
-                        .take(12)
-                        .collect::<String>()
-                ),
+                host_if: host_if(&self.uid),
                 ip,
                 prefix: net.prefix,
                 gateway: net.gateway,
@@ -1499,7 +1492,7 @@ impl Worker {
     }
 
     /// Remove the pod from the machine: sandbox, cgroups, mount points,
-    /// IP and files.
+    /// network link, IP and files.
     async fn teardown(&mut self, _grace: Duration) {
         for r in self.rec.containers.values() {
             if let Some(i) = &r.running {
@@ -1537,6 +1530,7 @@ impl Worker {
             let _ = std::fs::remove_dir(&pod_cg);
         }
         volumes::remove_mountpoints(&self.rec.mountpoints);
+        remove_link(&self.uid).await;
         self.rt.release_ip(&self.rec.ip);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -1892,6 +1886,25 @@ impl ProbeCtx {
 /// Stop every pod an agent left in `data_dir` and remove their cgroups,
 /// mount points and files: `mast cleanup-node`, for tests and for taking a
 /// machine out of a cluster. The agent must be stopped first.
+/// The host end of a pod's veth pair.
+fn host_if(uid: &str) -> String {
+    format!(
+        "mv{}",
+        uid.replace('-', "").chars().take(12).collect::<String>()
+    )
+}
+
+/// Delete the pod's veth pair from the host's side. The kernel would
+/// remove it with the pod's network namespace, but that namespace lives
+/// on while closed TCP connections in it still retransmit (minutes, when
+/// their peers went first), and the pod's address may be reused at once.
+async fn remove_link(uid: &str) {
+    let name = host_if(uid);
+    if let Err(e) = mast_net::delete_link(&name).await {
+        tracing::warn!(link = %name, error = %e, "could not remove the pod's network link");
+    }
+}
+
 pub fn cleanup_node(data_dir: &Path) -> usize {
     let root = data_dir.join("pods");
     let Ok(rd) = std::fs::read_dir(&root) else {
@@ -1931,6 +1944,12 @@ pub fn cleanup_node(data_dir: &Path) -> usize {
             }
         }
         volumes::remove_mountpoints(&rec.mountpoints);
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(remove_link(&uid));
+        }
         let _ = std::fs::remove_dir_all(e.path());
         n += 1;
     }
