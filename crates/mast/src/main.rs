@@ -922,16 +922,25 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Command::Proxy(a) => {
-            let levels = [
-                "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
-            ];
-            if !levels.contains(&a.log_level.as_str()) {
-                bail!(
-                    "--log-level {:?}: use one of {}",
-                    a.log_level,
-                    levels.join(", ")
-                );
-            }
+            // Envoy's log levels, as tracing's.
+            use tracing_subscriber::filter::LevelFilter;
+            let level = match a.log_level.as_str() {
+                "trace" => LevelFilter::TRACE,
+                "debug" => LevelFilter::DEBUG,
+                "info" => LevelFilter::INFO,
+                "warning" | "warn" => LevelFilter::WARN,
+                "error" | "critical" => LevelFilter::ERROR,
+                "off" => LevelFilter::OFF,
+                other => bail!(
+                    "--log-level {other:?}: use one of trace, debug, info, warning, warn, error, critical, off"
+                ),
+            };
+            // A subscriber with a maximum level lets the libraries' disabled
+            // spans and events (h2 makes several per stream) cost nothing.
+            tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_writer(std::io::stderr)
+                .init();
             std::process::exit(mast_proxy::run(mast_proxy::Options {
                 config_path: a.config_path.clone(),
                 config_yaml: a.config_yaml.clone(),

@@ -499,7 +499,10 @@ async fn http_connection(
                     (peer, request_facts(&req))
                 });
                 let mut r = match table {
-                    Some(t) => http::handle(&h, &t, &pool, req, n, &ctx).await,
+                    // Boxed: the routing future is large, and hyper moves
+                    // the request's future (into its dispatcher, or into a
+                    // task per HTTP/2 stream); a box moves as a pointer.
+                    Some(t) => Box::pin(http::handle(&h, &t, &pool, req, n, &ctx)).await,
                     None => http::local(404, "NR", ""),
                 };
                 if let (Some((m, outbound)), Some((peer_in, facts))) = (&ctx.istio, seen) {
