@@ -582,6 +582,23 @@ impl Config {
 }
 
 impl Cluster {
+    /// A new connection to `ep`, within the connect timeout, counted in
+    /// `upstream_cx_total` and, failing, `upstream_cx_connect_fail`.
+    pub async fn connect(&self, ep: SocketAddr) -> Option<tokio::net::TcpStream> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.upstream_cx_total.fetch_add(1, Relaxed);
+        match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(ep)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Some(s)
+            }
+            _ => {
+                self.stats.upstream_cx_connect_fail.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
     fn missing(name: &str) -> Cluster {
         Cluster {
             name: name.to_owned(),

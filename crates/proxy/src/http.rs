@@ -405,19 +405,7 @@ impl Pool {
                 return Err(Fail::Overflow);
             }
         }
-        c.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
-        let stream =
-            match tokio::time::timeout(c.connect_timeout, tokio::net::TcpStream::connect(ep)).await
-            {
-                Ok(Ok(s)) => s,
-                _ => {
-                    c.stats
-                        .upstream_cx_connect_fail
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(Fail::Connect);
-                }
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = c.connect(ep).await.ok_or(Fail::Connect)?;
         let io = hyper_util::rt::TokioIo::new(stream);
         if c.h2 {
             let (s, conn) =
@@ -751,20 +739,9 @@ async fn forward_upgrade(
         .stats
         .upstream_rq_total
         .fetch_add(1, Ordering::Relaxed);
-    cluster
-        .stats
-        .upstream_cx_total
-        .fetch_add(1, Ordering::Relaxed);
-    let Ok(Ok(mut up)) =
-        tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(ep)).await
-    else {
-        cluster
-            .stats
-            .upstream_cx_connect_fail
-            .fetch_add(1, Ordering::Relaxed);
+    let Some(mut up) = cluster.connect(ep).await else {
         return fail_response(Fail::Connect);
     };
-    let _ = up.set_nodelay(true);
     if up
         .write_all(&crate::h1::request_head(&parts))
         .await
@@ -847,20 +824,9 @@ async fn forward_connect(
     let Some(ep) = pool.pick_endpoint(&cluster, ctx, None) else {
         return local(503, "UH", "no healthy upstream");
     };
-    cluster
-        .stats
-        .upstream_cx_total
-        .fetch_add(1, Ordering::Relaxed);
-    let Ok(Ok(mut up)) =
-        tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(ep)).await
-    else {
-        cluster
-            .stats
-            .upstream_cx_connect_fail
-            .fetch_add(1, Ordering::Relaxed);
+    let Some(mut up) = cluster.connect(ep).await else {
         return fail_response(Fail::Connect);
     };
-    let _ = up.set_nodelay(true);
     let downstream = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = downstream.await else {
@@ -1080,22 +1046,7 @@ async fn forward_inline(
                     Ok(r) => return Ok(r),
                 }
             }
-            stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
-            let stream = match tokio::time::timeout(
-                cluster.connect_timeout,
-                tokio::net::TcpStream::connect(ep),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                _ => {
-                    stats
-                        .upstream_cx_connect_fail
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(Fail::Connect);
-                }
-            };
-            let _ = stream.set_nodelay(true);
+            let stream = cluster.connect(ep).await.ok_or(Fail::Connect)?;
             crate::h1::exchange(
                 crate::h1::Conn::new(ep, stream),
                 &head,
@@ -1167,10 +1118,7 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
             .fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let head = crate::h1::request_head(&p);
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(ep))
-                    .await
-            else {
+            let Some(stream) = cluster.connect(ep).await else {
                 return;
             };
             let is_head = p.method == http::Method::HEAD;

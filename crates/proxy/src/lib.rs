@@ -483,9 +483,13 @@ async fn http_connection(
                 let log = h.access_log.map(|out| (access::Entry::begin(&req), out));
                 // Routes over RDS are looked up per request, so an update
                 // reaches connections that are already open.
+                let rds;
                 let table = match &h.routes {
-                    Routes::Inline(t) => Some(t.clone()),
-                    Routes::Rds(name) => shared.cfg.load().routes.get(name).cloned(),
+                    Routes::Inline(t) => Some(&**t),
+                    Routes::Rds(name) => {
+                        rds = shared.cfg.load().routes.get(name).cloned();
+                        rds.as_deref()
+                    }
                 };
                 // Istio's metrics: who the peer is (the source's header on
                 // inbound requests), what was asked and how long it took.
@@ -502,7 +506,7 @@ async fn http_connection(
                     // Boxed: the routing future is large, and hyper moves
                     // the request's future (into its dispatcher, or into a
                     // task per HTTP/2 stream); a box moves as a pointer.
-                    Some(t) => Box::pin(http::handle(&h, &t, &pool, req, n, &ctx)).await,
+                    Some(t) => Box::pin(http::handle(&h, t, &pool, req, n, &ctx)).await,
                     None => http::local(404, "NR", ""),
                 };
                 if let (Some((m, outbound)), Some((peer_in, facts))) = (&ctx.istio, seen) {
@@ -554,19 +558,11 @@ async fn http_connection(
         matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
     };
     let io = hyper_util::rt::TokioIo::new(stream);
-    let mut drain = shared.drain.subscribe();
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .max_header_list_size(MAX_HEADERS as u32)
             .serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drained(&mut drain) => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
+        until_drained(conn, |c| c.graceful_shutdown(), &shared).await;
     } else {
         // Slowloris: headers that take too long close the connection.
         let conn = hyper::server::conn::http1::Builder::new()
@@ -575,13 +571,24 @@ async fn http_connection(
             .max_buf_size(MAX_HEADERS)
             .serve_connection(io, svc)
             .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drained(&mut drain) => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+        until_drained(conn, |c| c.graceful_shutdown(), &shared).await;
+    }
+}
+
+/// Serve a connection to its end; when the drain starts, shut it down
+/// gracefully and let it finish.
+async fn until_drained<C: std::future::Future>(
+    conn: C,
+    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+    shared: &Shared,
+) {
+    tokio::pin!(conn);
+    let mut drain = shared.drain.subscribe();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drained(&mut drain) => {
+            shutdown(conn.as_mut());
+            let _ = conn.await;
         }
     }
 }
@@ -647,20 +654,9 @@ async fn tcp(
     let Some(ep) = pool.pick_endpoint(cluster, ctx, None) else {
         return (0, 0);
     };
-    cluster
-        .stats
-        .upstream_cx_total
-        .fetch_add(1, Ordering::Relaxed);
-    let Ok(Ok(mut up)) =
-        tokio::time::timeout(cluster.connect_timeout, tokio::net::TcpStream::connect(ep)).await
-    else {
-        cluster
-            .stats
-            .upstream_cx_connect_fail
-            .fetch_add(1, Ordering::Relaxed);
+    let Some(mut up) = cluster.connect(ep).await else {
         return (0, 0);
     };
-    let _ = up.set_nodelay(true);
     tokio::io::copy_bidirectional(&mut down, &mut up)
         .await
         .unwrap_or((0, 0))
