@@ -485,3 +485,165 @@ fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
         "200"
     );
 }
+
+/// A gRPC server in miniature, over h2c: every call is answered with an
+/// empty message and, in the trailers, the status its method names
+/// (`/svc.Echo/Ok` 0, `/svc.Echo/Unavailable` 14).
+fn grpc_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            let status = if req.uri().path().ends_with("/Ok") {
+                                "0"
+                            } else {
+                                "14"
+                            };
+                            let _ = req.into_body().collect().await;
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", status.parse().expect("status"));
+                            let body =
+                                http_body_util::Full::new(bytes::Bytes::from_static(&[0; 5]))
+                                    .with_trailers(async move { Some(Ok(trailers)) });
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(body)
+                                    .expect("response"),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+/// One gRPC call over h2c (nghttp, which shows trailers): the
+/// `grpc-status` its trailers carry.
+fn grpc_call(port: u16, method: &str) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let msg = dir.path().join("msg");
+    std::fs::write(&msg, [0u8; 5]).expect("message");
+    let out = Command::new("nghttp")
+        .args(["-v", "-t", "5", "-H", "content-type: application/grpc"])
+        .args(["-H", "te: trailers", "-d"])
+        .arg(&msg)
+        .arg(format!("http://127.0.0.1:{port}/svc.Echo/{method}"))
+        .output()
+        .expect("nghttp (apt-get install nghttp2-client)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split_once(") grpc-status: ")
+                .map(|(_, s)| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "none".into())
+}
+
+#[test]
+fn mast_proxy_reports_grpc_calls_in_istios_metrics_with_their_status() {
+    let upstream = grpc_server();
+    let (listen, admin) = (common::free_port(), common::free_port());
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("grpc.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+node:
+  id: sidecar~127.0.0.1~client-1-2.default~default.svc.cluster.local
+  metadata: {{NAMESPACE: default, NAME: client-6b9f-x2x, LABELS: {{app: client, version: v1, pod-template-hash: 6b9f}}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: out
+    traffic_direction: OUTBOUND
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: out
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: "outbound|9000||grpc-echo.default.svc.cluster.local"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: "outbound|9000||grpc-echo.default.svc.cluster.local"
+    connect_timeout: 1s
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"#
+        ),
+    )
+    .expect("write");
+    let _proxy = common::Background(
+        mast_proxy(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mast proxy"),
+    );
+    wait_port(listen);
+    // The trailers reach the client through the proxy.
+    assert_eq!(grpc_call(listen, "Ok"), "0");
+    assert_eq!(grpc_call(listen, "Unavailable"), "14");
+    assert_eq!(grpc_call(listen, "Unavailable"), "14");
+    let (_, stats) = get(&format!("http://127.0.0.1:{admin}/stats/prometheus"), &[]);
+    let series = |status: &str| {
+        stats
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("grpc_response_status=\"{status}\""))
+            })
+            .unwrap_or("")
+            .to_owned()
+    };
+    let ok = series("0");
+    let unavailable = series("14");
+    for want in [
+        "reporter=\"source\"",
+        "source_workload=\"client\"",
+        "destination_service=\"grpc-echo.default.svc.cluster.local\"",
+        "request_protocol=\"grpc\"",
+        "response_code=\"200\"",
+    ] {
+        assert!(ok.contains(want), "{want} not in {ok:?}\n{stats}");
+        assert!(unavailable.contains(want), "{want} not in {unavailable:?}");
+    }
+    assert!(ok.ends_with(" 1"), "{ok}");
+    assert!(unavailable.ends_with(" 2"), "{unavailable}");
+}

@@ -10,7 +10,7 @@
 //! runs inside the caller's task; `httparse` (hyper's own parser) reads the
 //! response head.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -118,7 +118,11 @@ pub async fn exchange(
                 Ok(httparse::Status::Complete(n)) => {
                     let status =
                         StatusCode::from_u16(resp.code.unwrap_or(502)).map_err(|_| Error::Parse)?;
-                    let mut map = HeaderMap::with_capacity(resp.headers.len());
+                    // Values are kept as offsets into the head, which then
+                    // becomes shared `Bytes` the values point into: no copy
+                    // and no allocation per header.
+                    let base = c.buf.as_ptr() as usize;
+                    let mut fields = Vec::with_capacity(resp.headers.len());
                     let mut framing = Framing::Close;
                     let mut keep = resp.version == Some(1);
                     let mut chunked = false;
@@ -147,10 +151,8 @@ pub async fn exchange(
                         if name.as_str() == "keep-alive" {
                             continue;
                         }
-                        map.append(
-                            name,
-                            http::HeaderValue::from_bytes(h.value).map_err(|_| Error::Parse)?,
-                        );
+                        let start = h.value.as_ptr() as usize - base;
+                        fields.push((name, start..start + h.value.len()));
                     }
                     if head_request
                         || status.is_informational()
@@ -166,7 +168,13 @@ pub async fn exchange(
                     if matches!(framing, Framing::Close) {
                         keep = false;
                     }
-                    c.buf.advance(n);
+                    let head = c.buf.split_to(n).freeze();
+                    let mut map = HeaderMap::with_capacity(fields.len());
+                    for (name, at) in fields {
+                        let v = http::HeaderValue::from_maybe_shared(head.slice(at))
+                            .map_err(|_| Error::Parse)?;
+                        map.append(name, v);
+                    }
                     let mut r = Response::new(UpBody {
                         conn: Some(c),
                         framing,

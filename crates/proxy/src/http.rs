@@ -465,14 +465,81 @@ fn retriable(f: &Forward, outcome: &Result<u16, &Fail>) -> bool {
 }
 
 /// Handle one request on an HTTP listener, routed by `table`.
-pub async fn handle(
-    l: &HttpListener,
-    table: &RouteTable,
-    pool: &Pool,
+///
+/// Everything up to the upstream exchange is decided here, synchronously
+/// ([`plan`]), and the future returned holds only what the exchange
+/// needs. hyper moves each request's future into place, and an `async fn`
+/// keeps its arguments twice (rust-lang/rust#62958) at every level of
+/// nesting: routing as nested `async fn`s made a 6.6 KB future, copied on
+/// every request. The rare paths (tunnels, bodies, HTTP/2 upstreams,
+/// delays) are boxed futures of their own.
+pub fn handle<'a>(
+    l: &'a HttpListener,
+    table: &'a RouteTable,
+    pool: &'a Pool,
     req: Request<Incoming>,
     n: usize,
-    ctx: &Ctx,
-) -> Response<RespBody> {
+    ctx: &'a Ctx,
+) -> impl std::future::Future<Output = Response<RespBody>> + Send + 'a {
+    let planned = plan(l, table, pool, req, n, ctx);
+    async move {
+        match planned {
+            Planned::Answered(r) => r,
+            Planned::Routed {
+                route,
+                origin,
+                work,
+            } => {
+                let mut resp = match work {
+                    Work::Ready(r) => r,
+                    Work::Inline(job) => forward_inline(job, pool, n, ctx).await,
+                    Work::Boxed(fut) => fut.await,
+                };
+                finish(route, origin, &mut resp);
+                resp
+            }
+        }
+    }
+}
+
+/// A request's routing decision.
+enum Planned<'a> {
+    /// Answered before a route applied (no route, a CORS preflight).
+    Answered(Response<RespBody>),
+    /// A route applied: its `work`, then its response edits.
+    Routed {
+        route: &'a Route,
+        origin: Option<(&'a crate::config::Cors, header::HeaderValue)>,
+        work: Work<'a>,
+    },
+}
+
+/// What remains to be done for a routed request.
+enum Work<'a> {
+    Ready(Response<RespBody>),
+    Inline(Inline<'a>),
+    Boxed(std::pin::Pin<Box<dyn std::future::Future<Output = Response<RespBody>> + Send + 'a>>),
+}
+
+/// A bodiless request to an HTTP/1.1 upstream, ready to send.
+struct Inline<'a> {
+    f: &'a Forward,
+    cluster: Arc<Cluster>,
+    head: Vec<u8>,
+    is_head: bool,
+    attempts: u32,
+    hash: Option<u64>,
+    cookie: Option<header::HeaderValue>,
+}
+
+fn plan<'a>(
+    l: &'a HttpListener,
+    table: &'a RouteTable,
+    pool: &'a Pool,
+    req: Request<Incoming>,
+    n: usize,
+    ctx: &'a Ctx,
+) -> Planned<'a> {
     let route = {
         let connect = req.method() == http::Method::CONNECT;
         let host = req
@@ -493,7 +560,7 @@ pub async fn handle(
         })
     };
     let Some(route) = route else {
-        return local(404, "NR", "");
+        return Planned::Answered(local(404, "NR", ""));
     };
     // The CORS filter: preflights are answered here, others get the
     // allow headers on their response.
@@ -515,42 +582,74 @@ pub async fn handle(
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            let mut r = local(200, "", "");
-            r.headers_mut().remove(header::CONTENT_TYPE);
-            let h = r.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-            for (k, v) in [
-                (header::ACCESS_CONTROL_ALLOW_METHODS, &c.allow_methods),
-                (header::ACCESS_CONTROL_ALLOW_HEADERS, &c.allow_headers),
-                (header::ACCESS_CONTROL_MAX_AGE, &c.max_age),
-            ] {
-                if let Some(v) = v {
-                    h.insert(k, v.clone());
-                }
-            }
-            if c.allow_credentials {
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    header::HeaderValue::from_static("true"),
-                );
-            }
-            return r;
+            return Planned::Answered(preflight(c, o));
         }
     }
     // The fault filter: a delay, then an abort, each for its share.
+    let (mut delay, mut abort) = (None, None);
     if let (Some(f), true) = (&route.fault, l.faults) {
-        if let Some((d, share)) = f.delay {
-            if chance(share, n) {
-                tokio::time::sleep(d).await;
+        delay = f
+            .delay
+            .filter(|(_, share)| chance(*share, n))
+            .map(|(d, _)| d);
+        abort = f
+            .abort
+            .filter(|(_, share)| chance(*share, n.wrapping_add(1)))
+            .map(|(status, _)| status);
+    }
+    let work = match (delay, abort) {
+        (None, None) => route_action(l, route, pool, req, n, ctx),
+        (None, Some(status)) => Work::Ready(local(status, "FI", "fault filter abort")),
+        (Some(d), abort) => Work::Boxed(Box::pin(async move {
+            tokio::time::sleep(d).await;
+            let work = match abort {
+                Some(status) => Work::Ready(local(status, "FI", "fault filter abort")),
+                None => route_action(l, route, pool, req, n, ctx),
+            };
+            match work {
+                Work::Ready(r) => r,
+                Work::Inline(job) => forward_inline(job, pool, n, ctx).await,
+                Work::Boxed(fut) => fut.await,
             }
-        }
-        if let Some((status, share)) = f.abort {
-            if chance(share, n.wrapping_add(1)) {
-                return local(status, "FI", "fault filter abort");
-            }
+        })),
+    };
+    Planned::Routed {
+        route,
+        origin,
+        work,
+    }
+}
+
+/// The answer to a CORS preflight the route allows.
+fn preflight(c: &crate::config::Cors, origin: &header::HeaderValue) -> Response<RespBody> {
+    let mut r = local(200, "", "");
+    r.headers_mut().remove(header::CONTENT_TYPE);
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    for (k, v) in [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, &c.allow_methods),
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, &c.allow_headers),
+        (header::ACCESS_CONTROL_MAX_AGE, &c.max_age),
+    ] {
+        if let Some(v) = v {
+            h.insert(k, v.clone());
         }
     }
-    let mut resp = route_action(l, route, pool, req, n, ctx).await;
+    if c.allow_credentials {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    r
+}
+
+/// The route's response edits, and CORS headers for an allowed origin.
+fn finish(
+    route: &Route,
+    origin: Option<(&crate::config::Cors, header::HeaderValue)>,
+    resp: &mut Response<RespBody>,
+) {
     route.response_headers.apply(resp.headers_mut());
     if let Some((c, o)) = origin {
         let h = resp.headers_mut();
@@ -565,7 +664,6 @@ pub async fn handle(
             );
         }
     }
-    resp
 }
 
 /// True for `share` parts per million of calls.
@@ -573,16 +671,16 @@ fn chance(share: crate::config::PerMillion, n: usize) -> bool {
     share >= 1_000_000 || (cheap_random(n ^ 0x5eed) % 1_000_000) < share as usize
 }
 
-async fn route_action(
-    l: &HttpListener,
-    route: &Route,
-    pool: &Pool,
+fn route_action<'a>(
+    l: &'a HttpListener,
+    route: &'a Route,
+    pool: &'a Pool,
     mut req: Request<Incoming>,
     n: usize,
-    ctx: &Ctx,
-) -> Response<RespBody> {
+    ctx: &'a Ctx,
+) -> Work<'a> {
     route.request_headers.apply(req.headers_mut());
-    let path = || {
+    let path = |req: &Request<Incoming>| {
         req.uri()
             .path_and_query()
             .map(|p| p.as_str().to_owned())
@@ -592,7 +690,7 @@ async fn route_action(
         Action::Direct { status, body } => {
             let mut r = Response::new(Either::Right(Full::new(body.clone())));
             *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-            r
+            Work::Ready(r)
         }
         Action::Redirect { location, status } => {
             let mut r = local(*status, "", "");
@@ -604,7 +702,7 @@ async fn route_action(
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or_default();
-                let p = path();
+                let p = path(&req);
                 format!(
                     "http://{host}{}",
                     if location.is_empty() { &p } else { location }
@@ -613,12 +711,12 @@ async fn route_action(
             if let Ok(v) = loc.parse() {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            r
+            Work::Ready(r)
         }
         Action::Forward(f) => {
             // `prefix_rewrite` replaces the prefix the route matched.
             let rewritten = f.prefix_rewrite.as_ref().map(|rw| {
-                let path = path();
+                let path = path(&req);
                 match &route.path {
                     PathMatch::Prefix(p) if path.len() >= p.len() => {
                         format!("{rw}{}", &path[p.len()..])
@@ -637,29 +735,31 @@ async fn route_action(
             match upgrade {
                 _ if req.method() == http::Method::CONNECT => {
                     if l.upgrades.iter().any(|u| u == "connect") {
-                        forward_connect(f, pool, req, n, ctx).await
+                        Work::Boxed(Box::pin(forward_connect(f, pool, req, n, ctx)))
                     } else {
-                        local(404, "NR", "")
+                        Work::Ready(local(404, "NR", ""))
                     }
                 }
-                Some(proto) => forward_upgrade(f, pool, req, rewritten, proto, n, ctx).await,
-                None => forward(f, pool, req, rewritten, n, ctx).await,
+                Some(proto) => Work::Boxed(Box::pin(forward_upgrade(
+                    f, pool, req, rewritten, proto, n, ctx,
+                ))),
+                None => forward(f, pool, req, rewritten, n, ctx),
             }
         }
     }
 }
 
-async fn forward(
-    f: &Forward,
-    pool: &Pool,
+fn forward<'a>(
+    f: &'a Forward,
+    pool: &'a Pool,
     req: Request<Incoming>,
     rewritten: Option<String>,
     n: usize,
-    ctx: &Ctx,
-) -> Response<RespBody> {
+    ctx: &'a Ctx,
+) -> Work<'a> {
     let cluster = pick_weighted(&f.targets, f.total, n).clone();
     if cluster.kind == ClusterKind::Missing {
-        return local(503, "NC", "no cluster");
+        return Work::Ready(local(503, "NC", "no cluster"));
     }
     let (mut parts, body) = req.into_parts();
     upstream_parts(f, &mut parts, rewritten);
@@ -690,11 +790,31 @@ async fn forward(
     } else {
         (None, None)
     };
-    let mut resp = if bodiless && !cluster.h2 && body.is_end_stream() {
-        forward_inline(f, pool, &cluster, parts, attempts, n, ctx, hash).await
-    } else {
-        forward_hyper(f, pool, &cluster, parts, body, attempts, n, ctx, hash).await
-    };
+    if bodiless && !cluster.h2 && body.is_end_stream() {
+        return Work::Inline(Inline {
+            f,
+            head: crate::h1::request_head(&parts),
+            is_head: parts.method == http::Method::HEAD,
+            cluster,
+            attempts,
+            hash,
+            cookie,
+        });
+    }
+    Work::Boxed(Box::pin(async move {
+        let resp = forward_hyper(f, pool, &cluster, parts, body, attempts, n, ctx, hash).await;
+        upstream_answered(resp, cluster, cookie, ctx)
+    }))
+}
+
+/// A forwarded request's response: the hashing cookie to set, and, for
+/// Istio's metrics, the cluster that answered.
+fn upstream_answered(
+    mut resp: Response<RespBody>,
+    cluster: Arc<Cluster>,
+    cookie: Option<header::HeaderValue>,
+    ctx: &Ctx,
+) -> Response<RespBody> {
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -989,17 +1109,22 @@ fn fail_response(f: Fail) -> Response<RespBody> {
 }
 
 /// A bodiless request over the inline HTTP/1.1 client (see [`crate::h1`]).
-#[allow(clippy::too_many_arguments)]
-async fn forward_inline(
-    f: &Forward,
-    pool: &Pool,
-    cluster: &Arc<Cluster>,
-    parts: http::request::Parts,
-    attempts: u32,
-    n: usize,
-    ctx: &Ctx,
-    hash: Option<u64>,
-) -> Response<RespBody> {
+async fn forward_inline(job: Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> Response<RespBody> {
+    let resp = exchange_inline(&job, pool, n, ctx).await;
+    upstream_answered(resp, job.cluster, job.cookie, ctx)
+}
+
+async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> Response<RespBody> {
+    let Inline {
+        f,
+        cluster,
+        head,
+        is_head,
+        attempts,
+        hash,
+        ..
+    } = job;
+    let (f, is_head, attempts, hash) = (*f, *is_head, *attempts, *hash);
     let stats = &cluster.stats;
     let active = stats.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
     let _done = Done(&stats.upstream_rq_active);
@@ -1009,8 +1134,6 @@ async fn forward_inline(
             .fetch_add(1, Ordering::Relaxed);
         return fail_response(Fail::Overflow);
     }
-    let head = crate::h1::request_head(&parts);
-    let is_head = parts.method == http::Method::HEAD;
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
     // The common case takes a free place at once, with no timer.
     let _permit = match cluster.conns.try_acquire() {
@@ -1040,7 +1163,7 @@ async fn forward_inline(
             // A pooled connection the upstream has closed meanwhile is
             // retried on a fresh one, at once.
             if let Some(c) = pool.idle.take(ep) {
-                match crate::h1::exchange(c, &head, is_head, pool.idle.clone()).await {
+                match crate::h1::exchange(c, head, is_head, pool.idle.clone()).await {
                     Err(crate::h1::Error::Stale) => {}
                     Err(_) => return Err(Fail::Reset),
                     Ok(r) => return Ok(r),
@@ -1049,7 +1172,7 @@ async fn forward_inline(
             let stream = cluster.connect(ep).await.ok_or(Fail::Connect)?;
             crate::h1::exchange(
                 crate::h1::Conn::new(ep, stream),
-                &head,
+                head,
                 is_head,
                 pool.idle.clone(),
             )

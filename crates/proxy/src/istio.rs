@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The peer-exchange header.
@@ -157,6 +157,8 @@ struct Key {
     service: String,
     protocol: &'static str,
     code: u16,
+    /// gRPC's status (`grpc-status`), for gRPC requests that carried one.
+    grpc_status: Option<u32>,
     flags: String,
 }
 
@@ -217,6 +219,7 @@ pub struct Request<'a> {
     pub service: &'a str,
     pub grpc: bool,
     pub code: u16,
+    pub grpc_status: Option<u32>,
     pub flags: &'a str,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -242,7 +245,7 @@ impl Metrics {
         peer: Option<&http::HeaderValue>,
         service: &str,
         protocol: &'static str,
-        code: u16,
+        (code, grpc_status): (u16, Option<u32>),
         flags: &str,
     ) -> Key {
         Key {
@@ -258,6 +261,7 @@ impl Metrics {
             },
             protocol,
             code,
+            grpc_status,
             flags: if flags.is_empty() {
                 "-".into()
             } else {
@@ -272,7 +276,7 @@ impl Metrics {
             r.peer,
             r.service,
             if r.grpc { "grpc" } else { "http" },
-            r.code,
+            (r.code, r.grpc_status.filter(|_| r.grpc)),
             r.flags,
         );
         let mut m = self.http.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,7 +293,7 @@ impl Metrics {
     /// A TCP connection opened (`bytes` None) or closed with the bytes
     /// it received from and sent to the downstream side.
     pub fn tcp(&self, source: bool, service: &str, bytes: Option<(u64, u64)>) {
-        let key = self.key(source, None, service, "tcp", 0, "-");
+        let key = self.key(source, None, service, "tcp", (0, None), "-");
         let mut m = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
         let s = m.entry(key).or_default();
         match bytes {
@@ -346,7 +350,10 @@ impl Metrics {
         put("request_protocol", k.protocol);
         if k.protocol != "tcp" {
             put("response_code", &k.code.to_string());
-            put("grpc_response_status", "");
+            put(
+                "grpc_response_status",
+                &k.grpc_status.map(|s| s.to_string()).unwrap_or_default(),
+            );
         }
         put("response_flags", &k.flags);
         put(
@@ -415,6 +422,144 @@ pub fn service_of_cluster(name: &str) -> &str {
     name.rsplit('|').next().unwrap_or("")
 }
 
+/// A response on its way to the downstream side, recorded when its body
+/// ends (or the downstream goes away), as Envoy's stats filter does: the
+/// duration runs to the last byte, the response size counts the body, and
+/// a gRPC status comes from the trailers (or from the headers of a
+/// trailers-only answer).
+pub struct Pending {
+    pub metrics: Arc<Metrics>,
+    pub source: bool,
+    pub peer: Option<http::HeaderValue>,
+    pub service: String,
+    pub grpc: bool,
+    pub code: u16,
+    pub grpc_status: Option<u32>,
+    pub flags: String,
+    pub request_bytes: u64,
+    pub started: std::time::Instant,
+    response_bytes: u64,
+}
+
+impl Pending {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        metrics: Arc<Metrics>,
+        source: bool,
+        peer: Option<http::HeaderValue>,
+        service: String,
+        grpc: bool,
+        response: (http::StatusCode, &http::HeaderMap),
+        flags: String,
+        request_bytes: u64,
+        started: std::time::Instant,
+    ) -> Pending {
+        Pending {
+            metrics,
+            source,
+            peer,
+            service,
+            grpc,
+            code: response.0.as_u16(),
+            grpc_status: grpc_status(response.1),
+            flags,
+            request_bytes,
+            started,
+            response_bytes: 0,
+        }
+    }
+
+    fn record(self) {
+        self.metrics.http(Request {
+            source: self.source,
+            peer: self.peer.as_ref(),
+            service: &self.service,
+            grpc: self.grpc,
+            code: self.code,
+            grpc_status: self.grpc_status,
+            flags: &self.flags,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            duration: self.started.elapsed(),
+        });
+    }
+}
+
+fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A response body that records its [`Pending`] metrics at its end.
+pub struct Metered<B: http_body::Body> {
+    inner: B,
+    pending: Option<Box<Pending>>,
+}
+
+impl<B: http_body::Body> Metered<B> {
+    pub fn new(inner: B, pending: Option<Box<Pending>>) -> Self {
+        Metered { inner, pending }
+    }
+
+    fn finish(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.record();
+        }
+    }
+}
+
+impl<B: http_body::Body> Drop for Metered<B> {
+    fn drop(&mut self) {
+        // The downstream went away before the body's end: Envoy's `DC`.
+        if let Some(p) = self.pending.as_mut() {
+            if !self.inner.is_end_stream() && p.flags.is_empty() {
+                p.flags = "DC".into();
+            }
+        }
+        self.finish();
+    }
+}
+
+impl<B: http_body::Body<Data = bytes::Bytes> + Unpin> http_body::Body for Metered<B> {
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(p) = this.pending.as_mut() {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        p.response_bytes += d.len() as u64;
+                    } else if let Some(t) = f.trailers_ref() {
+                        if let Some(s) = grpc_status(t) {
+                            p.grpc_status = Some(s);
+                        }
+                    }
+                }
+                // A body cut off midway: Envoy's downstream flag.
+                Some(Err(_)) => p.flags = "UR".into(),
+                None => {}
+            }
+        }
+        if !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream() {
+            this.finish();
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +592,7 @@ mod tests {
             service: "reviews.default.svc.cluster.local",
             grpc: false,
             code: 200,
+            grpc_status: None,
             flags: "",
             request_bytes: 0,
             response_bytes: 120,
@@ -472,5 +618,112 @@ mod tests {
         assert!(line.ends_with(" 1"));
         assert!(out.contains("istio_request_duration_milliseconds_bucket{"));
         assert!(out.contains("le=\"5\"} 1"));
+    }
+
+    /// A body of given frames, for the metered body's tests.
+    struct Frames(std::collections::VecDeque<http_body::Frame<bytes::Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn metered(m: &Arc<Metrics>, grpc: bool, headers: &http::HeaderMap) -> Metered<Frames> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "14".parse().unwrap());
+        let frames = [
+            http_body::Frame::data(bytes::Bytes::from_static(b"hello ")),
+            http_body::Frame::data(bytes::Bytes::from_static(b"world")),
+            http_body::Frame::trailers(trailers),
+        ];
+        let pending = Pending::new(
+            m.clone(),
+            false,
+            None,
+            "echo.default.svc.cluster.local".into(),
+            grpc,
+            (http::StatusCode::OK, headers),
+            String::new(),
+            7,
+            std::time::Instant::now(),
+        );
+        Metered::new(Frames(frames.into()), Some(Box::new(pending)))
+    }
+
+    fn series(m: &Metrics) -> String {
+        let mut out = String::new();
+        m.prometheus(&mut out);
+        out.lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{") || l.starts_with("istio_response_bytes_sum{")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_grpc_answer_is_recorded_at_its_end_with_the_status_of_its_trailers() {
+        use http_body_util::BodyExt;
+        let m = Arc::new(Metrics::new(Workload::unknown()));
+        let body = metered(&m, true, &http::HeaderMap::new());
+        assert_eq!(series(&m), "", "recorded before the body ended");
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"hello world");
+        let s = series(&m);
+        assert!(s.contains("grpc_response_status=\"14\""), "{s}");
+        assert!(s.contains("request_protocol=\"grpc\""), "{s}");
+        assert!(s.contains("response_flags=\"-\""), "{s}");
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("istio_response_bytes_sum{") && l.ends_with(" 11")),
+            "{s}"
+        );
+    }
+
+    #[tokio::test]
+    async fn trailers_only_grpc_answers_and_plain_http_have_their_status() {
+        let m = Arc::new(Metrics::new(Workload::unknown()));
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", "5".parse().unwrap());
+        let mut frames = metered(&m, true, &h);
+        frames.inner.0.clear();
+        drop(frames);
+        assert!(
+            series(&m).contains("grpc_response_status=\"5\""),
+            "{}",
+            series(&m)
+        );
+        let m = Arc::new(Metrics::new(Workload::unknown()));
+        let mut plain = metered(&m, false, &h);
+        plain.inner.0.clear();
+        drop(plain);
+        let s = series(&m);
+        assert!(s.contains("grpc_response_status=\"\""), "{s}");
+    }
+
+    #[tokio::test]
+    async fn a_body_the_downstream_abandons_is_recorded_as_dc() {
+        use http_body_util::BodyExt;
+        let m = Arc::new(Metrics::new(Workload::unknown()));
+        let mut body = metered(&m, false, &http::HeaderMap::new());
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.data_ref().map(|d| d.len()), Some(6));
+        drop(body);
+        let s = series(&m);
+        assert!(s.contains("response_flags=\"DC\""), "{s}");
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("istio_response_bytes_sum{") && l.ends_with(" 6")),
+            "{s}"
+        );
     }
 }

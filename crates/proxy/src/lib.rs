@@ -22,6 +22,7 @@
 
 mod access;
 pub mod bootstrap;
+mod coalesce;
 pub mod config;
 mod h1;
 mod health;
@@ -493,23 +494,23 @@ async fn http_connection(
                 };
                 // Istio's metrics: who the peer is (the source's header on
                 // inbound requests), what was asked and how long it took.
-                let started = std::time::Instant::now();
                 let seen = ctx.istio.as_ref().map(|_| {
                     let peer = if h.outbound {
                         None
                     } else {
                         req.headers_mut().remove(istio::PEER)
                     };
-                    (peer, request_facts(&req))
+                    (peer, request_facts(&req), std::time::Instant::now())
                 });
                 let mut r = match table {
-                    // Boxed: the routing future is large, and hyper moves
-                    // the request's future (into its dispatcher, or into a
-                    // task per HTTP/2 stream); a box moves as a pointer.
+                    // Boxed: hyper moves the request's future (into its
+                    // dispatcher, or into a task per HTTP/2 stream); a box
+                    // moves as a pointer.
                     Some(t) => Box::pin(http::handle(&h, t, &pool, req, n, &ctx)).await,
                     None => http::local(404, "NR", ""),
                 };
-                if let (Some((m, outbound)), Some((peer_in, facts))) = (&ctx.istio, seen) {
+                let mut pending = None;
+                if let (Some((m, outbound)), Some((peer_in, facts, started))) = (&ctx.istio, seen) {
                     let peer = if *outbound {
                         r.headers_mut().remove(istio::PEER)
                     } else {
@@ -520,21 +521,23 @@ async fn http_connection(
                         Some(u) if *outbound => istio::service_of_cluster(&u.0.name).to_owned(),
                         _ => facts.service(&m.me.namespace),
                     };
-                    m.http(istio::Request {
-                        source: *outbound,
-                        peer: peer.as_ref(),
-                        service: &service,
-                        grpc: facts.grpc,
-                        code: r.status().as_u16(),
-                        flags: r
-                            .headers()
-                            .get("x-mast-response-flags")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or(""),
-                        request_bytes: facts.bytes,
-                        response_bytes: content_length(r.headers()),
-                        duration: started.elapsed(),
-                    });
+                    let flags = r
+                        .headers()
+                        .get("x-mast-response-flags")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    pending = Some(Box::new(istio::Pending::new(
+                        m.clone(),
+                        *outbound,
+                        peer,
+                        service,
+                        facts.grpc,
+                        (r.status(), r.headers()),
+                        flags,
+                        facts.bytes,
+                        started,
+                    )));
                 }
                 if let Some((entry, stdout)) = log {
                     entry.end(&r, stdout);
@@ -545,7 +548,8 @@ async fn http_connection(
                         ::http::HeaderValue::from_static("close"),
                     );
                 }
-                Ok::<_, std::convert::Infallible>(r)
+                // Istio's metrics are recorded at the body's end.
+                Ok::<_, std::convert::Infallible>(r.map(|b| istio::Metered::new(b, pending)))
             }
         })
     };
@@ -557,13 +561,15 @@ async fn http_connection(
         let mut first = [0u8; 3];
         matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
     };
-    let io = hyper_util::rt::TokioIo::new(stream);
     if h2 {
+        // Responses of several streams leave in one write (see coalesce).
+        let io = hyper_util::rt::TokioIo::new(coalesce::Coalesce::new(stream));
         let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .max_header_list_size(MAX_HEADERS as u32)
             .serve_connection(io, svc);
         until_drained(conn, |c| c.graceful_shutdown(), &shared).await;
     } else {
+        let io = hyper_util::rt::TokioIo::new(stream);
         // Slowloris: headers that take too long close the connection.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
