@@ -85,7 +85,7 @@ fn websocket(port: u16) -> String {
     format!("{status} {}", echoed.unwrap_or_else(|e| e.to_string()))
 }
 
-fn bootstrap(listen: u16, admin: u16, v1: u16, v2: u16, dead: u16) -> String {
+fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -> String {
     let cluster = |name: &str, port: u16| {
         format!(
             "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
@@ -154,8 +154,28 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  # CONNECT forwarded upstream: to the main listener, which ends it.
+  - name: relay
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {relay}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: relay
+          upgrade_configs: [{{upgrade_type: CONNECT}}]
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{connect_matcher: {{}}}}
+                route: {{cluster: main}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
-{}{}{}{}  - name: checked
+{}{}{}{}{}  - name: checked
     connect_timeout: 1s
     type: STATIC
     health_checks:
@@ -171,7 +191,8 @@ static_resources:
         cluster("v1", v1),
         cluster("v2", v2),
         cluster("dead", dead),
-        cluster("ws", ws_port())
+        cluster("ws", ws_port()),
+        cluster("main", listen)
     )
 }
 
@@ -195,7 +216,7 @@ fn get(url: &str, extra: &[&str]) -> (String, String) {
 }
 
 /// What one proxy does with the test's requests.
-fn observe(port: u16) -> BTreeMap<&'static str, String> {
+fn observe(port: u16, relay: u16) -> BTreeMap<&'static str, String> {
     let base = format!("http://127.0.0.1:{port}");
     let version = |path: &str, extra: &[&str]| -> String {
         let (code, body) = get(&format!("{base}{path}"), extra);
@@ -227,6 +248,16 @@ fn observe(port: u16) -> BTreeMap<&'static str, String> {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     out.insert(
         "connect",
+        format!("{code} {}", v["version"].as_str().unwrap_or("-")),
+    );
+    // CONNECT forwarded by the relay listener to the main one.
+    let (code, body) = get(
+        "http://tunnel.test/",
+        &["-p", "-x", &format!("http://127.0.0.1:{relay}")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    out.insert(
+        "connect forwarded",
         format!("{code} {}", v["version"].as_str().unwrap_or("-")),
     );
     // Active health checks: of v1 and a dead endpoint, only v1 is used
@@ -309,9 +340,13 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
     wait_port(v2);
     let dir = tempfile::tempdir().expect("tmp");
     let run = |which: &str| {
-        let (listen, admin) = (common::free_port(), common::free_port());
+        let (listen, relay, admin) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
         let path = dir.path().join(format!("{which}.yaml"));
-        std::fs::write(&path, bootstrap(listen, admin, v1, v2, dead)).expect("write");
+        std::fs::write(&path, bootstrap(listen, relay, admin, v1, v2, dead)).expect("write");
         let log_path = dir.path().join(format!("{which}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = if which == "envoy" {
@@ -336,7 +371,7 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
             &["-H", "Host: none.test"],
         )
         .0;
-        let mut seen = observe(listen);
+        let mut seen = observe(listen, relay);
         seen.insert("no route", no_route);
         // Envoy flushes its access log every second; the requests checked
         // in it come before the last ones.
@@ -365,6 +400,8 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
         envoy_saw["websocket"],
         "HTTP/1.1 101 Switching Protocols PING"
     );
+    assert_eq!(envoy_saw["connect"], "200 v2");
+    assert_eq!(envoy_saw["connect forwarded"], "200 v2");
     assert_eq!(mast_saw, envoy_saw, "mast proxy and Envoy differ");
 }
 
@@ -391,7 +428,7 @@ fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
     let (listen, up) = (common::free_port(), common::free_port());
     std::fs::write(
         &path,
-        bootstrap(listen, common::free_port(), up, up, up)
+        bootstrap(listen, common::free_port(), common::free_port(), up, up, up)
             .replace("cluster: dead", "cluster: nowhere"),
     )
     .expect("write");
@@ -404,7 +441,11 @@ fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
     // Request smuggling: with Content-Length beside Transfer-Encoding, the
     // chunked framing wins and the connection closes after one answer
     // (RFC 9112 6.3), so the request hidden in the body is never served.
-    std::fs::write(&path, bootstrap(listen, common::free_port(), up, up, up)).expect("write");
+    std::fs::write(
+        &path,
+        bootstrap(listen, common::free_port(), common::free_port(), up, up, up),
+    )
+    .expect("write");
     let _e = echo(up, "v1");
     let _p = common::Background(
         mast_proxy(&path)

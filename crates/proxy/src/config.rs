@@ -59,7 +59,7 @@ pub struct Cluster {
     pub conns: tokio::sync::Semaphore,
     pub pending: AtomicUsize,
     pub outlier: Option<crate::outlier::Outlier>,
-    pub health: Option<crate::health::Health>,
+    pub health: Vec<crate::health::Health>,
     /// Below this share of healthy endpoints (percent), all are used
     /// (Envoy's panic mode).
     pub panic_threshold: f64,
@@ -111,6 +111,9 @@ pub struct Forward {
     pub mirrors: Vec<(Arc<Cluster>, PerMillion)>,
     /// What hashing clusters hash, in order.
     pub hash: Vec<HashOn>,
+    /// CONNECT requests end here, as a TCP tunnel to the cluster
+    /// (`connect_config`); otherwise they are forwarded to it.
+    pub connect_terminate: bool,
 }
 
 #[derive(Debug)]
@@ -614,7 +617,7 @@ impl Cluster {
             conns: tokio::sync::Semaphore::new(0),
             pending: AtomicUsize::new(0),
             outlier: None,
-            health: None,
+            health: Vec::new(),
             panic_threshold: 50.0,
             stats: ClusterStats::default(),
         }
@@ -708,9 +711,11 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
             ))
         }
     };
-    let health = match c.health_checks.as_slice() {
-        [] => None,
-        [h] => {
+    // Every check must pass for an endpoint to be used, as in Envoy.
+    let health = c
+        .health_checks
+        .iter()
+        .map(|h| {
             let probe = match (&h.http_health_check, &h.tcp_health_check) {
                 (Some(http), None) => crate::health::Probe::Http {
                     path: http.path.clone(),
@@ -723,16 +728,15 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
                 bootstrap::duration(v)
                     .ok_or_else(|| anyhow!("health check {what}: bad duration {v:?}"))
             };
-            Some(crate::health::Health::new(
+            Ok(crate::health::Health::new(
                 probe,
                 d("interval", &h.interval)?.max(Duration::from_millis(10)),
                 d("timeout", &h.timeout)?,
                 h.unhealthy_threshold,
                 h.healthy_threshold,
             ))
-        }
-        _ => bail!("mast proxy implements one health check per cluster"),
-    };
+        })
+        .collect::<Result<Vec<_>>>()?;
     let max_connections = t.max_connections.unwrap_or(1024) as usize;
     Ok(Cluster {
         name: c.name.clone(),
@@ -1008,6 +1012,11 @@ fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
         }
         let rp = a.retry_policy.as_ref();
         Action::Forward(Forward {
+            connect_terminate: a.upgrade_configs.iter().any(|u| {
+                u.upgrade_type.eq_ignore_ascii_case("connect")
+                    && u.enabled != Some(false)
+                    && u.connect_config.is_some()
+            }),
             total: targets.iter().map(|(_, w)| w).sum(),
             targets,
             // Envoy's default route timeout is 15 s; 0 means none.
@@ -1067,16 +1076,6 @@ fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
     } else {
         bail!("a route needs route, direct_response or redirect");
     };
-    if let (PathMatch::Connect, Some(a)) = (&path, &r.route) {
-        let terminated = a.upgrade_configs.iter().any(|u| {
-            u.upgrade_type.eq_ignore_ascii_case("connect")
-                && u.enabled != Some(false)
-                && u.connect_config.is_some()
-        });
-        if !terminated {
-            bail!("a CONNECT route forwarded upstream is not implemented; terminate it with upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]");
-        }
-    }
     if let Some(u) = r
         .route
         .iter()

@@ -19,19 +19,22 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The head of a bodiless HTTP/1.1 request (origin-form target).
+/// The head of a bodiless HTTP/1.1 request (origin-form target, or
+/// authority-form for CONNECT).
 pub fn request_head(parts: &http::request::Parts) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(
-        parts
+    let target = match (&parts.method, parts.uri.authority()) {
+        // CONNECT's target is authority-form (`host:port`).
+        (&http::Method::CONNECT, Some(a)) => a.as_str(),
+        _ => parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
-            .unwrap_or("/")
-            .as_bytes(),
-    );
+            .unwrap_or("/"),
+    };
+    head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (k, v) in &parts.headers {
         if k == http::header::CONTENT_LENGTH {

@@ -3,7 +3,8 @@
 //! TCP connect), within `timeout`. `unhealthy_threshold` failures in a row
 //! take an endpoint out of balancing, `healthy_threshold` successes bring
 //! it back. As in Envoy, an endpoint is out until its first check passes,
-//! and the first pass brings it in at once.
+//! and the first pass brings it in at once; with several checks, an
+//! endpoint is used only while it passes all of them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,7 +64,7 @@ impl Health {
             .collect()
     }
 
-    fn record(&self, ep: SocketAddr, ok: bool) {
+    pub(crate) fn record(&self, ep: SocketAddr, ok: bool) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let h = st.entry(ep).or_default();
         if ok {
@@ -104,13 +105,14 @@ async fn probe(p: &Probe, ep: SocketAddr, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, once).await, Ok(Some(true)))
 }
 
-/// Check a cluster's endpoints until the cluster is gone.
-pub async fn run(cluster: Weak<crate::config::Cluster>) {
+/// Check a cluster's endpoints with its `i`th check until the cluster is
+/// gone.
+pub async fn run(cluster: Weak<crate::config::Cluster>, i: usize) {
     loop {
         let Some(c) = cluster.upgrade() else {
             return;
         };
-        let Some(h) = &c.health else {
+        let Some(h) = c.health.get(i) else {
             return;
         };
         let eps = c.endpoints.load_full();
@@ -152,5 +154,47 @@ mod tests {
         assert!(h.healthy(&[a]).is_empty(), "one pass of two");
         h.record(a, true);
         assert_eq!(h.healthy(&[a]), vec![a]);
+    }
+
+    #[test]
+    fn with_two_checks_an_endpoint_must_pass_both() {
+        let yaml = r#"
+static_resources:
+  clusters:
+  - name: c
+    connect_timeout: 1s
+    type: STATIC
+    common_lb_config: {healthy_panic_threshold: {value: 0}}
+    health_checks:
+    - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}
+    - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /healthz}}
+    load_assignment:
+      cluster_name: c
+      endpoints: [{lb_endpoints: [
+        {endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 80}}}},
+        {endpoint: {address: {socket_address: {address: 10.0.0.2, port_value: 80}}}}]}]
+"#;
+        let b = crate::bootstrap::parse(yaml).unwrap();
+        let cfg = crate::config::Config::compile(&b, yaml.into()).unwrap();
+        let c = &cfg.clusters["c"];
+        assert_eq!(c.health.len(), 2);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        // Both pass the TCP check; only `a` passes the HTTP one.
+        c.health[0].record(a, true);
+        c.health[0].record(b, true);
+        c.health[1].record(a, true);
+        c.health[1].record(b, false);
+        let pool = crate::http::Pool::default();
+        let ctx = crate::http::Ctx {
+            dst: a,
+            peer: a,
+            istio: None,
+        };
+        for _ in 0..10 {
+            assert_eq!(pool.pick_endpoint(c, &ctx, None), Some(a));
+        }
     }
 }

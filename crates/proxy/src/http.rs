@@ -334,11 +334,11 @@ impl Pool {
         }
         let all = c.endpoints.load();
         let healthy;
-        let endpoints: &[SocketAddr] = if c.outlier.is_none() && c.health.is_none() {
+        let endpoints: &[SocketAddr] = if c.outlier.is_none() && c.health.is_empty() {
             &all
         } else {
             let mut up = all.to_vec();
-            if let Some(h) = &c.health {
+            for h in &c.health {
                 up = h.healthy(&up);
             }
             if let Some(o) = &c.outlier {
@@ -734,14 +734,24 @@ fn route_action<'a>(
                 .filter(|u| l.upgrades.contains(u));
             match upgrade {
                 _ if req.method() == http::Method::CONNECT => {
-                    if l.upgrades.iter().any(|u| u == "connect") {
+                    if !l.upgrades.iter().any(|u| u == "connect") {
+                        Work::Ready(local(404, "NR", ""))
+                    } else if f.connect_terminate {
                         Work::Boxed(Box::pin(forward_connect(f, pool, req, n, ctx)))
                     } else {
-                        Work::Ready(local(404, "NR", ""))
+                        Work::Boxed(Box::pin(forward_upgrade(
+                            f, pool, req, rewritten, None, n, ctx,
+                        )))
                     }
                 }
                 Some(proto) => Work::Boxed(Box::pin(forward_upgrade(
-                    f, pool, req, rewritten, proto, n, ctx,
+                    f,
+                    pool,
+                    req,
+                    rewritten,
+                    Some(proto),
+                    n,
+                    ctx,
                 ))),
                 None => forward(f, pool, req, rewritten, n, ctx),
             }
@@ -824,16 +834,17 @@ fn upstream_answered(
     resp
 }
 
-/// An upgrade (WebSocket): the request goes to the upstream as HTTP/1.1
-/// with its `Upgrade`; a `101` answer makes the two connections one
-/// tunnel, copied both ways until either side closes. Other answers are
-/// passed back as they are.
+/// An upgrade (WebSocket), or a CONNECT forwarded upstream (`proto`
+/// None): the request goes to the upstream as HTTP/1.1, with its `Upgrade`
+/// or as `CONNECT host:port`; a `101` answer (a `2xx` to CONNECT) makes the
+/// two connections one tunnel, copied both ways until either side closes.
+/// Other answers are passed back as they are.
 async fn forward_upgrade(
     f: &Forward,
     pool: &Pool,
     mut req: Request<Incoming>,
     rewritten: Option<String>,
-    proto: String,
+    proto: Option<String>,
     n: usize,
     ctx: &Ctx,
 ) -> Response<RespBody> {
@@ -844,13 +855,19 @@ async fn forward_upgrade(
     }
     let downstream = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
-    upstream_parts(f, &mut parts, rewritten);
-    parts.headers.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("upgrade"),
-    );
-    if let Ok(v) = proto.parse() {
-        parts.headers.insert(header::UPGRADE, v);
+    match &proto {
+        Some(proto) => {
+            upstream_parts(f, &mut parts, rewritten);
+            parts.headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("upgrade"),
+            );
+            if let Ok(v) = proto.parse() {
+                parts.headers.insert(header::UPGRADE, v);
+            }
+        }
+        // CONNECT keeps its authority-form target.
+        None => strip_hop(&mut parts.headers),
     }
     let Some(ep) = pool.pick_endpoint(&cluster, ctx, None) else {
         return local(503, "UH", "no healthy upstream");
@@ -909,7 +926,11 @@ async fn forward_upgrade(
     let rest = buf.split_off(len);
     cluster.stats.status(resp.status().as_u16());
     let (p, ()) = resp.into_parts();
-    if p.status != StatusCode::SWITCHING_PROTOCOLS {
+    let tunnel = match proto {
+        Some(_) => p.status == StatusCode::SWITCHING_PROTOCOLS,
+        None => p.status.is_success(),
+    };
+    if !tunnel {
         // Not upgraded: the answer and what of its body had come (the
         // connection is not reused).
         return Response::from_parts(p, Either::Right(Full::new(Bytes::from(rest))));

@@ -86,8 +86,10 @@ pub fn load(opts: &Options) -> Result<Config> {
 /// cluster (they end with it). Runs in the main thread's runtime.
 fn start_health_checks(cfg: &Config) {
     for c in cfg.clusters.values() {
-        if c.health.as_ref().is_some_and(|h| h.start()) {
-            tokio::spawn(health::run(Arc::downgrade(c)));
+        for (i, h) in c.health.iter().enumerate() {
+            if h.start() {
+                tokio::spawn(health::run(Arc::downgrade(c), i));
+            }
         }
     }
 }
