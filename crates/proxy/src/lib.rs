@@ -165,9 +165,18 @@ pub fn run(opts: Options) -> Result<i32> {
         }
         sockets.push(mine);
     }
+    // One worker runs on the main thread, beside ADS and the admin port:
+    // a process of one thread, as HAProxy's `nbthread 1` is, whose file
+    // descriptors the kernel looks up without reference counting, and
+    // which wakes no other thread. More workers get a thread each.
+    let mut on_main = None;
     let mut threads = vec![];
     for (w, mine) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
+        if workers == 1 {
+            on_main = Some(mine);
+            continue;
+        }
         threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{w}"))
@@ -178,6 +187,9 @@ pub fn run(opts: Options) -> Result<i32> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        if let Some(mine) = on_main.take() {
+            tokio::spawn(serve_worker(shared.clone(), mine));
+        }
         if let Some(addr) = cfg.admin {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
@@ -244,6 +256,7 @@ fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
+/// A worker thread: its own single-threaded runtime running [`serve_worker`].
 fn worker(
     shared: Arc<Shared>,
     sockets: Vec<(String, std::net::SocketAddr, std::net::TcpListener)>,
@@ -258,7 +271,15 @@ fn worker(
             return;
         }
     };
-    rt.block_on(async move {
+    rt.block_on(serve_worker(shared, sockets));
+}
+
+/// A worker's listeners and connections, until the drain ends.
+async fn serve_worker(
+    shared: Arc<Shared>,
+    sockets: Vec<(String, std::net::SocketAddr, std::net::TcpListener)>,
+) {
+    {
         let pool = Arc::new(http::Pool::default());
         type Bound =
             std::collections::HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>;
@@ -312,7 +333,7 @@ fn worker(
         while shared.open.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    });
+    }
 }
 
 /// Counts a connection as open until it ends.

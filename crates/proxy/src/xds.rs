@@ -190,7 +190,7 @@ pub async fn run(
     let mut announced = false;
     loop {
         let started = std::time::Instant::now();
-        match stream(endpoint, &node, &mut accepted, &mut types, &*apply, &mut announced).await {
+        match stream(endpoint, &node, &mut accepted, &mut types, &apply, &mut announced).await {
             Ok(()) => eprintln!("mast proxy: the xDS stream to {endpoint} ended; reconnecting"),
             Err(e) => eprintln!("mast proxy: xDS from {endpoint}: {e:#}; keeping the last good configuration and reconnecting"),
         }
@@ -233,7 +233,7 @@ async fn stream(
     node: &envoy_types::pb::envoy::config::core::v3::Node,
     accepted: &mut Resources,
     types: &mut BTreeMap<&'static str, TypeState>,
-    apply: &dyn Apply,
+    apply: &std::sync::Arc<dyn Apply>,
     announced: &mut bool,
 ) -> Result<()> {
     use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -309,9 +309,20 @@ async fn stream(
             );
             continue;
         };
-        let outcome = accepted
-            .with(t, &resp.resources)
-            .and_then(|next| apply.apply(&next).map(|()| next));
+        // Decoding and compiling run on a blocking-pool thread, so a large
+        // update does not hold up the connections of a worker that shares
+        // this thread (`--concurrency 1`).
+        let (current, resources, apply2) =
+            (std::mem::take(accepted), resp.resources, apply.clone());
+        let (current, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = current
+                .with(t, &resources)
+                .and_then(|next| apply2.apply(&next).map(|()| next));
+            (current, outcome)
+        })
+        .await
+        .context("applying the configuration stopped")?;
+        *accepted = current;
         let st = types.entry(t).or_default();
         st.nonce = resp.nonce.clone();
         match outcome {
