@@ -281,6 +281,16 @@ async fn serve_worker(
 ) {
     {
         let pool = Arc::new(http::Pool::default());
+        // tokio's timer wakes the event loop (a write to its eventfd)
+        // whenever a new timer is due before every timer it knew of when
+        // it last waited, which is every timer when it knew of none. A
+        // steady one-second tick means it always knows of one that is
+        // sooner than a request's timeout.
+        let tick = tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
         type Bound =
             std::collections::HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>;
         let mut bound: Bound = Default::default();
@@ -329,6 +339,7 @@ async fn serve_worker(
         for (_, (_, task)) in bound {
             task.abort();
         }
+        tick.abort();
         // Let open connections finish within the drain time.
         while shared.open.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
