@@ -176,7 +176,7 @@ struct ProxyArgs {
     /// Accepted as Envoy's flag; mast proxy has no hot restart.
     #[arg(long = "disable-hot-restart")]
     disable_hot_restart: bool,
-    /// Worker threads (0: one per core).
+    /// Workers (0: one per core). Each is a thread; a single worker runs on the main thread, so `--concurrency 1` is a one-thread proxy.
     #[arg(long, default_value_t = 0)]
     concurrency: usize,
     /// Log level: trace, debug, info, warning, error, critical, off.
