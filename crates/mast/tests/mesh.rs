@@ -325,26 +325,21 @@ spec:
     // goes through a mast proxy relay on its way to the control plane.
     let relay = common::free_port();
     let relay_path = dir.path().join("relay.yaml");
+    let listener = common::http_listener(
+        "grpc",
+        relay,
+        "",
+        r#"          route_config:
+            virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: xds, timeout: 0s}}]}]
+"#,
+    );
     std::fs::write(
         &relay_path,
         format!(
             r#"
 static_resources:
   listeners:
-  - name: grpc
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {relay}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: grpc
-          route_config:
-            virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: xds, timeout: 0s}}}}]}}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
+{listener}  clusters:
 {}"#,
             xds_cluster(xds)
         ),

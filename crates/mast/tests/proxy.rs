@@ -91,90 +91,80 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
             "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
         )
     };
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          request_headers_timeout: 2s
-          upgrade_configs: [{{upgrade_type: websocket}}, {{upgrade_type: CONNECT}}]
+    let main = common::http_listener(
+        "main",
+        listen,
+        "",
+        r#"          request_headers_timeout: 2s
+          upgrade_configs: [{upgrade_type: websocket}, {upgrade_type: CONNECT}]
           route_config:
             name: local
             virtual_hosts:
             - name: only
               domains: ["only.test"]
               routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 201, body: {{inline_string: "only"}}}}
+              - match: {prefix: "/"}
+                direct_response: {status: 201, body: {inline_string: "only"}}
             - name: none
               domains: ["none.test"]
               routes:
-              - match: {{path: "/only-this"}}
-                direct_response: {{status: 200}}
+              - match: {path: "/only-this"}
+                direct_response: {status: 200}
             - name: all
               domains: ["*"]
               routes:
               - match:
                   prefix: "/"
-                  headers: [{{name: x-version, string_match: {{exact: v2}}}}]
-                route: {{cluster: v2}}
-              - match: {{prefix: "/split"}}
-                route: {{weighted_clusters: {{clusters: [{{name: v1, weight: 50}}, {{name: v2, weight: 50}}]}}}}
-              - match: {{prefix: "/slow"}}
-                route: {{cluster: v1, timeout: 0.5s}}
-              - match: {{prefix: "/flaky"}}
-                route: {{cluster: v1, retry_policy: {{retry_on: 5xx, num_retries: 10}}}}
-              - match: {{prefix: "/direct"}}
-                direct_response: {{status: 200, body: {{inline_string: "direct"}}}}
-              - match: {{prefix: "/api/"}}
-                route: {{cluster: v1, prefix_rewrite: "/v1/"}}
-              - match: {{prefix: "/dead"}}
-                route: {{cluster: dead}}
-              - match: {{path: "/exact"}}
-                route: {{cluster: v2}}
-              - match: {{prefix: "/ws"}}
-                route: {{cluster: ws}}
-              - match: {{prefix: "/checked"}}
-                route: {{cluster: checked}}
-              - match: {{connect_matcher: {{}}}}
-                route: {{cluster: v2, upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]}}
-              - match: {{prefix: "/"}}
-                route: {{cluster: v1}}
+                  headers: [{name: x-version, string_match: {exact: v2}}]
+                route: {cluster: v2}
+              - match: {prefix: "/split"}
+                route: {weighted_clusters: {clusters: [{name: v1, weight: 50}, {name: v2, weight: 50}]}}
+              - match: {prefix: "/slow"}
+                route: {cluster: v1, timeout: 0.5s}
+              - match: {prefix: "/flaky"}
+                route: {cluster: v1, retry_policy: {retry_on: 5xx, num_retries: 10}}
+              - match: {prefix: "/direct"}
+                direct_response: {status: 200, body: {inline_string: "direct"}}
+              - match: {prefix: "/api/"}
+                route: {cluster: v1, prefix_rewrite: "/v1/"}
+              - match: {prefix: "/dead"}
+                route: {cluster: dead}
+              - match: {path: "/exact"}
+                route: {cluster: v2}
+              - match: {prefix: "/ws"}
+                route: {cluster: ws}
+              - match: {prefix: "/checked"}
+                route: {cluster: checked}
+              - match: {connect_matcher: {}}
+                route: {cluster: v2, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]}
+              - match: {prefix: "/"}
+                route: {cluster: v1}
           access_log:
           - name: envoy.access_loggers.stdout
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  # CONNECT forwarded upstream: to the main listener, which ends it.
-  - name: relay
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {relay}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: relay
-          upgrade_configs: [{{upgrade_type: CONNECT}}]
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}
+"#,
+    );
+    // CONNECT forwarded upstream: to the main listener, which ends it.
+    let relay = common::http_listener(
+        "relay",
+        relay,
+        "",
+        r#"          upgrade_configs: [{upgrade_type: CONNECT}]
           route_config:
             virtual_hosts:
             - name: all
               domains: ["*"]
               routes:
-              - match: {{connect_matcher: {{}}}}
-                route: {{cluster: main}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
+              - match: {connect_matcher: {}}
+                route: {cluster: main}
+"#,
+    );
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+{main}{relay}  clusters:
 {}{}{}{}{}  - name: checked
     connect_timeout: 1s
     type: STATIC
@@ -605,6 +595,19 @@ fn mast_proxy_reports_grpc_calls_in_istios_metrics_with_their_status() {
     let (listen, admin) = (common::free_port(), common::free_port());
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("grpc.yaml");
+    let out = common::http_listener(
+        "out",
+        listen,
+        "    traffic_direction: OUTBOUND\n",
+        r#"          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: "outbound|9000||grpc-echo.default.svc.cluster.local"}
+"#,
+    );
     std::fs::write(
         &path,
         format!(
@@ -616,26 +619,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 static_resources:
   listeners:
-  - name: out
-    traffic_direction: OUTBOUND
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: out
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: "outbound|9000||grpc-echo.default.svc.cluster.local"}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
+{out}  clusters:
   - name: "outbound|9000||grpc-echo.default.svc.cluster.local"
     connect_timeout: 1s
     type: STATIC

@@ -490,10 +490,14 @@ pub fn handle<'a>(
                 origin,
                 work,
             } => {
-                let mut resp = match work {
-                    Work::Ready(r) => r,
-                    Work::Inline(job) => forward_inline(job, pool, n, ctx).await,
-                    Work::Boxed(fut) => fut.await,
+                let mut work = work;
+                let mut resp = loop {
+                    match work {
+                        Work::Ready(r) => break r,
+                        Work::Inline(job) => break forward_inline(job, pool, n, ctx).await,
+                        Work::Boxed(fut) => break fut.await,
+                        Work::Delayed(fut) => work = fut.await,
+                    }
                 };
                 finish(route, origin, &mut resp);
                 resp
@@ -519,6 +523,8 @@ enum Work<'a> {
     Ready(Response<RespBody>),
     Inline(Inline<'a>),
     Boxed(std::pin::Pin<Box<dyn std::future::Future<Output = Response<RespBody>> + Send + 'a>>),
+    /// A fault delay, then the rest of the work.
+    Delayed(std::pin::Pin<Box<dyn std::future::Future<Output = Work<'a>> + Send + 'a>>),
 }
 
 /// A bodiless request to an HTTP/1.1 upstream, ready to send.
@@ -600,16 +606,11 @@ fn plan<'a>(
     let work = match (delay, abort) {
         (None, None) => route_action(l, route, pool, req, n, ctx),
         (None, Some(status)) => Work::Ready(local(status, "FI", "fault filter abort")),
-        (Some(d), abort) => Work::Boxed(Box::pin(async move {
+        (Some(d), abort) => Work::Delayed(Box::pin(async move {
             tokio::time::sleep(d).await;
-            let work = match abort {
+            match abort {
                 Some(status) => Work::Ready(local(status, "FI", "fault filter abort")),
                 None => route_action(l, route, pool, req, n, ctx),
-            };
-            match work {
-                Work::Ready(r) => r,
-                Work::Inline(job) => forward_inline(job, pool, n, ctx).await,
-                Work::Boxed(fut) => fut.await,
             }
         })),
     };

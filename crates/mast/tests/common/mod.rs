@@ -598,3 +598,25 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// A bootstrap listener (an item of `static_resources.listeners`) on
+/// loopback with an HTTP connection manager that ends in the router.
+/// `listener` holds extra listener fields (four-space indent), `settings`
+/// the manager's own (`route_config`, `upgrade_configs`..., ten-space
+/// indent).
+pub fn http_listener(name: &str, port: u16, listener: &str, settings: &str) -> String {
+    format!(
+        r#"  - name: {name}
+{listener}    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+{settings}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    )
+}
