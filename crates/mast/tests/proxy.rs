@@ -672,3 +672,244 @@ static_resources:
     assert!(ok.ends_with(" 1"), "{ok}");
     assert!(unavailable.ends_with(" 2"), "{unavailable}");
 }
+
+/// An upstream that answers every request after `delay`, on keep-alive
+/// connections.
+fn slow_server(delay: std::time::Duration) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut r = std::io::BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        line.clear();
+                    }
+                    if line != "\r\n" {
+                        return;
+                    }
+                    std::thread::sleep(delay);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
+                    if r.get_mut().write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Read one HTTP/1.1 response with a Content-Length body; None when the
+/// connection ends first.
+fn read_response(s: &mut std::io::BufReader<std::net::TcpStream>) -> Option<String> {
+    use std::io::{BufRead, Read};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if s.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).ok()?;
+    Some(head + &String::from_utf8_lossy(&body))
+}
+
+/// A bootstrap with one listener: `/fast` is answered by the proxy, the
+/// rest goes to `upstream`. `settings` adds connection-manager fields.
+fn slow_bootstrap(
+    dir: &std::path::Path,
+    listen: u16,
+    upstream: u16,
+    settings: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("slow.yaml");
+    let main = common::http_listener(
+        "main",
+        listen,
+        "",
+        &format!(
+            r#"{settings}          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/fast"}}
+                direct_response: {{status: 200, body: {{inline_string: "fast"}}}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: slow}}
+"#
+        ),
+    );
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+static_resources:
+  listeners:
+{main}  clusters:
+  - name: slow
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: slow
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"#
+        ),
+    )
+    .expect("write");
+    path
+}
+
+fn connect_http(port: u16) -> std::io::BufReader<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    std::io::BufReader::new(s)
+}
+
+/// Whether the peer closes the connection within `secs` (an end of
+/// stream, not a time-out).
+fn closed_within(s: &mut std::io::BufReader<std::net::TcpStream>, secs: u64) -> Result<(), String> {
+    s.get_ref()
+        .set_read_timeout(Some(std::time::Duration::from_secs(secs)))
+        .ok();
+    let mut rest = Vec::new();
+    match std::io::Read::read_to_end(s, &mut rest) {
+        Ok(0) => Ok(()),
+        other => Err(format!("still open: {other:?}, {rest:?}")),
+    }
+}
+
+#[test]
+fn mast_proxy_drains_on_sigterm_finishing_requests_in_flight() {
+    use std::io::Write;
+    let upstream = slow_server(std::time::Duration::from_millis(1500));
+    let listen = common::free_port();
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = slow_bootstrap(dir.path(), listen, upstream, "");
+    let mut proxy = common::Background(
+        mast_proxy(&path)
+            .args(["--drain-time-s", "20"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mast proxy"),
+    );
+    wait_port(listen);
+    // An idle keep-alive connection, and a request in flight on another.
+    let mut idle = connect_http(listen);
+    idle.get_mut()
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let first = read_response(&mut idle).expect("an answer");
+    assert!(
+        first.starts_with("HTTP/1.1 200") && first.ends_with("fast"),
+        "{first}"
+    );
+    let mut busy = connect_http(listen);
+    busy.get_mut()
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sent = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &proxy.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    // The request in flight is answered, and told the connection closes.
+    let answer = read_response(&mut busy).expect("the request in flight was dropped");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slow"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // The idle connection is closed (an end of stream, not a time-out),
+    // and new ones are refused.
+    let idle_closed = closed_within(&mut idle, 3);
+    assert_eq!(idle_closed, Ok(()), "the idle connection");
+    assert!(
+        common::eventually(5, || std::net::TcpStream::connect(("127.0.0.1", listen))
+            .is_err()),
+        "the listener still accepts while draining"
+    );
+    // With nothing left open, the proxy ends well before its drain time.
+    let status = loop {
+        if let Some(s) = proxy.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(15),
+            "mast proxy still runs 15 s after SIGTERM with nothing open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn mast_proxy_cuts_off_slow_headers_but_not_slow_answers() {
+    use std::io::Write;
+    // The upstream takes longer than the headers may.
+    let upstream = slow_server(std::time::Duration::from_millis(1500));
+    let listen = common::free_port();
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = slow_bootstrap(
+        dir.path(),
+        listen,
+        upstream,
+        "          request_headers_timeout: 1s\n",
+    );
+    let _proxy = common::Background(
+        mast_proxy(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mast proxy"),
+    );
+    wait_port(listen);
+    let mut c = connect_http(listen);
+    for _ in 0..2 {
+        c.get_mut()
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let answer = read_response(&mut c).expect("a slow answer was cut off");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("slow"),
+            "{answer}"
+        );
+    }
+    // Then it idles, waiting for headers: closed after 1 to 1.25 s.
+    let idle = std::time::Instant::now();
+    assert_eq!(closed_within(&mut c, 4), Ok(()), "the idle connection");
+    assert!(
+        idle.elapsed() >= std::time::Duration::from_millis(900),
+        "closed {:?} after its last answer, before the timeout",
+        idle.elapsed()
+    );
+    // Half a head, never finished, is cut off likewise.
+    let mut c = connect_http(listen);
+    c.get_mut()
+        .write_all(b"GET /fast HTTP/1.1\r\n")
+        .expect("write");
+    assert_eq!(closed_within(&mut c, 4), Ok(()), "the half-sent head");
+}

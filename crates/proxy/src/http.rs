@@ -38,6 +38,15 @@ const HOP: [header::HeaderName; 7] = [
 ];
 
 fn strip_hop(h: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names (a few
+    // comparisons each) saves nine hashed look-ups (6% of the proxy's
+    // instructions per request, bench/proxy-instr).
+    let hop = |n: &header::HeaderName| {
+        HOP.contains(n) || n.as_str() == "keep-alive" || n.as_str() == "proxy-connection"
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
     if let Some(list) = h
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
@@ -1311,5 +1320,51 @@ fn attempt_limit(
         (Some(d), None) => Some(d),
         (None, Some(p)) => Some(now + p),
         (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> HeaderMap {
+        list.iter()
+            .map(|(k, v)| {
+                (
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    header::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_with_those_connection_names() {
+        let mut h = headers(&[
+            ("host", "a"),
+            ("connection", "close, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "x-kept"]);
+        // Only `keep-alive`, without `connection`, is stripped too.
+        let mut h = headers(&[("host", "a"), ("keep-alive", "timeout=5")]);
+        strip_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
+    }
+
+    #[test]
+    fn end_to_end_headers_pass_untouched() {
+        let before = headers(&[("host", "a"), ("accept", "*/*"), ("x-b3-traceid", "1")]);
+        let mut h = before.clone();
+        strip_hop(&mut h);
+        assert_eq!(h, before);
     }
 }

@@ -494,6 +494,132 @@ async fn connection(
     }
 }
 
+/// What the requests of one downstream HTTP connection share, so that a
+/// request takes one reference to it rather than one to each part.
+struct Downstream {
+    shared: Arc<Shared>,
+    h: Arc<config::HttpListener>,
+    st: Arc<stats::ListenerStats>,
+    pool: Arc<http::Pool>,
+    ctx: http::Ctx,
+    /// HTTP/1.1 only: request heads read and responses finished, which the
+    /// slowloris watch ([`HeadWatch`]) reads.
+    watch: Option<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    heads: AtomicU64,
+    done: AtomicU64,
+}
+
+/// A response body that counts as finished, for the slowloris watch, once
+/// hyper is done with it (written whole, or dropped).
+struct Watched<B> {
+    inner: B,
+    conn: Option<Arc<Downstream>>,
+}
+
+impl<B> Drop for Watched<B> {
+    fn drop(&mut self) {
+        if let Some(p) = self.conn.as_ref().and_then(|c| c.watch.as_ref()) {
+            p.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Slowloris: resolves once an HTTP/1.1 connection has waited `limit` for
+/// a request's head with no request in flight (idle keep-alive included,
+/// as with hyper's own header timer).
+///
+/// hyper's `header_read_timeout` arms a timer for every request: an
+/// allocation, a timer-wheel entry and its removal, about 6% of the
+/// proxy's user-space instructions per request (`bench/proxy-instr`). This
+/// watch is one timer per connection that looks at two counters every
+/// quarter of the limit, so a connection is cut off between 1 and 1.25
+/// times the limit after its last request, and never before. It shares
+/// its task with the connection, so it is polled at every wake-up of the
+/// connection; it polls its timer only once the timer has fired (an
+/// atomic load), as the timer keeps the task's waker from its last poll.
+struct HeadWatch<'a> {
+    progress: &'a Progress,
+    limit: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+    seen: (u64, u64),
+    quiet: tokio::time::Instant,
+}
+
+impl<'a> HeadWatch<'a> {
+    fn new(progress: &'a Progress, limit: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        HeadWatch {
+            progress,
+            limit,
+            sleep: Box::pin(tokio::time::sleep_until(now + Self::step(limit))),
+            armed: false,
+            seen: (0, 0),
+            quiet: now,
+        }
+    }
+
+    fn step(limit: Duration) -> Duration {
+        (limit / 4).max(Duration::from_millis(1))
+    }
+}
+
+impl std::future::Future for HeadWatch<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let w = &mut *self;
+        if w.armed && !w.sleep.is_elapsed() {
+            return std::task::Poll::Pending;
+        }
+        loop {
+            if w.sleep.as_mut().poll(cx).is_pending() {
+                w.armed = true;
+                return std::task::Poll::Pending;
+            }
+            let now = tokio::time::Instant::now();
+            let p = (
+                w.progress.heads.load(Ordering::Relaxed),
+                w.progress.done.load(Ordering::Relaxed),
+            );
+            if p != w.seen || p.0 != p.1 {
+                w.seen = p;
+                w.quiet = now;
+            } else if now.duration_since(w.quiet) >= w.limit {
+                return std::task::Poll::Ready(());
+            }
+            w.sleep.as_mut().reset(now + Self::step(w.limit));
+        }
+    }
+}
+
 async fn http_connection(
     shared: Arc<Shared>,
     h: Arc<config::HttpListener>,
@@ -502,17 +628,38 @@ async fn http_connection(
     pool: Arc<http::Pool>,
     ctx: http::Ctx,
 ) {
+    // HTTP/2 with prior knowledge starts with its preface ("PRI *
+    // HTTP/2.0"); anything else is HTTP/1.1. A peek decides, so each
+    // connection gets the one codec it speaks without a sniffing layer in
+    // the way.
+    let h2 = !h.http1_only && {
+        let mut first = [0u8; 3];
+        matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
+    };
+    let conn = Arc::new(Downstream {
+        shared,
+        h,
+        st,
+        pool,
+        ctx,
+        watch: (!h2).then(Progress::default),
+    });
     let svc = {
-        let (shared, h) = (shared.clone(), h.clone());
+        let conn = conn.clone();
         hyper::service::service_fn(move |mut req: ::http::Request<hyper::body::Incoming>| {
-            let (shared, st, pool, h, ctx) = (
-                shared.clone(),
-                st.clone(),
-                pool.clone(),
-                h.clone(),
-                ctx.clone(),
-            );
+            let c = conn.clone();
             async move {
+                let Downstream {
+                    shared,
+                    h,
+                    st,
+                    pool,
+                    ctx,
+                    watch,
+                } = &*c;
+                if let Some(p) = watch {
+                    p.heads.fetch_add(1, Ordering::Relaxed);
+                }
                 st.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
                 let n = shared.requests.fetch_add(1, Ordering::Relaxed);
                 let log = h.access_log.map(|out| (access::Entry::begin(&req), out));
@@ -540,7 +687,7 @@ async fn http_connection(
                     // Boxed: hyper moves the request's future (into its
                     // dispatcher, or into a task per HTTP/2 stream); a box
                     // moves as a pointer.
-                    Some(t) => Box::pin(http::handle(&h, t, &pool, req, n, &ctx)).await,
+                    Some(t) => Box::pin(http::handle(h, t, pool, req, n, ctx)).await,
                     None => http::local(404, "NR", ""),
                 };
                 let mut pending = None;
@@ -583,35 +730,42 @@ async fn http_connection(
                     );
                 }
                 // Istio's metrics are recorded at the body's end.
-                Ok::<_, std::convert::Infallible>(r.map(|b| istio::Metered::new(b, pending)))
+                // Istio's metrics are recorded at the body's end.
+                let body = |b| Watched {
+                    inner: istio::Metered::new(b, pending),
+                    conn: watch.is_some().then(|| c.clone()),
+                };
+                Ok::<_, std::convert::Infallible>(r.map(body))
             }
         })
     };
-    // HTTP/2 with prior knowledge starts with its preface ("PRI *
-    // HTTP/2.0"); anything else is HTTP/1.1. A peek decides, so each
-    // connection gets the one codec it speaks without a sniffing layer in
-    // the way.
-    let h2 = !h.http1_only && {
-        let mut first = [0u8; 3];
-        matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
-    };
+    let shared = &conn.shared;
     if h2 {
         // Responses of several streams leave in one write (see coalesce).
         let io = hyper_util::rt::TokioIo::new(coalesce::Coalesce::new(stream));
-        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        let serve = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .max_header_list_size(MAX_HEADERS as u32)
             .serve_connection(io, svc);
-        until_drained(conn, |c| c.graceful_shutdown(), &shared).await;
+        until_drained(serve, |c| c.graceful_shutdown(), shared).await;
     } else {
         let io = hyper_util::rt::TokioIo::new(stream);
-        // Slowloris: headers that take too long close the connection.
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(h.headers_timeout)
+        let serve = hyper::server::conn::http1::Builder::new()
             .max_buf_size(MAX_HEADERS)
             .serve_connection(io, svc)
             .with_upgrades();
-        until_drained(conn, |c| c.graceful_shutdown(), &shared).await;
+        // Slowloris: a connection whose headers take too long is closed.
+        let limit = conn.h.headers_timeout;
+        let watch = async {
+            match &conn.watch {
+                Some(p) => HeadWatch::new(p, limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = until_drained(serve, |c| c.graceful_shutdown(), shared) => {}
+            _ = watch => {}
+        }
     }
 }
 
@@ -624,12 +778,44 @@ async fn until_drained<C: std::future::Future>(
 ) {
     tokio::pin!(conn);
     let mut drain = shared.drain.subscribe();
+    let signal = Gate {
+        inner: std::pin::pin!(drained(&mut drain)),
+        open: &shared.draining,
+        armed: false,
+    };
     tokio::select! {
+        biased;
         _ = conn.as_mut() => {}
-        _ = drained(&mut drain) => {
+        _ = signal => {
             shutdown(conn.as_mut());
             let _ = conn.await;
         }
+    }
+}
+
+/// A future that is polled at every wake-up of its task but needs polling
+/// only once `open` is set: after its first poll has left its waker
+/// (registered until it fires), it costs one atomic load per wake-up.
+/// For the drain signal, whose own poll takes a lock (tokio's `Notify`)
+/// and would otherwise run for every request of every connection.
+struct Gate<'a, F> {
+    inner: F,
+    open: &'a AtomicBool,
+    armed: bool,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Gate<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        if self.armed && !self.open.load(Ordering::Acquire) {
+            return std::task::Poll::Pending;
+        }
+        self.armed = true;
+        std::pin::Pin::new(&mut self.inner).poll(cx)
     }
 }
 
@@ -753,6 +939,9 @@ async fn admin(l: tokio::net::TcpListener, shared: Arc<Shared>) {
                         "/config_dump" => (200, config_dump(&cfg)),
                         "/server_info" => (200, serde_json::json!({"version": concat!("mast-proxy/", env!("CARGO_PKG_VERSION")), "state": if shared.draining.load(Ordering::Relaxed) { "DRAINING" } else { "LIVE" }}).to_string()),
                         "/drain_listeners" | "/quitquitquit" if req.method() == ::http::Method::POST => {
+                            // The flag first: connections look at it before
+                            // they look at the signal (see `Gate`).
+                            shared.draining.store(true, Ordering::SeqCst);
                             let _ = shared.drain.send(true);
                             (200, "OK\n".to_owned())
                         }
