@@ -828,6 +828,18 @@ fn mast_proxy_drains_on_sigterm_finishing_requests_in_flight() {
     busy.get_mut()
         .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
+    // And one over h2c, whose stream must be served to its end too.
+    let h2c = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            " %{http_code} %{http_version}",
+        ])
+        .arg(format!("http://127.0.0.1:{listen}/slow"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let sent = std::time::Instant::now();
     let term = Command::new("kill")
@@ -843,6 +855,8 @@ fn mast_proxy_drains_on_sigterm_finishing_requests_in_flight() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
+    let h2c = h2c.wait_with_output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&h2c.stdout), "slow 200 2");
     // The idle connection is closed (an end of stream, not a time-out),
     // and new ones are refused.
     let idle_closed = closed_within(&mut idle, 3);

@@ -30,6 +30,7 @@ pub mod http;
 pub mod istio;
 mod outlier;
 pub mod stats;
+mod streams;
 pub mod tls;
 pub mod xds;
 
@@ -743,10 +744,13 @@ async fn http_connection(
     if h2 {
         // Responses of several streams leave in one write (see coalesce).
         let io = hyper_util::rt::TokioIo::new(coalesce::Coalesce::new(stream));
-        let serve = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        // Its streams run in this task (see streams).
+        let exec = streams::Local::default();
+        let serve = hyper::server::conn::http2::Builder::new(exec.clone())
             .max_header_list_size(MAX_HEADERS as u32)
             .serve_connection(io, svc);
-        until_drained(serve, |c| c.graceful_shutdown(), shared).await;
+        let serve = streams::WithStreams::new(serve, &exec);
+        until_drained(serve, |c| c.get_mut().conn().graceful_shutdown(), shared).await;
     } else {
         let io = hyper_util::rt::TokioIo::new(stream);
         let serve = hyper::server::conn::http1::Builder::new()
