@@ -309,6 +309,21 @@ fn mast_proxy(path: &std::path::Path) -> Command {
     c
 }
 
+/// `mast proxy -c PATH --concurrency 1 ARGS...` with its output dropped,
+/// once it listens on `listen`.
+fn quiet_proxy(path: &std::path::Path, args: &[&str], listen: u16) -> common::Background {
+    let proxy = common::Background(
+        mast_proxy(path)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mast proxy"),
+    );
+    wait_port(listen);
+    proxy
+}
+
 fn wait_port(port: u16) {
     assert!(
         common::eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
@@ -634,14 +649,7 @@ static_resources:
         ),
     )
     .expect("write");
-    let _proxy = common::Background(
-        mast_proxy(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mast proxy"),
-    );
-    wait_port(listen);
+    let _proxy = quiet_proxy(&path, &[], listen);
     // The trailers reach the client through the proxy.
     assert_eq!(grpc_call(listen, "Ok"), "0");
     assert_eq!(grpc_call(listen, "Unavailable"), "14");
@@ -805,15 +813,7 @@ fn mast_proxy_drains_on_sigterm_finishing_requests_in_flight() {
     let listen = common::free_port();
     let dir = tempfile::tempdir().expect("tmp");
     let path = slow_bootstrap(dir.path(), listen, upstream, "");
-    let mut proxy = common::Background(
-        mast_proxy(&path)
-            .args(["--drain-time-s", "20"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mast proxy"),
-    );
-    wait_port(listen);
+    let mut proxy = quiet_proxy(&path, &["--drain-time-s", "20"], listen);
     // An idle keep-alive connection, and a request in flight on another.
     let mut idle = connect_http(listen);
     idle.get_mut()
@@ -893,14 +893,7 @@ fn mast_proxy_cuts_off_slow_headers_but_not_slow_answers() {
         upstream,
         "          request_headers_timeout: 1s\n",
     );
-    let _proxy = common::Background(
-        mast_proxy(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mast proxy"),
-    );
-    wait_port(listen);
+    let _proxy = quiet_proxy(&path, &[], listen);
     let mut c = connect_http(listen);
     for _ in 0..2 {
         c.get_mut()
