@@ -29,6 +29,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How often ConfigMap, Secret and downwardAPI volumes are rewritten.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
+/// The next address of `range` after `last` that is not `used`, wrapping
+/// round, as CNI's host-local IPAM allocates: a freed IP is reused last,
+/// so connections and caches that still name its previous pod have long
+/// expired. The range's first address when all are taken.
+fn next_free_ip(used: &BTreeSet<u32>, last: u32, range: std::ops::Range<u32>) -> u32 {
+    let start = if range.contains(&last.wrapping_add(1)) {
+        last + 1
+    } else {
+        range.start
+    };
+    (start..range.end)
+        .chain(range.start..start)
+        .find(|n| !used.contains(n))
+        .unwrap_or(range.start)
+}
+
 /// State shared by all pod workers and the agent's HTTPS server.
 pub struct Runtime {
     pub client: Client,
@@ -36,7 +52,8 @@ pub struct Runtime {
     pub root: PathBuf,
     pub exe: PathBuf,
     pub privileged: bool,
-    ips: Mutex<BTreeSet<u32>>,
+    /// Pod IPs in use, and the last one handed out.
+    ips: Mutex<(BTreeSet<u32>, u32)>,
     /// Where pod IPs come from: (base, size).
     range: Mutex<(u32, u32)>,
     /// The bridge network, when pods get their own network namespaces.
@@ -166,7 +183,7 @@ impl Runtime {
             cfg,
             root,
             exe,
-            ips: Mutex::new(BTreeSet::new()),
+            ips: Mutex::new((BTreeSet::new(), 0)),
             range: Mutex::new(cfg_range),
             net: std::sync::OnceLock::new(),
             pods: Mutex::new(HashMap::new()),
@@ -178,12 +195,14 @@ impl Runtime {
     /// send new connections to `ip`: the endpoints controller marks a
     /// terminating pod not ready, the proxy drops it, and only then does
     /// the pod get SIGTERM, so no request meets a closing server.
-    pub async fn leave_rotation(&self, ip: &str, bound: Duration) {
+    /// Whether it left in time.
+    pub async fn leave_rotation(&self, ip: &str, bound: Duration) -> bool {
         let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() else {
-            return;
+            return true;
         };
         let mut rx = self.serving.subscribe();
-        let _ = tokio::time::timeout(bound, rx.wait_for(|s| !s.contains(&ip))).await;
+        let left = tokio::time::timeout(bound, rx.wait_for(|s| !s.contains(&ip))).await;
+        left.is_ok()
     }
 
     /// Pods get their own network namespaces on `net`, with IPs from `range`.
@@ -194,17 +213,17 @@ impl Runtime {
 
     fn alloc_ip(&self, want: Option<&str>) -> String {
         let (base, size) = *self.range.lock().unwrap_or_else(|e| e.into_inner());
-        let mut used = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ips = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        let (used, last) = &mut *ips;
         // A pod keeps the IP it has (it may predate a change of range).
         if let Some(ip) = want.and_then(|w| w.parse::<std::net::Ipv4Addr>().ok()) {
             if used.insert(u32::from(ip)) {
                 return ip.to_string();
             }
         }
-        let n = (base + 2..base + size - 1)
-            .find(|n| !used.contains(n))
-            .unwrap_or(base + 2);
+        let n = next_free_ip(used, *last, base + 2..base + size - 1);
         used.insert(n);
+        *last = n;
         std::net::Ipv4Addr::from(n).to_string()
     }
 
@@ -213,6 +232,7 @@ impl Runtime {
             self.ips
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .0
                 .remove(&u32::from(ip));
         }
     }
@@ -401,9 +421,13 @@ impl Worker {
                     })
                     .unwrap_or(30)
                     .max(0) as u64;
-                rt.leave_rotation(&w.rec.ip, Duration::from_secs(grace.min(10)))
+                let t0 = tokio::time::Instant::now();
+                let left = rt
+                    .leave_rotation(&w.rec.ip, Duration::from_secs(grace.min(10)))
                     .await;
+                tracing::debug!(pod = %w.pod_key, ip = %w.rec.ip, left, waited_ms = t0.elapsed().as_millis() as u64, "terminating: out of the Service rules; stopping the containers");
                 w.kill_all(&pod, Duration::from_secs(grace), true).await;
+                tracing::debug!(pod = %w.pod_key, "terminating: containers stopped; removing the sandbox");
                 w.teardown(Duration::from_secs(2)).await;
                 w.forget();
                 let api: Api<Pod> =
@@ -1975,4 +1999,30 @@ pub fn cleanup_node(data_dir: &Path) -> usize {
         let _ = std::fs::remove_file(net);
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ips_rotate_through_the_range_before_one_is_reused() {
+        let mut used = BTreeSet::new();
+        let mut last = 0;
+        let mut take = |used: &mut BTreeSet<u32>| {
+            let n = next_free_ip(used, last, 2..6);
+            used.insert(n);
+            last = n;
+            n
+        };
+        assert_eq!([take(&mut used), take(&mut used)], [2, 3]);
+        // 2 is freed: the next pods get 4 and 5 first, then 2 again.
+        used.remove(&2);
+        assert_eq!([take(&mut used), take(&mut used)], [4, 5]);
+        assert_eq!(take(&mut used), 2);
+        // Full: the first address, as before.
+        assert_eq!(next_free_ip(&used, 2, 2..6), 2);
+        // A last address outside the range (a new range) starts at its beginning.
+        assert_eq!(next_free_ip(&BTreeSet::new(), 99, 2..6), 2);
+    }
 }

@@ -309,6 +309,7 @@ pub async fn run(
                     .flat_map(|s| s.ports.iter())
                     .flat_map(|p| p.endpoints.iter().map(|(ip, _)| *ip))
                     .collect();
+                tracing::debug!(endpoints = ips.len(), "the Service rules are in force");
                 serving.send_if_modified(|s| {
                     let changed = **s != ips;
                     if changed {

@@ -297,6 +297,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 }
 
 /// Create the object, or replace it when the parts `view` picks differ.
+/// A conflict (someone wrote it between our read and our write) reads it
+/// again and retries: accepting it would leave what the other writer
+/// wrote, possibly stale, until the next resync.
 async fn upsert<K>(
     api: &Api<K>,
     name: &str,
@@ -306,27 +309,32 @@ async fn upsert<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    match api.get_opt(name).await? {
-        None => {
-            let obj: K = serde_json::from_value(want)?;
-            match api.create(&PostParams::default(), &obj).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                Err(e) => Err(e.into()),
+    let want_obj: K = serde_json::from_value(want)?;
+    let want_v = serde_json::to_value(&want_obj)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let written = match api.get_opt(name).await? {
+            None => api
+                .create(&PostParams::default(), &want_obj)
+                .await
+                .map(drop),
+            Some(cur) => {
+                let cur_v = serde_json::to_value(&cur)?;
+                if view(&cur_v) == view(&want_v) {
+                    return Ok(());
+                }
+                let mut next = want_v.clone();
+                next["metadata"]["resourceVersion"] = cur_v["metadata"]["resourceVersion"].clone();
+                let obj: K = serde_json::from_value(next)?;
+                api.replace(name, &PostParams::default(), &obj)
+                    .await
+                    .map(drop)
             }
-        }
-        Some(cur) => {
-            let cur_v = serde_json::to_value(&cur)?;
-            let want_obj: K = serde_json::from_value(want)?;
-            let want_v = serde_json::to_value(&want_obj)?;
-            if view(&cur_v) == view(&want_v) {
-                return Ok(());
-            }
-            let mut next = want_v;
-            next["metadata"]["resourceVersion"] = cur_v["metadata"]["resourceVersion"].clone();
-            let obj: K = serde_json::from_value(next)?;
-            api.replace(name, &PostParams::default(), &obj).await?;
-            Ok(())
+        };
+        match written {
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => continue,
+            other => return Ok(other?),
         }
     }
 }

@@ -130,6 +130,12 @@ async fn pass(client: &Client, resources: &[(ApiResource, bool)]) -> anyhow::Res
             && live
                 .iter()
                 .all(|o| o.obj.metadata.deletion_timestamp.is_some() && o.has_finalizer(ORPHAN));
+        // The pass lists one kind after another, so an owner created after
+        // its kind was listed (a Service, then its EndpointSlice) looks
+        // gone. Ask the API server before collecting, as Kubernetes' GC does.
+        if orphaned && !foreground && owners_live(client, resources, i).await {
+            continue;
+        }
         if (orphaned || foreground) && !all_orphaning {
             let policy = if foreground {
                 PropagationPolicy::Foreground
@@ -184,6 +190,33 @@ async fn pass(client: &Client, resources: &[(ApiResource, bool)]) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// Whether any owner of `i` exists now, with the uid its reference names.
+/// An owner of a kind that is not served counts as gone; an error reading
+/// it counts as live (collect nothing on a doubt).
+async fn owners_live(client: &Client, resources: &[(ApiResource, bool)], i: &Item) -> bool {
+    for o in i.owners() {
+        let Some((ar, namespaced)) = resources
+            .iter()
+            .find(|(ar, _)| ar.api_version == o.api_version && ar.kind == o.kind)
+        else {
+            continue;
+        };
+        let api: Api<DynamicObject> = match (namespaced, i.obj.namespace()) {
+            (true, Some(ns)) => Api::namespaced_with(client.clone(), &ns, ar),
+            _ => Api::all_with(client.clone(), ar),
+        };
+        match api.get_opt(&o.name).await {
+            Ok(Some(owner)) if owner.uid().as_deref() == Some(o.uid.as_str()) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(kind = %o.kind, name = %o.name, error = %e, "could not read an owner");
+                return true;
+            }
+        }
+    }
+    false
 }
 
 async fn remove_finalizer(client: &Client, item: &Item, f: &str) {

@@ -24,9 +24,9 @@ pub fn listen_addr(port: u16) -> String {
     format!("{ip}:{port}")
 }
 
-/// Serve HTTP/1.1 on `listener` until SIGTERM, then stop accepting and give
-/// open connections up to 5 s to finish, as a well-behaved server does
-/// during a rolling update.
+/// Serve HTTP/1.1 on `listener` until SIGTERM, then serve what is already
+/// queued, stop accepting and give open connections up to 5 s to finish, as
+/// a well-behaved server does during a rolling update.
 pub async fn serve<F, Fut>(
     name: &str,
     listener: tokio::net::TcpListener,
@@ -38,11 +38,27 @@ where
 {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut conns = tokio::task::JoinSet::new();
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => a?,
-            _ = term.recv() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        let (stream, _) = if let Some(until) = draining {
+            // Connections the kernel completed before the node's rules let
+            // go of this pod still wait in the listen backlog: serve them
+            // too (closing the listener would reset them). Stop once none
+            // came for 100 ms, and after 2 s at most.
+            let quiet = (tokio::time::Instant::now() + Duration::from_millis(100)).min(until);
+            match tokio::time::timeout_at(quiet, listener.accept()).await {
+                Ok(a) => a?,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                a = listener.accept() => a?,
+                _ = term.recv() => {
+                    draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    continue;
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            }
         };
         let h = handler.clone();
         conns.spawn(async move {

@@ -36,17 +36,30 @@ spec:
   ports: [{name: http, port: 80, targetPort: http}]
 "#;
 
+/// What `curl -v` says of `url`, for a failure's message.
+fn curl_verbose(url: &str) -> String {
+    let o = Command::new("curl")
+        .args(["-sv", "--max-time", "3", url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 fn svc_field(c: &NetCluster, name: &str, path: &str) -> String {
     c.ok(&["get", "svc", name, "-o", &format!("jsonpath={{{path}}}")])
 }
 
 /// `count` requests to `url` from the node, each on its own connection;
-/// how many each pod answered (`ERR` for failures).
+/// how many each pod answered (`ERR <status>` for failures, where curl's
+/// status is 000 when no answer came).
 fn spread(url: &str, count: usize) -> BTreeMap<String, usize> {
     let answers = common::curl_many(url, count, &[]);
     let mut got = BTreeMap::new();
-    for (body, _) in answers {
-        let pod = body["pod"].as_str().unwrap_or("ERR").to_owned();
+    for (body, code) in answers {
+        let pod = match body["pod"].as_str() {
+            Some(pod) => pod.to_owned(),
+            None => format!("ERR {code}"),
+        };
         *got.entry(pod).or_default() += 1;
     }
     got
@@ -77,6 +90,7 @@ fn dns(server: &str, name: &str, ty: hickory_proto::rr::RecordType) -> Vec<Strin
     m.answers.iter().map(|r| r.data.to_string()).collect()
 }
 
+#[track_caller]
 fn wait_endpoints(c: &NetCluster, svc: &str, n: usize) {
     assert!(
         eventually(60, || {
@@ -200,12 +214,15 @@ spec:
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let mut last = None;
     assert!(
-        eventually(30, || c
-            .kubectl(&["exec", "busybox", "--", "getent", "hosts", "db"])
-            .stdout
-            .contains(&pod_ip)),
-        "headless Service db does not resolve to {pod_ip}"
+        eventually(30, || {
+            let o = c.kubectl(&["exec", "busybox", "--", "getent", "hosts", "db"]);
+            let ok = o.stdout.contains(&pod_ip);
+            last = Some(o);
+            ok
+        }),
+        "headless Service db does not resolve to {pod_ip}: {last:?}"
     );
     let dashed = pod_ip.replace('.', "-");
     let one = c.ok(&[
@@ -328,6 +345,14 @@ fn services_balance_keep_affinity_and_roll_without_dropping_a_request() {
             let mut all = BTreeMap::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 for (k, v) in spread(&url, 50) {
+                    if k.starts_with("ERR") {
+                        // When, to match with the agent's log
+                        // (MAST_TEST_LOG=mast_agent=debug).
+                        let t = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        eprintln!("rollout client: {v} × {k} in the batch ending at {:.3} s after the epoch", t.as_secs_f64());
+                    }
                     *all.entry(k).or_insert(0) += v;
                 }
             }
@@ -342,7 +367,7 @@ fn services_balance_keep_affinity_and_roll_without_dropping_a_request() {
     let all = client.join().expect("client");
     let total: usize = all.values().sum();
     assert!(
-        !all.contains_key("ERR"),
+        !all.keys().any(|k| k.starts_with("ERR")),
         "failed requests during the rollout: {all:?}"
     );
     assert!(
@@ -383,7 +408,9 @@ fn node_ports_load_balancers_ingress_and_refusals() {
     let url = format!("http://{}:{np}/", c.node_address(n));
     assert!(
         eventually(10, || common::curl(&url).is_some()),
-        "NodePort {url} does not answer"
+        "NodePort {url} does not answer; curl -v: {}\n{}",
+        curl_verbose(&url),
+        c.network_state()
     );
     // LoadBalancer: an EXTERNAL-IP from the pool, shown by kubectl, served
     // on the node.
@@ -403,7 +430,9 @@ fn node_ports_load_balancers_ingress_and_refusals() {
     let url = format!("http://{lb}:8000/");
     assert!(
         eventually(10, || common::curl(&url).is_some()),
-        "load balancer {url} does not answer"
+        "load balancer {url} does not answer; curl -v: {}\n{}",
+        curl_verbose(&url),
+        c.network_state()
     );
     // An address the pool cannot give is an event on the Service, and no
     // EXTERNAL-IP.
@@ -503,10 +532,14 @@ fn node_ports_load_balancers_ingress_and_refusals() {
     assert!(
         // Generous: the node's Ingress controller sees the EndpointSlice
         // through its own watch, which lags on a loaded machine.
+        // Both backends: the API having endpoints for each does not mean
+        // the controller has seen them yet.
         eventually(60, || get("bar.foo.com", "/first")
-            .contains("\"pod\":\"first-")),
-        "{}",
-        get("bar.foo.com", "/first")
+            .contains("\"pod\":\"first-")
+            && get("bar.foo.com", "/second").contains("\"pod\":\"second-")),
+        "{}\n{}",
+        get("bar.foo.com", "/first"),
+        get("bar.foo.com", "/second")
     );
     let second = get("bar.foo.com", "/second/deeper");
     assert!(

@@ -52,6 +52,22 @@ fn exists(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -17)
 }
 
+/// The MAC address an interface with `ip` gets: `0a:58:` and the address's
+/// four bytes (locally administered, unicast), as OVN-Kubernetes does.
+///
+/// Pods' IPs are reused, and a random MAC per pod would leave the node's
+/// neighbour entry for a reused IP pointing at the previous pod's MAC until
+/// it expires: tens of seconds in which the new pod cannot be reached (its
+/// readiness probes fail, and Service traffic sent to it is lost). With the
+/// MAC derived from the IP, a stale entry is still right. The bridge gets
+/// one too, because a bridge without an address of its own takes the
+/// lowest of its ports' and changes it when that port leaves, which would
+/// make every pod's entry for its gateway stale.
+pub fn mac_for(ip: Ipv4Addr) -> Vec<u8> {
+    let [a, b, c, d] = ip.octets();
+    vec![0x0a, 0x58, a, b, c, d]
+}
+
 /// Create the node's bridge with the gateway address, if it is not there.
 pub async fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
     let h = connect()?;
@@ -84,7 +100,12 @@ pub async fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> Resul
         }
     }
     h.link()
-        .set(LinkUnspec::new_with_index(idx).up().build())
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .address(mac_for(gateway))
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .with_context(|| format!("bringing {bridge} up"))?;
@@ -206,6 +227,7 @@ pub async fn attach(pid: i32, a: &Attachment) -> Result<()> {
     h.link()
         .set(
             LinkUnspec::new_with_index(peer_idx)
+                .address(mac_for(a.ip))
                 .setns_by_fd(netns.as_raw_fd())
                 .name("eth0".to_owned())
                 .build(),

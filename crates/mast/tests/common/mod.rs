@@ -118,7 +118,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(["--listen", listen])
-            .env("MAST_LOG", "warn")
+            .env("MAST_LOG", log_level())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -225,7 +225,7 @@ impl Cluster {
                 "--certificate-authority",
             ])
             .arg(self.dir.path().join("pki/ca.crt"))
-            .env("MAST_LOG", "warn")
+            .env("MAST_LOG", log_level())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -360,16 +360,31 @@ impl Drop for Background {
     }
 }
 
-/// Poll `f` until it returns true or `secs` pass.
+/// Poll `f` until it returns true or `secs` pass. A wait of more than 5 s
+/// is reported on stderr with where it was, so a slow CI run shows where
+/// its time went.
+#[track_caller]
 pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let at = std::panic::Location::caller();
+    let start = std::time::Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut ok = false;
     while std::time::Instant::now() < deadline {
         if f() {
-            return true;
+            ok = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    false
+    let took = start.elapsed();
+    if took > Duration::from_secs(5) {
+        eprintln!(
+            "{at}: waited {:.1} s ({})",
+            took.as_secs_f64(),
+            if ok { "done" } else { "gave up" }
+        );
+    }
+    ok
 }
 
 /// A real node agent; dropping it stops the agent and everything it ran.
@@ -402,6 +417,12 @@ impl Drop for Agent {
     }
 }
 
+/// The log level of the mast processes a test starts: `warn`, or
+/// `$MAST_TEST_LOG` (e.g. `info,mast_agent=debug`) when chasing a failure.
+fn log_level() -> String {
+    std::env::var("MAST_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// A pod as JSON.
 pub fn pod_json(c: &Cluster, name: &str) -> Value {
     serde_json::from_str(&c.ok(&["get", "pod", name, "-o", "json"])).expect("pod json")
@@ -416,6 +437,7 @@ pub fn ready(p: &Value) -> bool {
 }
 
 /// Wait until the pod is Ready; on timeout, fail showing it.
+#[track_caller]
 pub fn wait_ready(c: &Cluster, name: &str, secs: u64) {
     assert!(
         eventually(secs, || c
@@ -487,6 +509,37 @@ impl NetCluster {
     /// answer.
     pub fn node_address(&self, n: u8) -> String {
         format!("10.{}.0.1", 200 + n)
+    }
+
+    /// The node's network as `ip` and `nft` show it: the bridge's
+    /// addresses, its neighbours, and the Service rules. For a failure's
+    /// message.
+    pub fn network_state(&self) -> String {
+        let run = |args: &[&str]| {
+            let o = Command::new(args[0]).args(&args[1..]).output();
+            match o {
+                Ok(o) => format!(
+                    "$ {}\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => format!("$ {}: {e}\n", args.join(" ")),
+            }
+        };
+        let table = format!("mast_{}", self.bridge);
+        [
+            run(&["ip", "addr", "show", &self.bridge]),
+            run(&["ip", "neigh", "show", "dev", &self.bridge]),
+            run(&["nft", "list", "table", "ip", &table]),
+        ]
+        .concat()
+            + &format!(
+                "$ kubectl get endpointslices -o yaml\n{}",
+                self.c
+                    .kubectl(&["get", "endpointslices", "-o", "yaml"])
+                    .stdout
+            )
     }
 
     /// Stop the node and check it left nothing behind: no bridge, no
