@@ -309,7 +309,16 @@ pub async fn run(
                     .flat_map(|s| s.ports.iter())
                     .flat_map(|p| p.endpoints.iter().map(|(ip, _)| *ip))
                     .collect();
-                tracing::debug!(endpoints = ips.len(), "the Service rules are in force");
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let per_service: Vec<String> = services
+                        .iter()
+                        .map(|s| {
+                            let n = s.ports.first().map_or(0, |p| p.endpoints.len());
+                            format!("{}/{}={n}", s.namespace, s.name)
+                        })
+                        .collect();
+                    tracing::debug!(%bridge, endpoints = %per_service.join(" "), "the Service rules are in force");
+                }
                 serving.send_if_modified(|s| {
                     let changed = **s != ips;
                     if changed {
