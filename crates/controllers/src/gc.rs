@@ -21,6 +21,19 @@ use std::time::{Duration, Instant};
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 
+/// The API of `ar`, in namespace `ns` when the kind is namespaced.
+fn api_in(
+    client: &Client,
+    ar: &ApiResource,
+    namespaced: bool,
+    ns: Option<String>,
+) -> Api<DynamicObject> {
+    match (namespaced, ns) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), &ns, ar),
+        _ => Api::all_with(client.clone(), ar),
+    }
+}
+
 /// One object and where it is served.
 struct Item {
     ar: ApiResource,
@@ -30,10 +43,7 @@ struct Item {
 
 impl Item {
     fn api(&self, client: &Client) -> Api<DynamicObject> {
-        match (self.namespaced, self.obj.namespace()) {
-            (true, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &self.ar),
-            _ => Api::all_with(client.clone(), &self.ar),
-        }
+        api_in(client, &self.ar, self.namespaced, self.obj.namespace())
     }
     fn uid(&self) -> String {
         self.obj.uid().unwrap_or_default()
@@ -133,7 +143,7 @@ async fn pass(client: &Client, resources: &[(ApiResource, bool)]) -> anyhow::Res
         // The pass lists one kind after another, so an owner created after
         // its kind was listed (a Service, then its EndpointSlice) looks
         // gone. Ask the API server before collecting, as Kubernetes' GC does.
-        if orphaned && !foreground && owners_live(client, resources, i).await {
+        if orphaned && owners_live(client, resources, i).await {
             continue;
         }
         if (orphaned || foreground) && !all_orphaning {
@@ -203,11 +213,10 @@ async fn owners_live(client: &Client, resources: &[(ApiResource, bool)], i: &Ite
         else {
             continue;
         };
-        let api: Api<DynamicObject> = match (namespaced, i.obj.namespace()) {
-            (true, Some(ns)) => Api::namespaced_with(client.clone(), &ns, ar),
-            _ => Api::all_with(client.clone(), ar),
-        };
-        match api.get_opt(&o.name).await {
+        match api_in(client, ar, *namespaced, i.obj.namespace())
+            .get_opt(&o.name)
+            .await
+        {
             Ok(Some(owner)) if owner.uid().as_deref() == Some(o.uid.as_str()) => return true,
             Ok(_) => {}
             Err(e) => {

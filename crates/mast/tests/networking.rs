@@ -36,15 +36,6 @@ spec:
   ports: [{name: http, port: 80, targetPort: http}]
 "#;
 
-/// What `curl -v` says of `url`, for a failure's message.
-fn curl_verbose(url: &str) -> String {
-    let o = Command::new("curl")
-        .args(["-sv", "--max-time", "3", url])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn svc_field(c: &NetCluster, name: &str, path: &str) -> String {
     c.ok(&["get", "svc", name, "-o", &format!("jsonpath={{{path}}}")])
 }
@@ -408,9 +399,8 @@ fn node_ports_load_balancers_ingress_and_refusals() {
     let url = format!("http://{}:{np}/", c.node_address(n));
     assert!(
         eventually(10, || common::curl(&url).is_some()),
-        "NodePort {url} does not answer; curl -v: {}\n{}",
-        curl_verbose(&url),
-        c.network_state()
+        "NodePort {url} does not answer:\n{}",
+        c.unreachable(&url)
     );
     // LoadBalancer: an EXTERNAL-IP from the pool, shown by kubectl, served
     // on the node.
@@ -430,9 +420,8 @@ fn node_ports_load_balancers_ingress_and_refusals() {
     let url = format!("http://{lb}:8000/");
     assert!(
         eventually(10, || common::curl(&url).is_some()),
-        "load balancer {url} does not answer; curl -v: {}\n{}",
-        curl_verbose(&url),
-        c.network_state()
+        "load balancer {url} does not answer:\n{}",
+        c.unreachable(&url)
     );
     // An address the pool cannot give is an event on the Service, and no
     // EXTERNAL-IP.

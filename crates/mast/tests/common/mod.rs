@@ -423,6 +423,19 @@ fn log_level() -> String {
     std::env::var("MAST_TEST_LOG").unwrap_or_else(|_| "warn".into())
 }
 
+/// A command and all it printed, for a failure's message.
+fn shown(args: &[&str]) -> String {
+    match Command::new(args[0]).args(&args[1..]).output() {
+        Ok(o) => format!(
+            "$ {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("$ {}: {e}\n", args.join(" ")),
+    }
+}
+
 /// A pod as JSON.
 pub fn pod_json(c: &Cluster, name: &str) -> Value {
     serde_json::from_str(&c.ok(&["get", "pod", name, "-o", "json"])).expect("pod json")
@@ -511,35 +524,24 @@ impl NetCluster {
         format!("10.{}.0.1", 200 + n)
     }
 
-    /// The node's network as `ip` and `nft` show it: the bridge's
-    /// addresses, its neighbours, and the Service rules. For a failure's
-    /// message.
-    pub fn network_state(&self) -> String {
-        let run = |args: &[&str]| {
-            let o = Command::new(args[0]).args(&args[1..]).output();
-            match o {
-                Ok(o) => format!(
-                    "$ {}\n{}{}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => format!("$ {}: {e}\n", args.join(" ")),
-            }
-        };
+    /// Why `url` may not answer, for a failure's message: what `curl -v`
+    /// says, the bridge's addresses and neighbours, the Service rules, and
+    /// the EndpointSlices.
+    pub fn unreachable(&self, url: &str) -> String {
         let table = format!("mast_{}", self.bridge);
         [
-            run(&["ip", "addr", "show", &self.bridge]),
-            run(&["ip", "neigh", "show", "dev", &self.bridge]),
-            run(&["nft", "list", "table", "ip", &table]),
-        ]
-        .concat()
-            + &format!(
+            shown(&["curl", "-sv", "--max-time", "3", url]),
+            shown(&["ip", "addr", "show", &self.bridge]),
+            shown(&["ip", "neigh", "show", "dev", &self.bridge]),
+            shown(&["nft", "list", "table", "ip", &table]),
+            format!(
                 "$ kubectl get endpointslices -o yaml\n{}",
                 self.c
                     .kubectl(&["get", "endpointslices", "-o", "yaml"])
                     .stdout
-            )
+            ),
+        ]
+        .concat()
     }
 
     /// Stop the node and check it left nothing behind: no bridge, no
