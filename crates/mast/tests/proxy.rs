@@ -232,6 +232,34 @@ fn observe(port: u16, relay: u16) -> BTreeMap<&'static str, String> {
         format!("{code} {}", v["path"].as_str().unwrap_or("-")),
     );
     out.insert("timeout", get(&format!("{base}/slow?delay=2s"), &[]).0);
+    // Timeouts on one kept-alive connection, in turn longer (the default
+    // 15 s) and shorter (0.5 s) than the request before: mast proxy reuses
+    // one timer per connection, moved to each request's deadline.
+    let o = Command::new("curl")
+        .args(["-s", "-w", "%{http_code} %{num_connects},"])
+        .args(
+            [
+                "/",
+                "/slow?delay=2s",
+                "/slow?delay=0.1s",
+                "/",
+                "/slow?delay=2s",
+            ]
+            .into_iter()
+            .flat_map(|p| {
+                [
+                    "-o".to_owned(),
+                    "/dev/null".to_owned(),
+                    format!("{base}{p}"),
+                ]
+            }),
+        )
+        .output()
+        .expect("curl");
+    out.insert(
+        "timeouts kept alive",
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    );
     out.insert("websocket", websocket(port));
     // CONNECT: a tunnel to the route's cluster (v2), carrying a plain GET.
     let (code, body) = get("http://tunnel.test/", &["-p", "-x", &base]);
@@ -391,6 +419,10 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
     assert_eq!(envoy_saw["default"], "200 v1");
     assert_eq!(envoy_saw["header"], "200 v2");
     assert_eq!(envoy_saw["timeout"], "504");
+    assert_eq!(
+        envoy_saw["timeouts kept alive"],
+        "200 1,504 0,200 0,200 0,504 0,"
+    );
     assert_eq!(envoy_saw["dead"], "503");
     assert_eq!(envoy_saw["rewrite"], "200 /v1/things?x=1");
     assert_eq!(envoy_saw["split"], "true");

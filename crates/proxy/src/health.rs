@@ -192,6 +192,7 @@ static_resources:
             dst: a,
             peer: a,
             istio: None,
+            clock: Default::default(),
         };
         for _ in 0..10 {
             assert_eq!(pool.pick_endpoint(c, &ctx, None), Some(a));

@@ -19,6 +19,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,7 +80,7 @@ pub fn local(status: u16, flags: &str, body: &str) -> Response<RespBody> {
 }
 
 /// What the data path knows of a downstream connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Ctx {
     /// Where the connection was going: its original destination behind
     /// capture, else the listener's own address. ORIGINAL_DST clusters
@@ -89,6 +90,83 @@ pub struct Ctx {
     pub peer: SocketAddr,
     /// Istio's metrics, and whether this side is the source (outbound).
     pub istio: Option<(Arc<crate::istio::Metrics>, bool)>,
+    /// The connection's request timer.
+    pub clock: Clock,
+}
+
+/// A connection's request timers, reused by its requests.
+///
+/// A tokio timer per request takes the timer wheel's lock twice, to file
+/// and to remove it, on every request, for a timeout that almost never
+/// fires. Moving a filed timer's deadline later is one atomic exchange
+/// instead; tokio re-files it only when the old deadline comes. HAProxy's
+/// task timers work the same way. A request takes a timer for its
+/// exchange and gives it back after: an HTTP/1.1 connection keeps one,
+/// an HTTP/2 connection one per stream in flight, up to [`Clock::KEEP`].
+#[derive(Debug, Default)]
+pub struct Clock(Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>);
+
+impl Clock {
+    /// How many idle timers a connection keeps.
+    const KEEP: usize = 16;
+
+    /// `work`, or [`Fail::Timeout`] if `at` comes first.
+    fn bound<F>(&self, at: tokio::time::Instant, work: F) -> Bounded<'_, F> {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let timer = match taken {
+            Some(mut t) => {
+                t.as_mut().reset(at);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(at)),
+        };
+        Bounded {
+            work,
+            timer: Some(timer),
+            clock: self,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future with a deadline on its connection's [`Clock`], which it
+    /// gives back when it ends. A struct rather than an `async fn`, which
+    /// would hold `work` twice (rust-lang/rust#62958) and copy it.
+    struct Bounded<'c, F> {
+        #[pin]
+        work: F,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        clock: &'c Clock,
+    }
+    impl<F> PinnedDrop for Bounded<'_, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(t) = this.timer.take() {
+                let mut idle = this.clock.0.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < Clock::KEEP {
+                    idle.push(t);
+                }
+            }
+        }
+    }
+}
+
+impl<T, F: std::future::Future<Output = Result<T, Fail>>> std::future::Future for Bounded<'_, F> {
+    type Output = Result<T, Fail>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(r) = this.work.poll(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        match this.timer {
+            Some(t) => t.as_mut().poll(cx).map(|()| Err(Fail::Timeout)),
+            None => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// The cluster that answered, on responses (for Istio's metrics).
@@ -531,9 +609,9 @@ enum Planned<'a> {
 enum Work<'a> {
     Ready(Response<RespBody>),
     Inline(Inline<'a>),
-    Boxed(std::pin::Pin<Box<dyn std::future::Future<Output = Response<RespBody>> + Send + 'a>>),
+    Boxed(Pin<Box<dyn std::future::Future<Output = Response<RespBody>> + Send + 'a>>),
     /// A fault delay, then the rest of the work.
-    Delayed(std::pin::Pin<Box<dyn std::future::Future<Output = Work<'a>> + Send + 'a>>),
+    Delayed(Pin<Box<dyn std::future::Future<Output = Work<'a>> + Send + 'a>>),
 }
 
 /// A bodiless request to an HTTP/1.1 upstream, ready to send.
@@ -1085,15 +1163,12 @@ async fn forward_hyper(
         let limit = attempt_limit(deadline, f.per_try_timeout);
         let sent = pool.send(cluster, ep, r);
         result = match limit {
-            Some(at) => match tokio::time::timeout_at(at, sent).await {
-                Ok(r) => r,
-                Err(_) => {
-                    stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
-                    Err(Fail::Timeout)
-                }
-            },
+            Some(at) => ctx.clock.bound(at, sent).await,
             None => sent.await,
         };
+        if let Err(Fail::Timeout) = result {
+            stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+        }
         if cluster.lb == Lb::LeastRequest {
             if let Some(v) = pool
                 .active
@@ -1211,15 +1286,12 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
             .map_err(|_| Fail::Reset)
         };
         let result = match limit {
-            Some(at) => match tokio::time::timeout_at(at, once).await {
-                Ok(r) => r,
-                Err(_) => {
-                    stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
-                    Err(Fail::Timeout)
-                }
-            },
+            Some(at) => ctx.clock.bound(at, once).await,
             None => once.await,
         };
+        if let Err(Fail::Timeout) = result {
+            stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+        }
         let outcome = result.as_ref().map(|r| r.status().as_u16());
         if let Ok(s) = &outcome {
             stats.status(*s);

@@ -462,6 +462,7 @@ async fn connection(
         dst,
         peer,
         istio: None,
+        clock: Default::default(),
     };
     match &chain.net {
         Network::Tcp {
@@ -730,7 +731,6 @@ async fn http_connection(
                         ::http::HeaderValue::from_static("close"),
                     );
                 }
-                // Istio's metrics are recorded at the body's end.
                 // Istio's metrics are recorded at the body's end.
                 let body = |b| Watched {
                     inner: istio::Metered::new(b, pending),
