@@ -90,7 +90,7 @@ pub struct Ctx {
     pub peer: SocketAddr,
     /// Istio's metrics, and whether this side is the source (outbound).
     pub istio: Option<(Arc<crate::istio::Metrics>, bool)>,
-    /// The connection's request timer.
+    /// The connection's request timers.
     pub clock: Clock,
 }
 
@@ -110,19 +110,22 @@ impl Clock {
     /// How many idle timers a connection keeps.
     const KEEP: usize = 16;
 
-    /// `work`, or [`Fail::Timeout`] if `at` comes first.
-    fn bound<F>(&self, at: tokio::time::Instant, work: F) -> Bounded<'_, F> {
-        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let timer = match taken {
-            Some(mut t) => {
-                t.as_mut().reset(at);
-                t
+    /// `work`, or [`Fail::Timeout`] if `at` comes first; no timer when
+    /// there is no deadline.
+    fn bound<F>(&self, at: Option<tokio::time::Instant>, work: F) -> Bounded<'_, F> {
+        let timer = at.map(|at| {
+            let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match taken {
+                Some(mut t) => {
+                    t.as_mut().reset(at);
+                    t
+                }
+                None => Box::pin(tokio::time::sleep_until(at)),
             }
-            None => Box::pin(tokio::time::sleep_until(at)),
-        };
+        });
         Bounded {
             work,
-            timer: Some(timer),
+            timer,
             clock: self,
         }
     }
@@ -1162,10 +1165,7 @@ async fn forward_hyper(
         }
         let limit = attempt_limit(deadline, f.per_try_timeout);
         let sent = pool.send(cluster, ep, r);
-        result = match limit {
-            Some(at) => ctx.clock.bound(at, sent).await,
-            None => sent.await,
-        };
+        result = ctx.clock.bound(limit, sent).await;
         if let Err(Fail::Timeout) = result {
             stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
         }
@@ -1285,10 +1285,7 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
             .await
             .map_err(|_| Fail::Reset)
         };
-        let result = match limit {
-            Some(at) => ctx.clock.bound(at, once).await,
-            None => once.await,
-        };
+        let result = ctx.clock.bound(limit, once).await;
         if let Err(Fail::Timeout) = result {
             stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
         }
