@@ -94,11 +94,61 @@ fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
 
+/// The pods of `rs` that count as available. A ReplicaSet that was just
+/// scaled down still reports its old count until its controller has deleted
+/// the surplus and written status again; never more than `spec.replicas`
+/// stay, so counting beyond that would let a rollout cut below
+/// `maxUnavailable`.
 fn available(rs: &ReplicaSet) -> i32 {
     rs.status
         .as_ref()
         .and_then(|s| s.available_replicas)
         .unwrap_or(0)
+        .min(spec_replicas(rs))
+}
+
+/// The rolling update's scale-down step, as Kubernetes'
+/// `reconcileOldReplicaSets` does it: first the old pods that are not
+/// available anyway, then available ones while `desired - maxUnavailable`
+/// stay available. `olds` and `new` are (spec.replicas, available) pairs;
+/// the answer is each old ReplicaSet's new size, or `None` when nothing
+/// changes.
+fn scale_down_olds(
+    olds: &[(i32, i32)],
+    new: (i32, i32),
+    desired: i32,
+    max_unavailable: i32,
+) -> Option<Vec<i32>> {
+    let min_available = desired - max_unavailable;
+    let total: i32 = olds.iter().map(|o| o.0).sum::<i32>() + new.0;
+    let new_unavailable = (new.0 - new.1).max(0);
+    let mut sizes: Vec<i32> = olds.iter().map(|o| o.0).collect();
+    let mut budget = total - min_available - new_unavailable;
+    for (size, &(spec, avail)) in sizes.iter_mut().zip(olds) {
+        if budget <= 0 {
+            break;
+        }
+        let unhealthy = (spec - avail).max(0).min(budget);
+        *size -= unhealthy;
+        budget -= unhealthy;
+    }
+    if sizes.iter().zip(olds).any(|(s, o)| *s != o.0) {
+        return Some(sizes);
+    }
+    let mut budget = olds.iter().map(|o| o.1).sum::<i32>() + new.1 - min_available;
+    for size in sizes.iter_mut() {
+        if budget <= 0 {
+            break;
+        }
+        let cut = (*size).min(budget);
+        *size -= cut;
+        budget -= cut;
+    }
+    sizes
+        .iter()
+        .zip(olds)
+        .any(|(s, o)| *s != o.0)
+        .then_some(sizes)
 }
 
 async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, to: i32, extra: Value) -> Result<(), Error> {
@@ -283,35 +333,18 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         // Scale old ReplicaSets down while keeping desired - maxUnavailable
         // pods available.
         if !changed && old_total > 0 {
-            let min_available = desired - max_unavailable;
-            let new_unavailable = (spec_replicas(&new_rs) - available(&new_rs)).max(0);
-            let mut budget = total - min_available - new_unavailable;
-            // First the old pods that are not available anyway.
-            for rs in olds.iter() {
-                if budget <= 0 {
-                    break;
-                }
-                let unhealthy = (spec_replicas(rs) - available(rs)).max(0).min(budget);
-                if unhealthy > 0 {
-                    scale(&api, rs, spec_replicas(rs) - unhealthy, annotations.clone()).await?;
-                    budget -= unhealthy;
-                    changed = true;
-                }
-            }
-            if !changed {
-                let all_available: i32 = all.iter().map(available).sum();
-                let mut budget = all_available - min_available;
-                for rs in olds.iter() {
-                    if budget <= 0 {
-                        break;
-                    }
-                    let cut = spec_replicas(rs).min(budget);
-                    if cut > 0 {
-                        scale(&api, rs, spec_replicas(rs) - cut, annotations.clone()).await?;
-                        budget -= cut;
-                        changed = true;
+            let pairs: Vec<(i32, i32)> = olds
+                .iter()
+                .map(|r| (spec_replicas(r), available(r)))
+                .collect();
+            let new_pair = (spec_replicas(&new_rs), available(&new_rs));
+            if let Some(sizes) = scale_down_olds(&pairs, new_pair, desired, max_unavailable) {
+                for (rs, to) in olds.iter().zip(sizes) {
+                    if to != spec_replicas(rs) {
+                        scale(&api, rs, to, annotations.clone()).await?;
                     }
                 }
+                changed = true;
             }
         }
     }
@@ -423,5 +456,38 @@ mod tests {
         assert_eq!(resolve(Some(&pct("25%")), 3, false, "25%"), 0);
         assert_eq!(resolve(Some(&IntOrString::Int(2)), 3, false, "25%"), 2);
         assert_eq!(resolve(None, 10, false, "25%"), 2);
+    }
+
+    #[test]
+    fn rolling_scale_down_keeps_desired_minus_max_unavailable() {
+        // 3 replicas, maxUnavailable 1: the first new pod is ready, so two
+        // old pods may go.
+        assert_eq!(scale_down_olds(&[(3, 3)], (1, 1), 3, 1), Some(vec![1]));
+        // The new ReplicaSet grew to 3 with one ready: the last old pod
+        // must stay.
+        assert_eq!(scale_down_olds(&[(1, 1)], (3, 1), 3, 1), None);
+        // Old pods that are not available go first, whatever the count.
+        assert_eq!(scale_down_olds(&[(3, 1)], (1, 0), 3, 1), Some(vec![2]));
+        assert_eq!(
+            scale_down_olds(&[(0, 0), (2, 2)], (3, 3), 3, 1),
+            Some(vec![0, 0])
+        );
+    }
+
+    #[test]
+    fn a_status_not_yet_written_after_a_scale_down_counts_no_more_than_spec() {
+        // The old ReplicaSet was cut from 3 to 1, but its controller has not
+        // written status yet: it still says 3 available. Counting those
+        // would remove the last old pod with only one new pod ready.
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "echo-old"},
+            "spec": {"replicas": 1, "selector": {}},
+            "status": {"replicas": 3, "availableReplicas": 3},
+        }))
+        .expect("rs");
+        assert_eq!(available(&rs), 1);
+        let olds = [(spec_replicas(&rs), available(&rs))];
+        assert_eq!(scale_down_olds(&olds, (3, 1), 3, 1), None);
+        assert_eq!(scale_down_olds(&[(1, 3)], (3, 1), 3, 1), Some(vec![0]));
     }
 }
