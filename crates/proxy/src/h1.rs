@@ -51,6 +51,10 @@ pub fn request_head(parts: &http::request::Parts) -> Vec<u8> {
 
 /// Idle upstream connections of one worker, by endpoint.
 #[derive(Default)]
+#[expect(
+    clippy::vec_box,
+    reason = "a connection leaves the pool as the box it lives in for its whole life (see Conn::new)"
+)]
 pub struct Idle(
     pub Mutex<std::collections::HashMap<SocketAddr, Vec<Box<Conn>>, foldhash::fast::RandomState>>,
 );
