@@ -179,7 +179,7 @@ struct ProxyArgs {
     /// Workers (0: one per core). Each is a thread; a single worker runs on the main thread, so `--concurrency 1` is a one-thread proxy.
     #[arg(long, default_value_t = 0)]
     concurrency: usize,
-    /// Log level: trace, debug, info, warning, error, critical, off.
+    /// Log level: trace, debug, info, warning, error, critical, off. Release builds stop at debug: trace events are compiled out.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
     /// How long a drain (SIGTERM) waits for open connections, in seconds.
