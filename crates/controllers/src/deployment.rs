@@ -123,6 +123,7 @@ fn scale_down_olds(
     let total: i32 = olds.iter().map(|o| o.0).sum::<i32>() + new.0;
     let new_unavailable = (new.0 - new.1).max(0);
     let mut sizes: Vec<i32> = olds.iter().map(|o| o.0).collect();
+    let changed = |sizes: &[i32]| sizes.iter().zip(olds).any(|(s, o)| *s != o.0);
     let mut budget = total - min_available - new_unavailable;
     for (size, &(spec, avail)) in sizes.iter_mut().zip(olds) {
         if budget <= 0 {
@@ -132,7 +133,7 @@ fn scale_down_olds(
         *size -= unhealthy;
         budget -= unhealthy;
     }
-    if sizes.iter().zip(olds).any(|(s, o)| *s != o.0) {
+    if changed(&sizes) {
         return Some(sizes);
     }
     let mut budget = olds.iter().map(|o| o.1).sum::<i32>() + new.1 - min_available;
@@ -144,11 +145,7 @@ fn scale_down_olds(
         *size -= cut;
         budget -= cut;
     }
-    sizes
-        .iter()
-        .zip(olds)
-        .any(|(s, o)| *s != o.0)
-        .then_some(sizes)
+    changed(&sizes).then_some(sizes)
 }
 
 async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, to: i32, extra: Value) -> Result<(), Error> {

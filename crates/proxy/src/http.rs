@@ -110,9 +110,14 @@ impl Clock {
     /// How many idle timers a connection keeps.
     const KEEP: usize = 16;
 
-    /// `work`, or [`Fail::Timeout`] if `at` comes first; no timer when
-    /// there is no deadline.
-    fn bound<F>(&self, at: Option<tokio::time::Instant>, work: F) -> Bounded<'_, F> {
+    /// `work`, or [`Fail::Timeout`] if `at` comes first, counted in
+    /// `timeouts`; no timer when there is no deadline.
+    fn bound<'c, F>(
+        &'c self,
+        at: Option<tokio::time::Instant>,
+        timeouts: &'c std::sync::atomic::AtomicU64,
+        work: F,
+    ) -> Bounded<'c, F> {
         let timer = at.map(|at| {
             let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match taken {
@@ -127,6 +132,7 @@ impl Clock {
             work,
             timer,
             clock: self,
+            timeouts,
         }
     }
 }
@@ -140,6 +146,7 @@ pin_project_lite::pin_project! {
         work: F,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
         clock: &'c Clock,
+        timeouts: &'c std::sync::atomic::AtomicU64,
     }
     impl<F> PinnedDrop for Bounded<'_, F> {
         fn drop(this: Pin<&mut Self>) {
@@ -166,7 +173,10 @@ impl<T, F: std::future::Future<Output = Result<T, Fail>>> std::future::Future fo
             return std::task::Poll::Ready(r);
         }
         match this.timer {
-            Some(t) => t.as_mut().poll(cx).map(|()| Err(Fail::Timeout)),
+            Some(t) => t.as_mut().poll(cx).map(|()| {
+                this.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Fail::Timeout)
+            }),
             None => std::task::Poll::Pending,
         }
     }
@@ -1165,10 +1175,10 @@ async fn forward_hyper(
         }
         let limit = attempt_limit(deadline, f.per_try_timeout);
         let sent = pool.send(cluster, ep, r);
-        result = ctx.clock.bound(limit, sent).await;
-        if let Err(Fail::Timeout) = result {
-            stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
-        }
+        result = ctx
+            .clock
+            .bound(limit, &stats.upstream_rq_timeout, sent)
+            .await;
         if cluster.lb == Lb::LeastRequest {
             if let Some(v) = pool
                 .active
@@ -1285,10 +1295,10 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
             .await
             .map_err(|_| Fail::Reset)
         };
-        let result = ctx.clock.bound(limit, once).await;
-        if let Err(Fail::Timeout) = result {
-            stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
-        }
+        let result = ctx
+            .clock
+            .bound(limit, &stats.upstream_rq_timeout, once)
+            .await;
         let outcome = result.as_ref().map(|r| r.status().as_u16());
         if let Ok(s) = &outcome {
             stats.status(*s);
