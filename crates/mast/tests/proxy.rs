@@ -129,6 +129,28 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
                 route: {cluster: v1, prefix_rewrite: "/v1/"}
               - match: {prefix: "/dead"}
                 route: {cluster: dead}
+              - match: {prefix: "/codes"}
+                route:
+                  cluster: retried
+                  retry_policy:
+                    retry_on: retriable-status-codes,retriable-4xx
+                    retriable_status_codes: [503]
+                    num_retries: 3
+                    retry_back_off: {base_interval: 0.001s}
+              - match: {prefix: "/capped"}
+                route:
+                  cluster: capped
+                  retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 3}
+              - match: {prefix: "/either"}
+                route:
+                  cluster: either
+                  retry_policy:
+                    retry_on: connect-failure
+                    num_retries: 1
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
+                    host_selection_retry_max_attempts: 30
               - match: {path: "/exact"}
                 route: {cluster: v2}
               - match: {prefix: "/ws"}
@@ -165,7 +187,21 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
 static_resources:
   listeners:
 {main}{relay}  clusters:
-{}{}{}{}{}  - name: checked
+{}{}{}{}{}{}  - name: either
+    connect_timeout: 1s
+    type: STATIC
+    lb_policy: RANDOM
+    load_assignment:
+      cluster_name: either
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {dead}}}}}}}}}, {{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {v1}}}}}}}}}]}}]
+  - name: capped
+    connect_timeout: 1s
+    type: STATIC
+    circuit_breakers: {{thresholds: [{{max_retries: 0}}]}}
+    load_assignment:
+      cluster_name: capped
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {v1}}}}}}}}}]}}]
+  - name: checked
     connect_timeout: 1s
     type: STATIC
     health_checks:
@@ -182,7 +218,8 @@ static_resources:
         cluster("v2", v2),
         cluster("dead", dead),
         cluster("ws", ws_port()),
-        cluster("main", listen)
+        cluster("main", listen),
+        cluster("retried", v1)
     )
 }
 
@@ -206,7 +243,21 @@ fn get(url: &str, extra: &[&str]) -> (String, String) {
 }
 
 /// What one proxy does with the test's requests.
-fn observe(port: u16, relay: u16) -> BTreeMap<&'static str, String> {
+/// A counter from the admin's `/stats` (Envoy's text form).
+fn stat(admin: u16, name: &str) -> u64 {
+    let (_, text) = get(&format!("http://127.0.0.1:{admin}/stats"), &[]);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn observe(port: u16, relay: u16, admin: u16) -> BTreeMap<&'static str, String> {
     let base = format!("http://127.0.0.1:{port}");
     let version = |path: &str, extra: &[&str]| -> String {
         let (code, body) = get(&format!("{base}{path}"), extra);
@@ -301,6 +352,35 @@ fn observe(port: u16, relay: u16) -> BTreeMap<&'static str, String> {
     let answers = common::curl_many(&format!("{base}/flaky"), 200, &["-H", "x-echo-fail: 50"]);
     let ok = answers.iter().filter(|(_, c)| c == "200").count();
     out.insert("retries", (ok >= 198).to_string());
+    // Retries by status: 503 is listed, 409 is retriable-4xx, 500 neither.
+    let mut codes = vec![];
+    for status in ["503", "409", "500"] {
+        let before = stat(admin, "cluster.retried.upstream_rq_retry");
+        let code = get(
+            &format!("{base}/codes"),
+            &["-H", &format!("x-echo-status: {status}")],
+        )
+        .0;
+        let after = stat(admin, "cluster.retried.upstream_rq_retry");
+        codes.push(format!("{code} +{}", after - before));
+    }
+    out.insert("retried codes", codes.join(", "));
+    // No room for a retry in flight (max_retries: 0): the 503 stands.
+    let counter = |c: &str| stat(admin, &format!("cluster.capped.{c}"));
+    let code = get(&format!("{base}/capped"), &["-H", "x-echo-status: 503"]).0;
+    out.insert(
+        "retry overflow",
+        format!(
+            "{code} retries {} overflow {}",
+            counter("upstream_rq_retry"),
+            counter("upstream_rq_retry_overflow")
+        ),
+    );
+    // A failed connection is retried on the other endpoint (previous_hosts),
+    // which random balancing alone would often pick again.
+    let answers = common::curl_many(&format!("{base}/either"), 40, &[]);
+    let ok = answers.iter().filter(|(_, c)| c == "200").count();
+    out.insert("previous hosts", ok.to_string());
     out
 }
 
@@ -404,7 +484,7 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
             &["-H", "Host: none.test"],
         )
         .0;
-        let mut seen = observe(listen, relay);
+        let mut seen = observe(listen, relay, admin);
         seen.insert("no route", no_route);
         // Envoy flushes its access log every second; the requests checked
         // in it come before the last ones.
@@ -433,6 +513,9 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
         envoy_saw["log"]
     );
     assert_eq!(envoy_saw["retries"], "true");
+    assert_eq!(envoy_saw["retried codes"], "503 +3, 409 +3, 500 +0");
+    assert_eq!(envoy_saw["previous hosts"], "40");
+    assert_eq!(envoy_saw["retry overflow"], "503 retries 0 overflow 1");
     assert_eq!(
         envoy_saw["websocket"],
         "HTTP/1.1 101 Switching Protocols PING"

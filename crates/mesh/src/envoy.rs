@@ -111,25 +111,27 @@ fn u32v(v: Option<i32>) -> Option<UInt32Value> {
 }
 
 /// DestinationRule connectionPool limits as Envoy circuit breakers; what
-/// overflows gets a 503 with the `UO` flag (`x-envoy-overloaded`).
+/// overflows gets a 503 with the `UO` flag (`x-envoy-overloaded`). What
+/// the rule leaves unset is unbounded, as Istio sets it: Envoy's own
+/// defaults (1024 connections, pending and active requests, and 3 retries
+/// in flight) would cut traffic, retries first, when many endpoints go at
+/// once.
 fn circuit_breakers(
     pool: &mast_api::istio::types::ConnectionPoolSettings,
 ) -> Option<cluster::CircuitBreakers> {
     let tcp = pool.tcp.clone().unwrap_or_default();
     let http = pool.http.clone().unwrap_or_default();
-    if tcp.max_connections.is_none()
-        && http.http1_max_pending_requests.is_none()
-        && http.http2_max_requests.is_none()
-        && http.max_retries.is_none()
-    {
-        return None;
-    }
+    let limit = |v: Option<i32>| {
+        Some(UInt32Value {
+            value: v.map_or(u32::MAX, |v| v.max(0) as u32),
+        })
+    };
     Some(cluster::CircuitBreakers {
         thresholds: vec![cluster::circuit_breakers::Thresholds {
-            max_connections: u32v(tcp.max_connections),
-            max_pending_requests: u32v(http.http1_max_pending_requests),
-            max_requests: u32v(http.http2_max_requests),
-            max_retries: u32v(http.max_retries),
+            max_connections: limit(tcp.max_connections),
+            max_pending_requests: limit(http.http1_max_pending_requests),
+            max_requests: limit(http.http2_max_requests),
+            max_retries: limit(http.max_retries),
             ..Default::default()
         }],
         ..Default::default()
@@ -219,6 +221,7 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                 let c = cluster::Cluster {
                     name: name.clone(),
                     connect_timeout: Some(duration(10_000_000_000)),
+                    circuit_breakers: circuit_breakers(&Default::default()),
                     cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
                         kind as i32,
                     )),
@@ -415,6 +418,76 @@ fn cors(
 
 /// One VirtualService http route, for one of its matches (or none), as an
 /// Envoy route. `ns` is the VirtualService's namespace, for short hosts.
+/// Istio's retry policy for a route, as Envoy's: by default 2 retries of
+/// failed connections, refused streams and the gRPC statuses unavailable
+/// and cancelled; `attempts: 0` turns retries off. Status codes in
+/// `retryOn` become `retriable_status_codes`. Retries go to an endpoint
+/// not yet tried (`previous_hosts`, 5 picks), unless the destination
+/// hashes its requests (consistentHash) or `retryIgnorePreviousHosts` is
+/// false.
+fn retry_policy(
+    retries: Option<&mast_api::istio::types::HttpRetry>,
+    hashing: bool,
+) -> Option<route::RetryPolicy> {
+    use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+    let mut out = route::RetryPolicy {
+        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+            .into(),
+        num_retries: Some(UInt32Value { value: 2 }),
+        host_selection_retry_max_attempts: 5,
+        ..Default::default()
+    };
+    let mut other_hosts = !hashing;
+    if let Some(rt) = retries {
+        if rt.attempts <= 0 {
+            return None;
+        }
+        out.num_retries = Some(UInt32Value {
+            value: rt.attempts as u32,
+        });
+        if let Some(on) = rt.retry_on.as_deref().filter(|s| !s.is_empty()) {
+            let (codes, names): (Vec<&str>, Vec<&str>) = on
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .partition(|p| mast_api::istio::retry_status_code(p).is_some());
+            out.retriable_status_codes = codes
+                .iter()
+                .filter_map(|c| mast_api::istio::retry_status_code(c))
+                .collect();
+            out.retry_on = names.join(",");
+            if !out.retriable_status_codes.is_empty() && !names.contains(&"retriable-status-codes")
+            {
+                if !out.retry_on.is_empty() {
+                    out.retry_on.push(',');
+                }
+                out.retry_on.push_str("retriable-status-codes");
+            }
+        }
+        out.per_try_timeout = parse(&rt.per_try_timeout);
+        if let Some(ignore) = rt.retry_ignore_previous_hosts {
+            other_hosts = ignore;
+        }
+        if let Some(b) = parse(&rt.backoff) {
+            out.retry_back_off = Some(route::retry_policy::RetryBackOff {
+                base_interval: Some(b),
+                ..Default::default()
+            });
+        }
+    }
+    if other_hosts {
+        out.retry_host_predicate = vec![route::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(
+                route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(any(
+                    &PreviousHostsPredicate::default(),
+                )),
+            ),
+        }];
+    }
+    Some(out)
+}
+
 fn http_route(
     mesh: &Mesh,
     ns: &str,
@@ -567,25 +640,7 @@ fn http_route(
     });
     // Istio's default: no timeout unless the route sets one.
     action.timeout = Some(parse(&r.timeout).unwrap_or_default());
-    action.retry_policy = Some(match &r.retries {
-        Some(rt) => route::RetryPolicy {
-            retry_on: rt.retry_on.clone().unwrap_or_else(|| {
-                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()
-            }),
-            num_retries: Some(UInt32Value {
-                value: rt.attempts.max(0) as u32,
-            }),
-            per_try_timeout: parse(&rt.per_try_timeout),
-            ..Default::default()
-        },
-        // Istio retries twice by default.
-        None => route::RetryPolicy {
-            retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-                .into(),
-            num_retries: Some(UInt32Value { value: 2 }),
-            ..Default::default()
-        },
-    });
+    action.retry_policy = retry_policy(r.retries.as_ref(), !action.hash_policy.is_empty());
     if let Some(rw) = &r.rewrite {
         if let Some(uri) = &rw.uri {
             action.prefix_rewrite = uri.clone();
@@ -828,6 +883,7 @@ pub fn original_dst_cluster(name: &str) -> (String, Any) {
         name: name.to_owned(),
         connect_timeout: Some(duration(10_000_000_000)),
         lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        circuit_breakers: circuit_breakers(&Default::default()),
         cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
             cluster::cluster::DiscoveryType::OriginalDst as i32,
         )),
@@ -873,4 +929,79 @@ fn header_ops(ops: &HeaderOperations) -> (Vec<core::HeaderValueOption>, Vec<Stri
         )
         .collect();
     (add, ops.remove.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mast_api::istio::types::HttpRetry;
+
+    fn retry(json: serde_json::Value, hashing: bool) -> Option<route::RetryPolicy> {
+        let r: HttpRetry = serde_json::from_value(json).expect("HttpRetry");
+        retry_policy(Some(&r), hashing)
+    }
+
+    #[test]
+    fn retry_policies_are_istios() {
+        // No policy: Istio's default, retrying on another endpoint.
+        let d = retry_policy(None, false).expect("default");
+        assert_eq!(
+            d.retry_on,
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        );
+        assert_eq!(d.num_retries.map(|n| n.value), Some(2));
+        assert!(d.retriable_status_codes.is_empty());
+        assert_eq!(d.retry_host_predicate.len(), 1);
+        assert_eq!(d.host_selection_retry_max_attempts, 5);
+        // A hashing destination keeps its endpoint.
+        assert!(retry_policy(None, true)
+            .expect("hash")
+            .retry_host_predicate
+            .is_empty());
+        // attempts: 0 turns retries off.
+        assert!(retry(serde_json::json!({"attempts": 0}), false).is_none());
+        // Status codes in retryOn become retriable_status_codes.
+        let r = retry(
+            serde_json::json!({"attempts": 3, "retryOn": "gateway-error, 503,409", "perTryTimeout": "2s", "backoff": "50ms"}),
+            false,
+        )
+        .expect("codes");
+        assert_eq!(r.retry_on, "gateway-error,retriable-status-codes");
+        assert_eq!(r.retriable_status_codes, vec![503, 409]);
+        assert_eq!(r.num_retries.map(|n| n.value), Some(3));
+        assert_eq!(r.per_try_timeout.map(|d| d.seconds), Some(2));
+        let back_off = r.retry_back_off.and_then(|b| b.base_interval);
+        assert_eq!(back_off.map(|d| d.nanos), Some(50_000_000));
+        let r = retry(serde_json::json!({"attempts": 1, "retryOn": "503"}), false).expect("503");
+        assert_eq!(r.retry_on, "retriable-status-codes");
+        let r = retry(
+            serde_json::json!({"attempts": 1, "retryOn": "5xx", "retryIgnorePreviousHosts": false}),
+            false,
+        )
+        .expect("same hosts");
+        assert!(r.retry_host_predicate.is_empty());
+        assert!(r.retriable_status_codes.is_empty());
+    }
+
+    #[test]
+    fn circuit_breakers_are_unbounded_but_what_a_destination_rule_sets() {
+        let limits = |json: serde_json::Value| {
+            let pool = serde_json::from_value(json).expect("ConnectionPoolSettings");
+            let cb = circuit_breakers(&pool).expect("circuit breakers");
+            let t = &cb.thresholds[0];
+            [
+                &t.max_connections,
+                &t.max_pending_requests,
+                &t.max_requests,
+                &t.max_retries,
+            ]
+            .map(|v| v.as_ref().map(|v| v.value))
+        };
+        let max = Some(u32::MAX);
+        assert_eq!(limits(serde_json::json!({})), [max; 4]);
+        assert_eq!(
+            limits(serde_json::json!({"tcp": {"maxConnections": 1}, "http": {"maxRetries": 0}})),
+            [Some(1), max, max, Some(0)]
+        );
+    }
 }

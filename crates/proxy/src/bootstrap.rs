@@ -617,6 +617,40 @@ pub struct RetryPolicy {
     pub num_retries: Option<u32>,
     #[serde(default)]
     pub per_try_timeout: Option<String>,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u32>,
+    #[serde(default)]
+    pub retry_host_predicate: Vec<RetryHostPredicate>,
+    #[serde(default)]
+    pub host_selection_retry_max_attempts: Option<i64>,
+    #[serde(default)]
+    pub retry_back_off: Option<RetryBackOff>,
+}
+
+/// `retry_host_predicate`: only `previous_hosts` is implemented.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryHostPredicate {
+    pub name: String,
+    #[serde(default)]
+    pub typed_config: Option<RetryHostPredicateConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "@type")]
+pub enum RetryHostPredicateConfig {
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+    )]
+    PreviousHosts(Empty),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOff {
+    pub base_interval: String,
+    #[serde(default)]
+    pub max_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

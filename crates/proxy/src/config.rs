@@ -54,6 +54,10 @@ pub struct Cluster {
     pub max_connections: usize,
     pub max_pending: usize,
     pub max_requests: usize,
+    /// Retries in flight at once (`max_retries`, Envoy's default 3); a
+    /// retry beyond them is not made.
+    pub max_retries: usize,
+    pub retries: AtomicUsize,
     /// Upstream HTTP/1.1 connections in use (`max_connections`); requests
     /// beyond them wait, up to `max_pending`, then overflow.
     pub conns: tokio::sync::Semaphore,
@@ -103,10 +107,9 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<http::HeaderValue>,
-    pub retries: u32,
-    /// `retry_on`: 5xx, gateway-error, connect-failure, reset...
-    pub retry_on: Vec<String>,
-    pub per_try_timeout: Option<Duration>,
+    /// `retry_policy`; none is one attempt. Boxed: most routes have the
+    /// default, and the route stays small.
+    pub retry: Box<crate::retry::Retry>,
     /// Copies of requests to these clusters, answers dropped.
     pub mirrors: Vec<(Arc<Cluster>, PerMillion)>,
     /// What hashing clusters hash, in order.
@@ -614,6 +617,8 @@ impl Cluster {
             max_connections: 0,
             max_pending: 0,
             max_requests: 0,
+            max_retries: 0,
+            retries: AtomicUsize::new(0),
             conns: tokio::sync::Semaphore::new(0),
             pending: AtomicUsize::new(0),
             outlier: None,
@@ -750,6 +755,8 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         max_connections,
         max_pending: t.max_pending_requests.unwrap_or(1024) as usize,
         max_requests: t.max_requests.unwrap_or(1024) as usize,
+        max_retries: t.max_retries.unwrap_or(3) as usize,
+        retries: AtomicUsize::new(0),
         conns: tokio::sync::Semaphore::new(max_connections),
         pending: AtomicUsize::new(0),
         outlier,
@@ -1010,7 +1017,6 @@ fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
         if targets.is_empty() {
             bail!("a route needs cluster or weighted_clusters");
         }
-        let rp = a.retry_policy.as_ref();
         Action::Forward(Forward {
             connect_terminate: a.upgrade_configs.iter().any(|u| {
                 u.upgrade_type.eq_ignore_ascii_case("connect")
@@ -1034,14 +1040,13 @@ fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
                         .map_err(|_| anyhow!("bad host_rewrite_literal {h:?}"))
                 })
                 .transpose()?,
-            retries: rp.map(|p| p.num_retries.unwrap_or(1)).unwrap_or(0),
-            retry_on: rp
-                .map(|p| p.retry_on.split(',').map(|s| s.trim().to_owned()).collect())
-                .unwrap_or_default(),
-            per_try_timeout: dur(
-                "per_try_timeout",
-                &rp.and_then(|p| p.per_try_timeout.clone()),
-            )?,
+            retry: Box::new(
+                a.retry_policy
+                    .as_ref()
+                    .map(crate::retry::Retry::compile)
+                    .transpose()?
+                    .unwrap_or_default(),
+            ),
             hash: a
                 .hash_policy
                 .iter()

@@ -12,6 +12,7 @@ use crate::config::{
     Action, Cluster, ClusterKind, Forward, HttpListener, Lb, PathMatch, Route, RouteTable,
     StringMatch,
 };
+use crate::retry::Retry;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -383,6 +384,20 @@ async fn admit(c: &Cluster) -> Result<tokio::sync::SemaphorePermit<'_>, Fail> {
     p.map_err(|_| Fail::Overflow)
 }
 
+/// An HTTP/2 upstream's failure: a refused stream, or a reset.
+fn h2_failure(e: &hyper::Error) -> Fail {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            if h.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Fail::Refused;
+            }
+        }
+        source = s.source();
+    }
+    Fail::Reset
+}
+
 /// Tell outlier detection how an attempt went.
 fn report(c: &Cluster, ep: SocketAddr, outcome: &Result<u16, &Fail>) {
     if let Some(o) = &c.outlier {
@@ -418,10 +433,17 @@ enum Sender {
 
 /// Why forwarding failed, with Envoy's response flag.
 #[derive(Debug)]
-enum Fail {
+pub enum Fail {
+    /// No connection to the upstream (`UF`).
     Connect,
+    /// The upstream closed or reset before it answered (`UR`).
     Reset,
+    /// An HTTP/2 upstream refused the stream, so it did not process the
+    /// request (`UR`).
+    Refused,
+    /// The route's or the attempt's time ran out (`UT`).
     Timeout,
+    /// A circuit breaker was full (`UO`).
     Overflow,
 }
 
@@ -534,7 +556,7 @@ impl Pool {
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, Fail> {
         match self.sender(c, ep).await? {
-            Sender::H2(mut s) => s.send_request(req).await.map_err(|_| Fail::Reset),
+            Sender::H2(mut s) => s.send_request(req).await.map_err(|e| h2_failure(&e)),
             Sender::H1(mut s) => {
                 let fut = s.send_request(req);
                 // Back in the pool at once: it is ready again when this
@@ -549,19 +571,6 @@ impl Pool {
             }
         }
     }
-}
-
-fn retriable(f: &Forward, outcome: &Result<u16, &Fail>) -> bool {
-    f.retry_on.iter().any(|on| match (on.as_str(), outcome) {
-        ("5xx", Ok(s)) => *s >= 500,
-        ("5xx", Err(Fail::Connect | Fail::Reset | Fail::Timeout)) => true,
-        ("gateway-error", Ok(s)) => matches!(s, 502..=504),
-        ("gateway-error", Err(Fail::Connect | Fail::Reset | Fail::Timeout)) => true,
-        ("connect-failure", Err(Fail::Connect)) => true,
-        ("reset", Err(Fail::Reset)) => true,
-        ("retriable-status-codes", _) => false,
-        _ => false,
-    })
 }
 
 /// Handle one request on an HTTP listener, routed by `table`.
@@ -884,7 +893,7 @@ fn forward<'a>(
             parts.method,
             http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
         );
-    let attempts = if bodiless { f.retries + 1 } else { 1 };
+    let attempts = if bodiless { f.retry.retries + 1 } else { 1 };
     if bodiless && body.is_end_stream() {
         mirror(f, pool, &parts, n, ctx);
     }
@@ -1143,14 +1152,15 @@ async fn forward_hyper(
         }
     };
     let mut result: Result<Response<Incoming>, Fail> = Err(Fail::Connect);
+    let mut tries = Attempts::new(f, cluster, deadline);
     for attempt in 0..attempts {
-        let Some(ep) = pool.pick_endpoint(cluster, ctx, hash) else {
+        if attempt > 0 {
+            back_off(cluster, &f.retry, attempt, n).await;
+        }
+        let Some(ep) = tries.pick(|| pool.pick_endpoint(cluster, ctx, hash)) else {
             stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
             return local(503, "UH", "no healthy upstream");
         };
-        if attempt > 0 {
-            back_off(cluster, attempt, n).await;
-        }
         let b = match body.take() {
             Some(b) => Either::Left(b),
             None => Either::Right(Full::new(Bytes::new())),
@@ -1173,7 +1183,7 @@ async fn forward_hyper(
                 .entry(ep)
                 .or_default() += 1;
         }
-        let limit = attempt_limit(deadline, f.per_try_timeout);
+        let limit = attempt_limit(deadline, f.retry.per_try_timeout);
         let sent = pool.send(cluster, ep, r);
         result = ctx
             .clock
@@ -1189,13 +1199,7 @@ async fn forward_hyper(
                 *v = v.saturating_sub(1);
             }
         }
-        let outcome = result.as_ref().map(|r| r.status().as_u16());
-        if let Ok(s) = &outcome {
-            stats.status(*s);
-        }
-        report(cluster, ep, &outcome);
-        let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-        if attempt + 1 < attempts && !out_of_time && retriable(f, &outcome) {
+        if tries.retry(ep, attempt + 1 < attempts, &result) {
             continue;
         }
         break;
@@ -1220,6 +1224,7 @@ fn fail_response(f: Fail) -> Response<RespBody> {
             r
         }
         Fail::Reset => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
+        Fail::Refused => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"),
         Fail::Connect => local(503, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
     }
 }
@@ -1266,15 +1271,16 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
         Err(e) => return fail_response(e),
     };
     let mut last = Fail::Connect;
+    let mut tries = Attempts::new(f, cluster, deadline);
     for attempt in 0..attempts {
-        let Some(ep) = pool.pick_endpoint(cluster, ctx, hash) else {
+        if attempt > 0 {
+            back_off(cluster, &f.retry, attempt, n).await;
+        }
+        let Some(ep) = tries.pick(|| pool.pick_endpoint(cluster, ctx, hash)) else {
             return local(503, "UH", "no healthy upstream");
         };
-        if attempt > 0 {
-            back_off(cluster, attempt, n).await;
-        }
         stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
-        let limit = attempt_limit(deadline, f.per_try_timeout);
+        let limit = attempt_limit(deadline, f.retry.per_try_timeout);
         let once = async {
             // A pooled connection the upstream has closed meanwhile is
             // retried on a fresh one, at once.
@@ -1299,13 +1305,7 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
             .clock
             .bound(limit, &stats.upstream_rq_timeout, once)
             .await;
-        let outcome = result.as_ref().map(|r| r.status().as_u16());
-        if let Ok(s) = &outcome {
-            stats.status(*s);
-        }
-        report(cluster, ep, &outcome);
-        let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-        if attempt + 1 < attempts && !out_of_time && retriable(f, &outcome) {
+        if tries.retry(ep, attempt + 1 < attempts, &result) {
             if let Err(e) = result {
                 last = e;
             }
@@ -1375,17 +1375,118 @@ impl Drop for Done<'_> {
     }
 }
 
-/// Envoy's retry back-off: 25 ms base, doubling, jittered.
-async fn back_off(cluster: &Cluster, attempt: u32, n: usize) {
+/// Wait before retry number `attempt` as the route's policy says, and
+/// count the retry.
+async fn back_off(cluster: &Cluster, retry: &Retry, attempt: u32, n: usize) {
     cluster
         .stats
         .upstream_rq_retry
         .fetch_add(1, Ordering::Relaxed);
-    let ms = 25 * (1u64 << (attempt - 1).min(4));
-    tokio::time::sleep(Duration::from_millis(
-        cheap_random(n + attempt as usize) as u64 % ms + 1,
-    ))
-    .await;
+    let wait = retry.back_off(attempt, cheap_random(n + attempt as usize) as u64);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// What a request's attempts have come to: the endpoints they went to
+/// (with `previous_hosts`, a retry picks again, up to `reselect` times,
+/// while it draws one of them) and the cluster's retry in flight it holds.
+struct Attempts<'c> {
+    f: &'c Forward,
+    cluster: &'c Cluster,
+    deadline: Option<tokio::time::Instant>,
+    /// Before the last attempt; filled only when a retry comes.
+    before: Vec<SocketAddr>,
+    last: Option<SocketAddr>,
+    slot: Option<RetrySlot<'c>>,
+}
+
+impl<'c> Attempts<'c> {
+    fn new(f: &'c Forward, cluster: &'c Cluster, deadline: Option<tokio::time::Instant>) -> Self {
+        Attempts {
+            f,
+            cluster,
+            deadline,
+            before: Vec::new(),
+            last: None,
+            slot: None,
+        }
+    }
+
+    /// The endpoint for the next attempt, from `draw` (the cluster's
+    /// balancing).
+    fn pick(&mut self, mut draw: impl FnMut() -> Option<SocketAddr>) -> Option<SocketAddr> {
+        let mut ep = draw()?;
+        if let Some(last) = self.last {
+            ep = self.again(ep, last, &mut draw)?;
+        }
+        self.last = Some(ep);
+        Some(ep)
+    }
+
+    /// A retry's pick: `ep`, or another while it is one already tried.
+    #[cold]
+    fn again(
+        &mut self,
+        mut ep: SocketAddr,
+        last: SocketAddr,
+        draw: &mut impl FnMut() -> Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        self.before.push(last);
+        for _ in 0..self.f.retry.reselect {
+            if !self.before.contains(&ep) {
+                break;
+            }
+            ep = draw()?;
+        }
+        Some(ep)
+    }
+
+    /// Count the answer of the attempt to `ep` and tell outlier detection;
+    /// then whether it is retried: attempts are left (`more`), the policy
+    /// retries it, the route's time is not up, and the cluster has room
+    /// for one more retry in flight, held through the back-off and the
+    /// retry. The clock is read last, as few requests get that far.
+    fn retry<B>(&mut self, ep: SocketAddr, more: bool, result: &Result<Response<B>, Fail>) -> bool {
+        let cluster = self.cluster;
+        let outcome = result.as_ref().map(|r| r.status().as_u16());
+        if let Ok(s) = &outcome {
+            cluster.stats.status(*s);
+        }
+        report(cluster, ep, &outcome);
+        let retry = more
+            && self
+                .f
+                .retry
+                .retriable(result.as_ref().map(|r| (r.status(), r.headers())))
+            && self
+                .deadline
+                .is_none_or(|d| tokio::time::Instant::now() < d);
+        if !retry {
+            return false;
+        }
+        // The retry before this one has ended.
+        drop(self.slot.take());
+        if cluster.retries.fetch_add(1, Ordering::Relaxed) >= cluster.max_retries {
+            cluster.retries.fetch_sub(1, Ordering::Relaxed);
+            cluster
+                .stats
+                .upstream_rq_retry_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.slot = Some(RetrySlot(&cluster.retries));
+        true
+    }
+}
+
+/// One of a cluster's retries in flight (circuit breakers' `max_retries`).
+struct RetrySlot<'c>(&'c std::sync::atomic::AtomicUsize);
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// When one attempt must end: the route's deadline or the per-try timeout.
@@ -1393,12 +1494,10 @@ fn attempt_limit(
     deadline: Option<tokio::time::Instant>,
     per_try: Option<Duration>,
 ) -> Option<tokio::time::Instant> {
-    let now = tokio::time::Instant::now();
-    match (deadline, per_try) {
-        (Some(d), Some(p)) => Some(d.min(now + p)),
-        (Some(d), None) => Some(d),
-        (None, Some(p)) => Some(now + p),
-        (None, None) => None,
+    // The clock is read only for a per-try timeout.
+    match per_try.map(|p| tokio::time::Instant::now() + p) {
+        Some(t) => Some(deadline.map_or(t, |d| d.min(t))),
+        None => deadline,
     }
 }
 

@@ -29,6 +29,7 @@ mod health;
 pub mod http;
 pub mod istio;
 mod outlier;
+pub mod retry;
 pub mod stats;
 mod streams;
 pub mod tls;

@@ -11,6 +11,7 @@ pub struct ClusterStats {
     pub upstream_rq_4xx: AtomicU64,
     pub upstream_rq_5xx: AtomicU64,
     pub upstream_rq_retry: AtomicU64,
+    pub upstream_rq_retry_overflow: AtomicU64,
     pub upstream_rq_timeout: AtomicU64,
     pub upstream_rq_active: AtomicU64,
     pub upstream_cx_total: AtomicU64,
@@ -29,7 +30,7 @@ impl ClusterStats {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn pairs(&self) -> [(&'static str, u64); 11] {
+    fn pairs(&self) -> [(&'static str, u64); 12] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -47,6 +48,10 @@ impl ClusterStats {
                 g(&self.upstream_rq_pending_overflow),
             ),
             ("upstream_rq_retry", g(&self.upstream_rq_retry)),
+            (
+                "upstream_rq_retry_overflow",
+                g(&self.upstream_rq_retry_overflow),
+            ),
             ("upstream_rq_timeout", g(&self.upstream_rq_timeout)),
             ("upstream_rq_total", g(&self.upstream_rq_total)),
         ]

@@ -317,6 +317,51 @@ pub fn parse_duration(s: &str) -> Option<u128> {
     Some(total as u128)
 }
 
+/// The retry conditions a VirtualService's `retryOn` may name, as Istio
+/// validates it (Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on`).
+const RETRY_ON: [&str; 15] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "envoy-ratelimited",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// A `retryOn` part that is an HTTP status code, as a number. Istio
+/// counts those Go's net/http names (`http.StatusText`), so this does too.
+pub fn retry_status_code(part: &str) -> Option<u32> {
+    let code: u32 = part.parse().ok()?;
+    let named = matches!(
+        code,
+        100..=103
+            | 200..=208
+            | 226
+            | 300..=305
+            | 307
+            | 308
+            | 400..=418
+            | 421..=426
+            | 428
+            | 429
+            | 431
+            | 451
+            | 500..=508
+            | 510
+            | 511
+    );
+    named.then_some(code)
+}
+
 fn duration(errs: &mut Vec<String>, what: &str, d: &Option<String>) {
     if let Some(d) = d {
         match parse_duration(d) {
@@ -463,6 +508,17 @@ impl Check for VirtualService {
                     &format!("{at}.retries.perTryTimeout"),
                     &rt.per_try_timeout,
                 );
+                duration(errs, &format!("{at}.retries.backoff"), &rt.backoff);
+                // As Istio checks it: each part, untrimmed, is a condition
+                // Envoy knows or a status code.
+                for part in rt.retry_on.iter().flat_map(|on| on.split(',')) {
+                    if retry_status_code(part).is_none() && !RETRY_ON.contains(&part) {
+                        errs.push(format!(
+                            "{at}.retries.retryOn: {part:?} is not a valid retryOn policy (use HTTP status codes or {})",
+                            RETRY_ON.join(", ")
+                        ));
+                    }
+                }
             }
             if let Some(f) = &r.fault {
                 if f.delay.is_none() && f.abort.is_none() {
@@ -885,6 +941,30 @@ mod tests {
             route(json!({"timeout": "1.5s", "retries": {"attempts": 3, "perTryTimeout": "100ms"}}))
         )
         .is_empty());
+        // retryOn: Envoy's conditions and status codes, as Istio checks.
+        assert!(errors(
+            "VirtualService",
+            route(json!({"retries": {"attempts": 2, "retryOn": "gateway-error,503,unavailable", "backoff": "50ms", "retryIgnorePreviousHosts": false}}))
+        )
+        .is_empty());
+        let bad = errors(
+            "VirtualService",
+            route(
+                json!({"retries": {"attempts": 2, "retryOn": "5xx,599,server-error", "backoff": "fast"}}),
+            ),
+        );
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(
+            bad.iter()
+                .any(|e| e.contains("\"599\" is not a valid retryOn policy")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|e| e.contains("\"server-error\" is not a valid retryOn policy")),
+            "{bad:?}"
+        );
+        assert!(bad.iter().any(|e| e.contains("retries.backoff")), "{bad:?}");
     }
 
     #[test]
