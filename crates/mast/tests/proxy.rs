@@ -528,24 +528,40 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
 #[test]
 fn mast_proxy_refuses_what_it_does_not_implement_and_bad_http() {
     let dir = tempfile::tempdir().expect("tmp");
-    // A field mast proxy does not implement stops it, by name.
+    // A field mast proxy does not implement stops it, by name, and so do
+    // a retry condition it does not know (Envoy would skip it, and never
+    // retry) and an admin access log it would not write.
     let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
-        "static_resources:\n  clusters:\n  - name: a\n    dns_lookup_family: V4_ONLY\n",
-    )
-    .expect("write");
-    let o = Command::new(env!("CARGO_BIN_EXE_mast"))
-        .args(["proxy", "-c", path.to_str().unwrap_or_default()])
-        .output()
-        .expect("mast proxy");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("dns_lookup_family"),
-        "{err}"
-    );
-    // A route naming a missing cluster stops it, by name.
     let (listen, up) = (common::free_port(), common::free_port());
+    let good = bootstrap(listen, common::free_port(), common::free_port(), up, up, up);
+    for (yaml, needle) in [
+        (
+            "static_resources:\n  clusters:\n  - name: a\n    dns_lookup_family: V4_ONLY\n"
+                .to_owned(),
+            "dns_lookup_family",
+        ),
+        (
+            good.replace("retry_on: 5xx,", "retry_on: '5xx,503',"),
+            "\"503\" is not a retry condition",
+        ),
+        (
+            good.replace("admin:\n", "admin:\n  access_log_path: /tmp/admin.log\n"),
+            "admin.access_log_path",
+        ),
+    ] {
+        assert_ne!(yaml, good, "{needle}: the case changes nothing");
+        std::fs::write(&path, yaml).expect("write");
+        let o = Command::new(env!("CARGO_BIN_EXE_mast"))
+            .args(["proxy", "-c", path.to_str().unwrap_or_default()])
+            .output()
+            .expect("mast proxy");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{needle}: {err}"
+        );
+    }
+    // A route naming a missing cluster stops it, by name.
     std::fs::write(
         &path,
         bootstrap(listen, common::free_port(), common::free_port(), up, up, up)

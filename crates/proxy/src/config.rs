@@ -570,7 +570,12 @@ impl Config {
             }
         }
         let admin = match &b.admin {
-            Some(a) => socket(&a.address, false)?.first().copied(),
+            Some(a) => {
+                if let Some(p) = a.access_log_path.as_deref().filter(|p| *p != "/dev/null") {
+                    bail!("admin.access_log_path {p:?}: mast proxy writes no log of admin requests; leave it out or use /dev/null");
+                }
+                socket(&a.address, false)?.first().copied()
+            }
             None => None,
         };
         Ok(Config {
