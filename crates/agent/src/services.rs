@@ -65,9 +65,18 @@ pub fn cluster_dns(cfg: &AgentConfig) -> Ipv4Addr {
         .unwrap_or_else(|| Ipv4Addr::from(u32::from(cfg.service_cidr.0) + 10))
 }
 
-/// Create the `kube-dns` Service if it is missing.
+/// Create the `kube-dns` Service if it is missing. It is looked up first:
+/// creating it again with its address fails on the address (422, as in
+/// Kubernetes) before the name (409).
 async fn ensure_dns_service(client: &Client, ip: Ipv4Addr) {
     let api: Api<Service> = Api::namespaced(client.clone(), DNS_SERVICE.0);
+    if let Ok(Some(existing)) = api.get_opt(DNS_SERVICE.1).await {
+        let have = existing.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+        if have != ip.to_string() {
+            tracing::warn!(%ip, have, "the kube-dns Service has another address than the one pods are given; set --cluster-dns to it");
+        }
+        return;
+    }
     let svc: Service = match serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": DNS_SERVICE.1, "namespace": DNS_SERVICE.0,
