@@ -181,8 +181,8 @@ fn mast_version() -> String {
     format!("v1.33.0-mast.{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Create or refresh this agent's Node.
-async fn register(client: &Client, cfg: &AgentConfig, port: u16) -> anyhow::Result<()> {
+/// Create or refresh this agent's Node; true when it was created.
+async fn register(client: &Client, cfg: &AgentConfig, port: u16) -> anyhow::Result<bool> {
     let api: Api<Node> = Api::all(client.clone());
     let mut labels = cfg.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), cfg.node_name.clone());
@@ -206,7 +206,7 @@ async fn register(client: &Client, cfg: &AgentConfig, port: u16) -> anyhow::Resu
         "status": node_status(cfg, port),
     }))?;
     match api.create(&PostParams::default(), &node).await {
-        Ok(_) => tracing::info!(node = %cfg.node_name, "registered node"),
+        Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             api.patch_status(
                 &cfg.node_name,
@@ -214,11 +214,10 @@ async fn register(client: &Client, cfg: &AgentConfig, port: u16) -> anyhow::Resu
                 &Patch::Merge(json!({"status": node_status(cfg, port)})),
             )
             .await?;
-            tracing::info!(node = %cfg.node_name, "node already registered; refreshed its status");
+            Ok(false)
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 async fn renew_lease(client: &Client, cfg: &AgentConfig) -> anyhow::Result<()> {
@@ -279,7 +278,11 @@ pub async fn run(
         tracing::info!(port, "the agent serves logs and exec");
         (Some(rt), port)
     };
-    register(&client, &cfg, port).await?;
+    if register(&client, &cfg, port).await? {
+        tracing::info!(node = %cfg.node_name, "registered node");
+    } else {
+        tracing::info!(node = %cfg.node_name, "node already registered; refreshed its status");
+    }
     let hb_client = client.clone();
     let hb_cfg = cfg.clone();
     let mut hb_shutdown = shutdown.clone();
