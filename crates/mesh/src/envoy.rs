@@ -79,6 +79,7 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                     ),
                     circuit_breakers: circuit_breakers(&pool),
                     outlier_detection: tp.outlier_detection.as_ref().map(outlier_detection),
+                    common_lb_config: tp.outlier_detection.as_ref().map(panic_threshold),
                     lb_policy: lb_policy as i32,
                     cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
                         cluster::cluster::DiscoveryType::Eds as i32,
@@ -138,28 +139,47 @@ fn circuit_breakers(
     })
 }
 
-/// DestinationRule outlierDetection as Envoy's, as istiod maps it.
+/// DestinationRule outlierDetection as Envoy's, as istiod maps it: what
+/// the rule leaves out keeps Envoy's default (5 consecutive 5xx eject),
+/// success-rate ejection is off, and a base ejection time over 300 s is
+/// also the longest ejection.
 fn outlier_detection(o: &mast_api::istio::types::OutlierDetection) -> cluster::OutlierDetection {
+    let enforce = |n: u32| {
+        Some(UInt32Value {
+            value: if n > 0 { 100 } else { 0 },
+        })
+    };
     let five_xx = o
         .consecutive_5xx_errors
         .or(o.consecutive_errors.map(|e| e.max(0) as u32));
-    let gateway = o.consecutive_gateway_errors;
+    let base = parse(&o.base_ejection_time);
     cluster::OutlierDetection {
-        consecutive_5xx: Some(UInt32Value {
-            value: five_xx.unwrap_or(0),
-        }),
-        enforcing_consecutive_5xx: Some(UInt32Value {
-            value: if five_xx.unwrap_or(0) > 0 { 100 } else { 0 },
-        }),
-        consecutive_gateway_failure: gateway.map(|v| UInt32Value { value: v }),
-        enforcing_consecutive_gateway_failure: gateway.map(|v| UInt32Value {
-            value: if v > 0 { 100 } else { 0 },
-        }),
+        consecutive_5xx: five_xx.map(|value| UInt32Value { value }),
+        enforcing_consecutive_5xx: five_xx.and_then(enforce),
+        consecutive_gateway_failure: o
+            .consecutive_gateway_errors
+            .map(|value| UInt32Value { value }),
+        enforcing_consecutive_gateway_failure: o.consecutive_gateway_errors.and_then(enforce),
         interval: parse(&o.interval),
-        base_ejection_time: parse(&o.base_ejection_time),
-        max_ejection_percent: u32v(o.max_ejection_percent),
-        // Istio turns success-rate ejection off.
+        max_ejection_time: base.filter(|b| b.seconds > 300 || (b.seconds == 300 && b.nanos > 0)),
+        base_ejection_time: base,
+        max_ejection_percent: u32v(o.max_ejection_percent.filter(|p| *p > 0)),
         enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        ..Default::default()
+    }
+}
+
+/// With outlier detection, Istio sets Envoy's panic threshold to
+/// `minHealthPercent`, 0 (off) by default: with few pods per service,
+/// sending traffic to ejected endpoints because too many are out helps no
+/// one.
+fn panic_threshold(
+    o: &mast_api::istio::types::OutlierDetection,
+) -> cluster::cluster::CommonLbConfig {
+    cluster::cluster::CommonLbConfig {
+        healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+            value: f64::from(o.min_health_percent.unwrap_or(0).clamp(0, 100)),
+        }),
         ..Default::default()
     }
 }
@@ -981,6 +1001,37 @@ mod tests {
         .expect("same hosts");
         assert!(r.retry_host_predicate.is_empty());
         assert!(r.retriable_status_codes.is_empty());
+    }
+
+    #[test]
+    fn outlier_detection_is_istios() {
+        let od = |json: serde_json::Value| {
+            let o = serde_json::from_value(json).expect("OutlierDetection");
+            (outlier_detection(&o), panic_threshold(&o))
+        };
+        let (o, lb) = od(
+            serde_json::json!({"consecutiveGatewayErrors": 3, "baseEjectionTime": "10m", "maxEjectionPercent": 0}),
+        );
+        // Unset 5xx keeps Envoy's default (5, enforced).
+        assert_eq!(
+            (o.consecutive_5xx, o.enforcing_consecutive_5xx),
+            (None, None)
+        );
+        assert_eq!(o.consecutive_gateway_failure.map(|v| v.value), Some(3));
+        assert_eq!(
+            o.enforcing_consecutive_gateway_failure.map(|v| v.value),
+            Some(100)
+        );
+        assert_eq!(o.max_ejection_time.map(|d| d.seconds), Some(600));
+        assert_eq!(o.max_ejection_percent, None, "0 keeps Envoy's 10%");
+        assert_eq!(o.enforcing_success_rate.map(|v| v.value), Some(0));
+        assert_eq!(lb.healthy_panic_threshold.map(|p| p.value), Some(0.0));
+        let (o, lb) = od(
+            serde_json::json!({"consecutive5xxErrors": 0, "baseEjectionTime": "30s", "minHealthPercent": 40}),
+        );
+        assert_eq!(o.enforcing_consecutive_5xx.map(|v| v.value), Some(0));
+        assert_eq!(o.max_ejection_time, None);
+        assert_eq!(lb.healthy_panic_threshold.map(|p| p.value), Some(40.0));
     }
 
     #[test]

@@ -802,6 +802,8 @@ pub struct OutlierDetection {
     #[serde(default)]
     pub base_ejection_time: Option<String>,
     #[serde(default)]
+    pub max_ejection_time: Option<String>,
+    #[serde(default)]
     pub max_ejection_percent: Option<u32>,
     #[serde(default)]
     pub enforcing_success_rate: Option<u32>,

@@ -708,6 +708,8 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
                     "outlier_detection: enforcing percentage {other} is not implemented (0 or 100)"
                 ),
             };
+            let base = dur("base_ejection_time", &o.base_ejection_time)?
+                .unwrap_or(Duration::from_secs(30));
             Some(crate::outlier::Outlier::new(
                 enforced(o.consecutive_5xx, o.enforcing_consecutive_5xx)?,
                 // Envoy enforces gateway failures only when asked.
@@ -715,8 +717,11 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
                     o.consecutive_gateway_failure,
                     o.enforcing_consecutive_gateway_failure.or(Some(0)),
                 )?,
-                dur("base_ejection_time", &o.base_ejection_time)?
-                    .unwrap_or(Duration::from_secs(30)),
+                base,
+                // Envoy's default is 300 s, or the base if longer.
+                dur("max_ejection_time", &o.max_ejection_time)?
+                    .unwrap_or(Duration::from_secs(300))
+                    .max(base),
                 o.max_ejection_percent.unwrap_or(10).min(100),
             ))
         }

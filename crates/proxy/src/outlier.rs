@@ -1,7 +1,8 @@
 //! Outlier detection: an endpoint that fails `consecutive_5xx` times in a
 //! row (or `consecutive_gateway_failure` times with 502, 503, 504 or a
 //! connection failure) is ejected for `base_ejection_time` times the number
-//! of its ejections, as Envoy ejects, while no more than
+//! of its ejections, at most `max_ejection_time`, as Envoy ejects, while no
+//! more than
 //! `max_ejection_percent` of the endpoints are out. The state is per
 //! cluster and shared by all workers.
 
@@ -15,6 +16,7 @@ pub struct Outlier {
     pub consecutive_5xx: u32,
     pub consecutive_gateway: u32,
     pub base_ejection: Duration,
+    pub max_ejection: Duration,
     pub max_percent: u32,
     state: Mutex<HashMap<SocketAddr, Health>>,
 }
@@ -40,12 +42,14 @@ impl Outlier {
         consecutive_5xx: u32,
         consecutive_gateway: u32,
         base: Duration,
+        max_ejection: Duration,
         max_percent: u32,
     ) -> Self {
         Outlier {
             consecutive_5xx,
             consecutive_gateway,
             base_ejection: base,
+            max_ejection,
             max_percent,
             state: Mutex::default(),
         }
@@ -79,10 +83,17 @@ impl Outlier {
         let room = (ejected + 1) * 100 <= endpoints.max(1) * self.max_percent as usize;
         if trip && room && h.until.is_none_or(|u| u <= now) {
             h.ejections += 1;
-            h.until = Some(now + self.base_ejection * h.ejections);
+            h.until = Some(now + self.ejection(h.ejections));
             h.five_xx = 0;
             h.gateway = 0;
         }
+    }
+
+    /// How long ejection number `n` of an endpoint lasts.
+    fn ejection(&self, n: u32) -> Duration {
+        self.base_ejection
+            .checked_mul(n)
+            .map_or(self.max_ejection, |t| t.min(self.max_ejection))
     }
 
     /// The endpoints not ejected now.
@@ -111,7 +122,7 @@ mod tests {
 
     #[test]
     fn consecutive_failures_eject_within_the_percentage() {
-        let o = Outlier::new(2, 0, Duration::from_secs(60), 50);
+        let o = Outlier::new(2, 0, Duration::from_secs(60), Duration::from_secs(300), 50);
         let (a, b): (SocketAddr, SocketAddr) = (
             "10.0.0.1:80".parse().unwrap(),
             "10.0.0.2:80".parse().unwrap(),
@@ -127,5 +138,15 @@ mod tests {
         o.report(b, Outcome::Status(503), 2);
         o.report(b, Outcome::Status(503), 2);
         assert!(!o.ejected(&b));
+    }
+
+    #[test]
+    fn ejections_grow_by_the_base_up_to_the_longest() {
+        let o = Outlier::new(1, 0, Duration::from_secs(60), Duration::from_secs(150), 100);
+        let secs = |n| o.ejection(n).as_secs();
+        assert_eq!(
+            (secs(1), secs(2), secs(3), secs(u32::MAX)),
+            (60, 120, 150, 150)
+        );
     }
 }
