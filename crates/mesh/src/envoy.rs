@@ -78,6 +78,7 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                             .unwrap_or(duration(10_000_000_000)),
                     ),
                     circuit_breakers: circuit_breakers(&pool),
+                    typed_extension_protocol_options: protocol_options(p.is_http2()),
                     outlier_detection: tp.outlier_detection.as_ref().map(outlier_detection),
                     common_lb_config: tp.outlier_detection.as_ref().map(panic_threshold),
                     lb_policy: lb_policy as i32,
@@ -199,11 +200,10 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                 // sidecar's original destination), as Istio does.
                 for host in &se.hosts {
                     for p in &se.ports {
-                        out.push(original_dst_cluster(&cluster_name(
-                            p.number as u16,
-                            "",
-                            host,
-                        )));
+                        out.push(original_dst_cluster(
+                            &cluster_name(p.number as u16, "", host),
+                            se_http2(p),
+                        ));
                     }
                 }
                 continue;
@@ -242,6 +242,7 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                     name: name.clone(),
                     connect_timeout: Some(duration(10_000_000_000)),
                     circuit_breakers: circuit_breakers(&Default::default()),
+                    typed_extension_protocol_options: protocol_options(se_http2(p)),
                     cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
                         kind as i32,
                     )),
@@ -896,11 +897,45 @@ pub fn http_listener(port: u16, route_name: &str) -> listener::Listener {
     )
 }
 
+/// Whether a ServiceEntry port speaks HTTP/2 (`HTTP2` or `GRPC`).
+fn se_http2(p: &mast_api::istio::types::Port) -> bool {
+    let proto = p.protocol.as_deref().unwrap_or("").to_ascii_uppercase();
+    matches!(proto.as_str(), "HTTP2" | "GRPC")
+}
+
+/// A cluster's upstream protocol: HTTP/2 for `h2`, else the default
+/// (HTTP/1.1), as Istio's `setH2Options` sets it for HTTP/2 and gRPC ports.
+fn protocol_options(h2: bool) -> std::collections::HashMap<String, Any> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        http_protocol_options::explicit_http_config::ProtocolConfig,
+        http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions},
+        HttpProtocolOptions,
+    };
+    let mut out = std::collections::HashMap::new();
+    if h2 {
+        let o = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+                },
+            )),
+            ..Default::default()
+        };
+        out.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&o),
+        );
+    }
+    out
+}
+
 /// A cluster that connects where the connection was going
-/// (`ORIGINAL_DST`): Istio's `PassthroughCluster` and inbound clusters.
-pub fn original_dst_cluster(name: &str) -> (String, Any) {
+/// (`ORIGINAL_DST`): Istio's `PassthroughCluster` and inbound clusters,
+/// which speak HTTP/2 to the workload for `h2`.
+pub fn original_dst_cluster(name: &str, h2: bool) -> (String, Any) {
     let c = cluster::Cluster {
         name: name.to_owned(),
+        typed_extension_protocol_options: protocol_options(h2),
         connect_timeout: Some(duration(10_000_000_000)),
         lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
         circuit_breakers: circuit_breakers(&Default::default()),
@@ -1001,6 +1036,67 @@ mod tests {
         .expect("same hosts");
         assert!(r.retry_host_predicate.is_empty());
         assert!(r.retriable_status_codes.is_empty());
+    }
+
+    #[test]
+    fn http2_and_grpc_ports_get_http2_upstreams_inbound_and_outbound() {
+        use crate::model::{Endpoint, Service, ServiceKey, ServicePort};
+        use prost::Message;
+        let port = |name: &str, port| ServicePort {
+            name: name.into(),
+            port,
+            protocol: "TCP".into(),
+            app_protocol: None,
+        };
+        let mut mesh = Mesh {
+            domain: "cluster.local".into(),
+            ..Default::default()
+        };
+        mesh.services.insert(
+            ServiceKey {
+                namespace: "default".into(),
+                name: "api".into(),
+                domain: "cluster.local".into(),
+            },
+            Service {
+                cluster_ip: None,
+                ports: vec![
+                    port("grpc-api", 9000),
+                    port("http", 8080),
+                    port("http2-x", 9090),
+                ],
+                endpoints: vec![Endpoint {
+                    ip: "10.42.0.7".parse().expect("ip"),
+                    ports: [("grpc-api", 9000), ("http", 8080), ("http2-x", 9090)]
+                        .map(|(n, p)| (n.to_owned(), p))
+                        .into(),
+                    labels: Default::default(),
+                }],
+            },
+        );
+        let h2: Vec<String> = clusters(&mesh)
+            .into_iter()
+            .filter(|(_, any)| {
+                cluster::Cluster::decode(any.value.as_slice())
+                    .expect("cluster")
+                    .typed_extension_protocol_options
+                    .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+            })
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(
+            h2,
+            [
+                "outbound|9000||api.default.svc.cluster.local",
+                "outbound|9090||api.default.svc.cluster.local"
+            ]
+        );
+        assert_eq!(
+            mesh.inbound_http2("10.42.0.7")
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [9000, 9090]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! configuration, rebuilt from the watch caches on every change.
 
 use mast_api::istio::types::{DestinationRule, Gateway, ServiceEntry, VirtualService};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// A Service by namespace and name.
@@ -52,16 +52,29 @@ impl ServicePort {
     /// selection, by `appProtocol` or the port name's prefix
     /// (`http`, `http-web`, `grpc`, `http2`...). Other ports are TCP.
     pub fn is_http(&self) -> bool {
-        let proto = self
-            .app_protocol
-            .clone()
-            .unwrap_or_else(|| self.name.split('-').next().unwrap_or("").to_owned())
-            .to_ascii_lowercase();
         self.protocol.eq_ignore_ascii_case("TCP")
             && matches!(
-                proto.as_str(),
+                self.selected().as_str(),
                 "http" | "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c"
             )
+    }
+
+    /// Whether the port speaks HTTP/2 (`http2`, `grpc`, h2c), so that the
+    /// proxies talk HTTP/2 to its endpoints, as Istio sets them to.
+    pub fn is_http2(&self) -> bool {
+        self.is_http()
+            && matches!(
+                self.selected().as_str(),
+                "http2" | "grpc" | "h2c" | "kubernetes.io/h2c"
+            )
+    }
+
+    /// The protocol the port selects: `appProtocol`, or the name's prefix.
+    fn selected(&self) -> String {
+        self.app_protocol
+            .clone()
+            .unwrap_or_else(|| self.name.split('-').next().unwrap_or("").to_owned())
+            .to_ascii_lowercase()
     }
 }
 
@@ -227,17 +240,39 @@ impl Mesh {
     /// it is HTTP), from the endpoints that name it.
     pub fn inbound_ports(&self, ip: &str) -> BTreeMap<u16, bool> {
         let mut out = BTreeMap::new();
-        for s in self.services.values() {
-            for e in s.endpoints.iter().filter(|e| e.ip.to_string() == ip) {
-                for p in &s.ports {
-                    if let Some(target) = e.ports.get(&p.name) {
-                        let http = out.entry(*target).or_insert(true);
-                        *http &= p.is_http();
-                    }
-                }
-            }
+        for (target, p) in self.served(ip) {
+            let http = out.entry(target).or_insert(true);
+            *http &= p.is_http();
         }
         out
+    }
+
+    /// The workload ports at `ip` that every Service port on them says
+    /// speak HTTP/2.
+    pub fn inbound_http2(&self, ip: &str) -> BTreeSet<u16> {
+        let mut h2 = BTreeMap::new();
+        for (target, p) in self.served(ip) {
+            *h2.entry(target).or_insert(true) &= p.is_http2();
+        }
+        h2.into_iter()
+            .filter(|(_, h2)| *h2)
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The workload ports at `ip` that Services point at, with each
+    /// Service port.
+    fn served<'a>(&'a self, ip: &'a str) -> impl Iterator<Item = (u16, &'a ServicePort)> + 'a {
+        self.services.values().flat_map(move |s| {
+            s.endpoints
+                .iter()
+                .filter(move |e| e.ip.to_string() == ip)
+                .flat_map(move |e| {
+                    s.ports
+                        .iter()
+                        .filter_map(move |p| Some((*e.ports.get(&p.name)?, p)))
+                })
+        })
     }
 
     /// The VirtualServices bound to the Gateway `ns/name`.

@@ -441,11 +441,12 @@ pub fn generate(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
         .chain(envoy::external_clusters(mesh))
         .collect();
     for name in [PASSTHROUGH, INBOUND_PASSTHROUGH] {
-        let (n, c) = envoy::original_dst_cluster(name);
+        let (n, c) = envoy::original_dst_cluster(name, false);
         clusters.insert(n, c);
     }
+    let h2 = mesh.inbound_http2(&proxy.ip);
     for port in inbound.keys() {
-        let (n, c) = envoy::original_dst_cluster(&inbound_cluster(*port));
+        let (n, c) = envoy::original_dst_cluster(&inbound_cluster(*port), h2.contains(port));
         clusters.insert(n, c);
     }
     let (n, c) = envoy::black_hole_cluster();
