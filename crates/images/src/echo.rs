@@ -3,7 +3,9 @@
 //! It listens on `$POD_IP` (else all addresses), port `--port`, `$PORT` or
 //! 8080, and answers every request with JSON: its pod, namespace, node and
 //! version (from `POD_NAME`/`HOSTNAME`, `POD_NAMESPACE`, `NODE_NAME`,
-//! `VERSION`), the method, path and the request's headers.
+//! `VERSION`), the method, protocol (`HTTP/1.1`, `HTTP/2.0`), path and the
+//! request's headers. It speaks HTTP/1.1 and h2c (HTTP/2 with prior
+//! knowledge).
 //!
 //! For tests it can be told to misbehave, per request by query parameter or
 //! header: `status=503` / `x-echo-status`, `delay=250ms` / `x-echo-delay`,
@@ -207,6 +209,7 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
     }
     let mut body = state.info.clone();
     body.insert("method".into(), json!(req.method().as_str()));
+    body.insert("protocol".into(), json!(format!("{:?}", req.version())));
     body.insert(
         "path".into(),
         json!(if query.is_empty() {

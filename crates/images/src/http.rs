@@ -66,8 +66,11 @@ where
                 let h = h.clone();
                 async move { Ok::<_, std::convert::Infallible>(h(req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            // HTTP/1.1, or HTTP/2 with prior knowledge (h2c, as gRPC
+            // speaks it).
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             // Idle keep-alive connections close after a while, so a
             // draining server is not held open by them.
             let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;

@@ -1128,6 +1128,42 @@ fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
         20,
         "not every connection went to v3: {logs}"
     );
+
+    // A gRPC port (named `grpc`): HTTP/2 on every hop, so the application
+    // behind two sidecars sees the client's HTTP/2 (gRPC needs its framing
+    // and trailers).
+    c.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: h2echo}\nspec:\n  selector: {matchLabels: {app: h2echo}}\n  template:\n    metadata: {labels: {app: h2echo}}\n    spec:\n      containers: [{name: echo, image: mast.dev/echo}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: h2echo}\nspec:\n  selector: {app: h2echo}\n  ports: [{name: grpc, port: 9100, targetPort: 8080}]\n");
+    assert!(
+        common::eventually(90, || !c
+            .ok(&[
+                "get",
+                "endpoints",
+                "h2echo",
+                "-o",
+                "jsonpath={.subsets[*].addresses[*].ip}"
+            ])
+            .is_empty()),
+        "h2echo never got its endpoints"
+    );
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: h2-client}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: call, image: curlimages/curl, args: [-s, --http2-prior-knowledge, '--max-time', '5', 'http://h2echo:9100/']}\n");
+    assert!(
+        common::eventually(90, || c.ok(&[
+            "get",
+            "pod",
+            "h2-client",
+            "-o",
+            "jsonpath={.status.phase}"
+        ]) != "Pending"
+            && c.ok(&["get", "pod", "h2-client", "-o", "jsonpath={.status.phase}"])
+                != "Running"),
+        "the HTTP/2 client never completed"
+    );
+    let logs = c.ok(&["logs", "h2-client", "-c", "call"]);
+    assert!(
+        logs.contains("\"protocol\":\"HTTP/2.0\""),
+        "the application did not get HTTP/2: {logs}\n{}",
+        c.ok(&["get", "pod", "h2-client", "-o", "yaml"])
+    );
     if proxy == "mast" {
         // Istio's TCP metrics, as echo-v3's sidecar reports them.
         let text = scrape(&c, "app=echo,version=v3");
