@@ -467,23 +467,18 @@ fn retry_policy(
             value: rt.attempts as u32,
         });
         if let Some(on) = rt.retry_on.as_deref().filter(|s| !s.is_empty()) {
-            let (codes, names): (Vec<&str>, Vec<&str>) = on
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .partition(|p| mast_api::istio::retry_status_code(p).is_some());
-            out.retriable_status_codes = codes
-                .iter()
-                .filter_map(|c| mast_api::istio::retry_status_code(c))
-                .collect();
-            out.retry_on = names.join(",");
+            let mut names = vec![];
+            for part in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match mast_api::istio::retry_status_code(part) {
+                    Some(code) => out.retriable_status_codes.push(code),
+                    None => names.push(part),
+                }
+            }
             if !out.retriable_status_codes.is_empty() && !names.contains(&"retriable-status-codes")
             {
-                if !out.retry_on.is_empty() {
-                    out.retry_on.push(',');
-                }
-                out.retry_on.push_str("retriable-status-codes");
+                names.push("retriable-status-codes");
             }
+            out.retry_on = names.join(",");
         }
         out.per_try_timeout = parse(&rt.per_try_timeout);
         if let Some(ignore) = rt.retry_ignore_previous_hosts {

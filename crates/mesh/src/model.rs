@@ -60,9 +60,10 @@ impl ServicePort {
     }
 
     /// Whether the port speaks HTTP/2 (`http2`, `grpc`, h2c), so that the
-    /// proxies talk HTTP/2 to its endpoints, as Istio sets them to.
+    /// proxies talk HTTP/2 to its endpoints, as Istio sets them to. (These
+    /// are all HTTP ports too.)
     pub fn is_http2(&self) -> bool {
-        self.is_http()
+        self.protocol.eq_ignore_ascii_case("TCP")
             && matches!(
                 self.selected().as_str(),
                 "http2" | "grpc" | "h2c" | "kubernetes.io/h2c"

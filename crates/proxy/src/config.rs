@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +56,8 @@ pub struct Cluster {
     pub max_requests: usize,
     /// Retries in flight at once (`max_retries`, Envoy's default 3); a
     /// retry beyond them is not made.
-    pub max_retries: usize,
-    pub retries: AtomicUsize,
+    pub max_retries: u64,
+    pub retries: AtomicU64,
     /// Upstream HTTP/1.1 connections in use (`max_connections`); requests
     /// beyond them wait, up to `max_pending`, then overflow.
     pub conns: tokio::sync::Semaphore,
@@ -623,7 +623,7 @@ impl Cluster {
             max_pending: 0,
             max_requests: 0,
             max_retries: 0,
-            retries: AtomicUsize::new(0),
+            retries: AtomicU64::new(0),
             conns: tokio::sync::Semaphore::new(0),
             pending: AtomicUsize::new(0),
             outlier: None,
@@ -765,8 +765,8 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         max_connections,
         max_pending: t.max_pending_requests.unwrap_or(1024) as usize,
         max_requests: t.max_requests.unwrap_or(1024) as usize,
-        max_retries: t.max_retries.unwrap_or(3) as usize,
-        retries: AtomicUsize::new(0),
+        max_retries: u64::from(t.max_retries.unwrap_or(3)),
+        retries: AtomicU64::new(0),
         conns: tokio::sync::Semaphore::new(max_connections),
         pending: AtomicUsize::new(0),
         outlier,

@@ -12,7 +12,6 @@ use crate::config::{
     Action, Cluster, ClusterKind, Forward, HttpListener, Lb, PathMatch, Route, RouteTable,
     StringMatch,
 };
-use crate::retry::Retry;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -1155,7 +1154,7 @@ async fn forward_hyper(
     let mut tries = Attempts::new(f, cluster, deadline);
     for attempt in 0..attempts {
         if attempt > 0 {
-            back_off(cluster, &f.retry, attempt, n).await;
+            tries.back_off(attempt, n).await;
         }
         let Some(ep) = tries.pick(|| pool.pick_endpoint(cluster, ctx, hash)) else {
             stats.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
@@ -1274,7 +1273,7 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
     let mut tries = Attempts::new(f, cluster, deadline);
     for attempt in 0..attempts {
         if attempt > 0 {
-            back_off(cluster, &f.retry, attempt, n).await;
+            tries.back_off(attempt, n).await;
         }
         let Some(ep) = tries.pick(|| pool.pick_endpoint(cluster, ctx, hash)) else {
             return local(503, "UH", "no healthy upstream");
@@ -1366,25 +1365,13 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
     }
 }
 
-/// Counts a request out of `upstream_rq_active` however it ends.
+/// Takes one off a count of what is in flight (a cluster's
+/// `upstream_rq_active`, its retries) however it ends.
 struct Done<'a>(&'a std::sync::atomic::AtomicU64);
 
 impl Drop for Done<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Wait before retry number `attempt` as the route's policy says, and
-/// count the retry.
-async fn back_off(cluster: &Cluster, retry: &Retry, attempt: u32, n: usize) {
-    cluster
-        .stats
-        .upstream_rq_retry
-        .fetch_add(1, Ordering::Relaxed);
-    let wait = retry.back_off(attempt, cheap_random(n + attempt as usize) as u64);
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -1398,7 +1385,7 @@ struct Attempts<'c> {
     /// Before the last attempt; filled only when a retry comes.
     before: Vec<SocketAddr>,
     last: Option<SocketAddr>,
-    slot: Option<RetrySlot<'c>>,
+    slot: Option<Done<'c>>,
 }
 
 impl<'c> Attempts<'c> {
@@ -1410,6 +1397,20 @@ impl<'c> Attempts<'c> {
             before: Vec::new(),
             last: None,
             slot: None,
+        }
+    }
+
+    /// Wait before retry number `attempt` as the route's policy says, and
+    /// count the retry.
+    async fn back_off(&self, attempt: u32, n: usize) {
+        self.cluster
+            .stats
+            .upstream_rq_retry
+            .fetch_add(1, Ordering::Relaxed);
+        let random = cheap_random(n + attempt as usize) as u64;
+        let wait = self.f.retry.back_off(attempt, random);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -1475,17 +1476,8 @@ impl<'c> Attempts<'c> {
                 .fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        self.slot = Some(RetrySlot(&cluster.retries));
+        self.slot = Some(Done(&cluster.retries));
         true
-    }
-}
-
-/// One of a cluster's retries in flight (circuit breakers' `max_retries`).
-struct RetrySlot<'c>(&'c std::sync::atomic::AtomicUsize);
-
-impl Drop for RetrySlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
