@@ -1164,6 +1164,23 @@ fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
         "the application did not get HTTP/2: {logs}\n{}",
         c.ok(&["get", "pod", "h2-client", "-o", "yaml"])
     );
+    // Many streams at once on one HTTP/2 connection, through both sidecars.
+    // (Not with curl: Debian's curl 7.88.1 cannot reuse a prior-knowledge
+    // connection, curl/curl#10634, whatever the server.)
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: h2-streams}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: load, image: nghttp2/h2load, args: [-n, '40', -c, '1', -m, '8', 'http://h2echo:9100/']}\n");
+    assert!(
+        common::eventually(90, || matches!(
+            c.ok(&["get", "pod", "h2-streams", "-o", "jsonpath={.status.phase}"])
+                .as_str(),
+            "Succeeded" | "Failed"
+        )),
+        "h2load never completed"
+    );
+    let logs = c.ok(&["logs", "h2-streams", "-c", "load"]);
+    assert!(
+        logs.contains("40 succeeded") && logs.contains("status codes: 40 2xx"),
+        "not every multiplexed HTTP/2 request succeeded: {logs}"
+    );
     if proxy == "mast" {
         // Istio's TCP metrics, as echo-v3's sidecar reports them.
         let text = scrape(&c, "app=echo,version=v3");
