@@ -506,6 +506,20 @@ static_resources:
         "retries did not hide the failures: {} of 200 succeeded",
         succeeded()
     );
+    // A counter of the gateway's cluster for a reviews subset.
+    let counter = |subset: &str, name: &str| -> u64 {
+        let o = std::process::Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/stats")])
+            .output()
+            .expect("curl");
+        let key =
+            format!("cluster.outbound|9080|{subset}|reviews.default.svc.cluster.local.{name}: ");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
     // 7. A connectionPool limit: what overflows gets 503 and the overflow
     // flag (x-envoy-overloaded).
     let dr = |policy: &str| {
@@ -541,6 +555,17 @@ static_resources:
         }),
         "no request overflowed the connection pool: {}",
         overflow()
+    );
+    // 7b. maxRequestsPerConnection: 1 (Istio's circuit-breaking task):
+    // every request to v1 on a connection of its own.
+    dr("{connectionPool: {http: {maxRequestsPerConnection: 1}}}");
+    assert!(
+        common::eventually(20, || {
+            let before = counter("v1", "upstream_cx_max_requests");
+            through(gw_port, 10, &[]);
+            counter("v1", "upstream_cx_max_requests") >= before + 10
+        }),
+        "connections to v1 carried more than one request each"
     );
     // 8. consistentHash: one user, one pod.
     dr("{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}");
@@ -606,21 +631,7 @@ static_resources:
     // 11. Mirroring (every request copied to v3) and a CORS policy.
     dr("{}");
     vs("  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v3}\n    mirrorPercentage: {value: 100}\n    corsPolicy: {allowOrigins: [{exact: 'https://shop.test'}], allowMethods: [GET, POST], maxAge: 1h}\n");
-    let mirrored = || -> u64 {
-        let o = std::process::Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{admin}/stats")])
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(
-                    "cluster.outbound|9080|v3|reviews.default.svc.cluster.local.upstream_rq_total: ",
-                )
-            })
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let mirrored = || counter("v3", "upstream_rq_total");
     let preflight = |origin: &str| {
         let o = std::process::Command::new("curl")
             .args([

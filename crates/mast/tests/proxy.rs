@@ -93,6 +93,23 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
             "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
         )
     };
+    // Clusters to v1 with upstream HTTP options.
+    let protocol = |name: &str, options: &str| {
+        format!(
+            "{}    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        {options}\n",
+            cluster(name, v1)
+        )
+    };
+    let limited = |name: &str, limit: &str| {
+        protocol(
+            name,
+            &format!("explicit_http_config: {{http_protocol_options: {{}}}}\n        common_http_protocol_options: {{{limit}}}"),
+        )
+    };
+    let kept = format!(
+        "{}    upstream_connection_options: {{tcp_keepalive: {{keepalive_time: 60}}}}\n",
+        cluster("kept", v1)
+    );
     let main = common::http_listener(
         "main",
         listen,
@@ -141,6 +158,16 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
                     retry_back_off: {base_interval: 0.001s}
               - match: {prefix: "/ejecting"}
                 route: {cluster: ejecting}
+              - match: {prefix: "/pooled"}
+                route: {cluster: pooled}
+              - match: {prefix: "/brief"}
+                route: {cluster: brief}
+              - match: {prefix: "/aging"}
+                route: {cluster: aging}
+              - match: {prefix: "/as-asked"}
+                route: {cluster: as-asked}
+              - match: {prefix: "/kept"}
+                route: {cluster: kept}
               - match: {prefix: "/capped"}
                 route:
                   cluster: capped
@@ -191,7 +218,7 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
 static_resources:
   listeners:
 {main}{relay}  clusters:
-{}{}{}{}{}{}  - name: either
+{}{}{}{}{}{}{}{}{}{}{}  - name: either
     connect_timeout: 1s
     type: STATIC
     lb_policy: RANDOM
@@ -231,7 +258,12 @@ static_resources:
         cluster("dead", dead),
         cluster("ws", ws_port()),
         cluster("main", listen),
-        cluster("retried", v1)
+        cluster("retried", v1),
+        limited("pooled", "max_requests_per_connection: 2"),
+        limited("brief", "idle_timeout: 0.3s"),
+        limited("aging", "max_connection_duration: 0.5s"),
+        protocol("as-asked", "use_downstream_protocol_config: {http_protocol_options: {}, http2_protocol_options: {}}"),
+        kept,
     )
 }
 
@@ -269,7 +301,8 @@ fn stat(admin: u16, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn observe(port: u16, relay: u16, admin: u16) -> BTreeMap<&'static str, String> {
+/// `v1`: the port of the upstream most clusters use.
+fn observe(port: u16, relay: u16, admin: u16, v1_port: u16) -> BTreeMap<&'static str, String> {
     let base = format!("http://127.0.0.1:{port}");
     let version = |path: &str, extra: &[&str]| -> String {
         let (code, body) = get(&format!("{base}{path}"), extra);
@@ -402,7 +435,88 @@ fn observe(port: u16, relay: u16, admin: u16) -> BTreeMap<&'static str, String> 
     let answers = common::curl_many(&format!("{base}/either"), 40, &[]);
     let ok = answers.iter().filter(|(_, c)| c == "200").count();
     out.insert("previous hosts", ok.to_string());
+    // Upstream connections' lives (common_http_protocol_options).
+    let counters = |cluster: &str, names: &[&str]| {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "{n} {}",
+                    stat(admin, &format!("cluster.{cluster}.upstream_cx_{n}"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Six requests without a body on one downstream connection, then four
+    // with one: two per upstream connection.
+    curl_on_one_connection(&base, "/pooled", 6, &[]);
+    curl_on_one_connection(&base, "/pooled", 4, &["-d", "x"]);
+    out.insert(
+        "max requests per connection",
+        counters("pooled", &["total", "max_requests"]),
+    );
+    // Idle for longer than the idle timeout, or open for longer than the
+    // longest life: closed, and the next request opens another.
+    for (path, cluster, reason) in [
+        ("/brief", "brief", "idle_timeout"),
+        ("/aging", "aging", "max_duration_reached"),
+    ] {
+        curl_on_one_connection(&base, path, 2, &[]);
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        let closed = counters(cluster, &[reason]);
+        get(&format!("{base}{path}"), &[]);
+        out.insert(
+            reason,
+            format!("{closed}; then {}", counters(cluster, &["total"])),
+        );
+    }
+    // The downstream's protocol chooses the upstream's.
+    let protocol = |extra: &[&str]| {
+        let (code, body) = get(&format!("{base}/as-asked"), extra);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        format!("{code} {}", v["protocol"].as_str().unwrap_or("-"))
+    };
+    out.insert(
+        "downstream protocol",
+        format!(
+            "{} / {}",
+            protocol(&[]),
+            protocol(&["--http2-prior-knowledge"])
+        ),
+    );
+    // TCP keepalive on the upstream socket the request left in the pool.
+    get(&format!("{base}/kept"), &[]);
+    out.insert("keepalive", keepalive_to(v1_port).to_string());
     out
+}
+
+/// `count` requests to `path`, in turn, on one connection.
+fn curl_on_one_connection(base: &str, path: &str, count: usize, extra: &[&str]) {
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(extra)
+        .args((0..count).flat_map(|i| {
+            [
+                "-o".to_owned(),
+                "/dev/null".to_owned(),
+                format!("{base}{path}?n={i}"),
+            ]
+        }))
+        .output()
+        .expect("curl");
+    assert!(o.status.success(), "curl {path}: {o:?}");
+}
+
+/// Whether an established TCP connection to 127.0.0.1:`port` has its
+/// keepalive timer running (`ss -o`).
+fn keepalive_to(port: u16) -> bool {
+    let o = Command::new("ss")
+        .args(["-tnoH", "state", "established", "dst"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&o.stdout).contains("timer:(keepalive")
 }
 
 /// The access log's request line, status and response flags for the
@@ -505,7 +619,7 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
             &["-H", "Host: none.test"],
         )
         .0;
-        let mut seen = observe(listen, relay, admin);
+        let mut seen = observe(listen, relay, admin, v1);
         seen.insert("no route", no_route);
         // Envoy flushes its access log every second; the requests checked
         // in it come before the last ones.
@@ -538,6 +652,20 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
     assert_eq!(envoy_saw["previous hosts"], "40");
     assert_eq!(envoy_saw["retry overflow"], "503 retries 0 overflow 1");
     assert_eq!(envoy_saw["ejected, no panic"], "20");
+    assert_eq!(
+        envoy_saw["max requests per connection"],
+        "total 5, max_requests 5"
+    );
+    assert_eq!(envoy_saw["idle_timeout"], "idle_timeout 1; then total 2");
+    assert_eq!(
+        envoy_saw["max_duration_reached"],
+        "max_duration_reached 1; then total 2"
+    );
+    assert_eq!(
+        envoy_saw["downstream protocol"],
+        "200 HTTP/1.1 / 200 HTTP/2.0"
+    );
+    assert_eq!(envoy_saw["keepalive"], "true");
     assert_eq!(
         envoy_saw["websocket"],
         "HTTP/1.1 101 Switching Protocols PING"

@@ -65,51 +65,10 @@ fn unapplied(p: &mast_api::istio::types::TrafficPolicy) -> Vec<&'static str> {
         .as_ref()
         .and_then(|c| c.http.clone())
         .unwrap_or_default();
-    let tcp = p
-        .connection_pool
-        .as_ref()
-        .and_then(|c| c.tcp.clone())
-        .unwrap_or_default();
-    let od = p.outlier_detection.clone().unwrap_or_default();
-    [
-        (
-            "connectionPool.http.maxRequestsPerConnection",
-            http.max_requests_per_connection.is_some(),
-        ),
-        (
-            "connectionPool.http.idleTimeout",
-            http.idle_timeout.is_some(),
-        ),
-        (
-            "connectionPool.http.h2UpgradePolicy",
-            http.h2_upgrade_policy.is_some(),
-        ),
-        (
-            "connectionPool.http.useClientProtocol",
-            http.use_client_protocol.is_some(),
-        ),
-        (
-            "connectionPool.http.maxConcurrentStreams",
-            http.max_concurrent_streams.is_some(),
-        ),
-        (
-            "connectionPool.tcp.tcpKeepalive",
-            tcp.tcp_keepalive.is_some(),
-        ),
-        (
-            "connectionPool.tcp.maxConnectionDuration",
-            tcp.max_connection_duration.is_some(),
-        ),
-        ("connectionPool.tcp.idleTimeout", tcp.idle_timeout.is_some()),
-        (
-            "outlierDetection.splitExternalLocalOriginErrors",
-            od.split_external_local_origin_errors.is_some(),
-        ),
-        (
-            "outlierDetection.consecutiveLocalOriginFailures",
-            od.consecutive_local_origin_failures.is_some(),
-        ),
-    ]
+    [(
+        "connectionPool.http.maxConcurrentStreams",
+        http.max_concurrent_streams.is_some(),
+    )]
     .into_iter()
     .filter_map(|(field, set)| set.then_some(field))
     .collect()
@@ -312,14 +271,14 @@ mod tests {
         };
         let out = dr(serde_json::json!({"host": "reviews",
             "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1}, "http": {"maxRequestsPerConnection": 1}}},
-            "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": "1h"}}}}]}));
+            "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"connectionPool": {"http": {"maxConcurrentStreams": 10}}}}]}));
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(
             out[0].to_string(),
-            "Warning [MST0002] (DestinationRule reviews.default) mast does not apply connectionPool.http.maxRequestsPerConnection, connectionPool.tcp.idleTimeout yet; the proxies behave as if unset"
+            "Warning [MST0002] (DestinationRule reviews.default) mast does not apply connectionPool.http.maxConcurrentStreams yet; the proxies behave as if unset"
         );
         let applied = dr(serde_json::json!({"host": "reviews",
-            "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1}, "http": {"maxRetries": 2}}, "outlierDetection": {"consecutive5xxErrors": 1}}}));
+            "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1, "idleTimeout": "1h", "tcpKeepalive": {"time": "60s"}}, "http": {"maxRetries": 2, "maxRequestsPerConnection": 1, "useClientProtocol": true}}, "outlierDetection": {"consecutive5xxErrors": 1, "splitExternalLocalOriginErrors": true}}}));
         assert!(applied.is_empty(), "{applied:?}");
     }
 }

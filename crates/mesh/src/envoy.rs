@@ -78,7 +78,18 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                             .unwrap_or(duration(10_000_000_000)),
                     ),
                     circuit_breakers: circuit_breakers(&pool),
-                    typed_extension_protocol_options: protocol_options(p.is_http2()),
+                    // h2UpgradePolicy UPGRADE makes any port's upstream
+                    // HTTP/2; DO_NOT_UPGRADE leaves HTTP/2 ports as they are.
+                    typed_extension_protocol_options: protocol_options(
+                        p.is_http2()
+                            || pool
+                                .http
+                                .as_ref()
+                                .and_then(|h| h.h2_upgrade_policy.as_deref())
+                                == Some("UPGRADE"),
+                        &pool,
+                    ),
+                    upstream_connection_options: upstream_connection_options(&pool),
                     outlier_detection: tp.outlier_detection.as_ref().map(outlier_detection),
                     common_lb_config: tp.outlier_detection.as_ref().map(panic_threshold),
                     lb_policy: lb_policy as i32,
@@ -166,6 +177,23 @@ fn outlier_detection(o: &mast_api::istio::types::OutlierDetection) -> cluster::O
         base_ejection_time: base,
         max_ejection_percent: u32v(o.max_ejection_percent.filter(|p| *p > 0)),
         enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        ..split_local_origin(o)
+    }
+}
+
+/// `splitExternalLocalOriginErrors`: connection failures, resets and
+/// timeouts count apart from the upstream's 5xx, and eject after
+/// `consecutiveLocalOriginFailures` in a row, if set.
+fn split_local_origin(o: &mast_api::istio::types::OutlierDetection) -> cluster::OutlierDetection {
+    if o.split_external_local_origin_errors != Some(true) {
+        return Default::default();
+    }
+    let n = o.consecutive_local_origin_failures.filter(|n| *n > 0);
+    cluster::OutlierDetection {
+        split_external_local_origin_errors: true,
+        consecutive_local_origin_failure: n.map(|value| UInt32Value { value }),
+        enforcing_consecutive_local_origin_failure: n.map(|_| UInt32Value { value: 100 }),
+        enforcing_local_origin_success_rate: Some(UInt32Value { value: 0 }),
         ..Default::default()
     }
 }
@@ -242,7 +270,10 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                     name: name.clone(),
                     connect_timeout: Some(duration(10_000_000_000)),
                     circuit_breakers: circuit_breakers(&Default::default()),
-                    typed_extension_protocol_options: protocol_options(se_http2(p)),
+                    typed_extension_protocol_options: protocol_options(
+                        se_http2(p),
+                        &Default::default(),
+                    ),
                     cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
                         kind as i32,
                     )),
@@ -898,30 +929,87 @@ fn se_http2(p: &mast_api::istio::types::Port) -> bool {
     matches!(proto.as_str(), "HTTP2" | "GRPC")
 }
 
-/// A cluster's upstream protocol: HTTP/2 for `h2`, else the default
-/// (HTTP/1.1), as Istio's `setH2Options` sets it for HTTP/2 and gRPC ports.
-fn protocol_options(h2: bool) -> std::collections::HashMap<String, Any> {
+/// A cluster's upstream HTTP, as Istio's `applyConnectionPool`,
+/// `setH2Options` and `setUseDownstreamProtocol` set it: HTTP/2 for `h2`,
+/// the client's protocol for `useClientProtocol`, else HTTP/1.1; and the
+/// connections' idle timeout (`http.idleTimeout`, else `tcp.idleTimeout`),
+/// requests per connection and longest life. None when all is default.
+fn protocol_options(
+    h2: bool,
+    pool: &mast_api::istio::types::ConnectionPoolSettings,
+) -> std::collections::HashMap<String, Any> {
     use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
         http_protocol_options::explicit_http_config::ProtocolConfig,
-        http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions},
+        http_protocol_options::{
+            ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
+        },
         HttpProtocolOptions,
     };
+    let (http, tcp) = (
+        pool.http.clone().unwrap_or_default(),
+        pool.tcp.clone().unwrap_or_default(),
+    );
+    let common = core::HttpProtocolOptions {
+        idle_timeout: parse(&http.idle_timeout.or(tcp.idle_timeout)),
+        max_requests_per_connection: u32v(http.max_requests_per_connection.filter(|n| *n > 0)),
+        max_connection_duration: parse(&tcp.max_connection_duration),
+        ..Default::default()
+    };
+    let client_protocol = http.use_client_protocol == Some(true);
     let mut out = std::collections::HashMap::new();
-    if h2 {
-        let o = HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                ExplicitHttpConfig {
-                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
-                },
-            )),
-            ..Default::default()
-        };
-        out.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-            any(&o),
-        );
+    if !h2 && !client_protocol && common == core::HttpProtocolOptions::default() {
+        return out;
     }
+    let upstream = if client_protocol {
+        UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+            http_protocol_options: Some(Default::default()),
+            http2_protocol_options: Some(Default::default()),
+            ..Default::default()
+        })
+    } else {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(if h2 {
+                ProtocolConfig::Http2ProtocolOptions(Default::default())
+            } else {
+                ProtocolConfig::HttpProtocolOptions(Default::default())
+            }),
+        })
+    };
+    let o = HttpProtocolOptions {
+        upstream_protocol_options: Some(upstream),
+        common_http_protocol_options: (common != core::HttpProtocolOptions::default())
+            .then_some(common),
+        ..Default::default()
+    };
+    out.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+        any(&o),
+    );
     out
+}
+
+/// `tcp.tcpKeepalive` as Envoy's, in whole seconds, as Istio's
+/// `applyTCPKeepalive` sets it.
+fn upstream_connection_options(
+    pool: &mast_api::istio::types::ConnectionPoolSettings,
+) -> Option<cluster::UpstreamConnectionOptions> {
+    let k = pool.tcp.as_ref()?.tcp_keepalive.as_ref()?;
+    let secs = |d: &Option<String>| {
+        parse(d).map(|d| UInt32Value {
+            value: u32::try_from(d.seconds).unwrap_or(u32::MAX),
+        })
+    };
+    Some(cluster::UpstreamConnectionOptions {
+        tcp_keepalive: Some(core::TcpKeepalive {
+            keepalive_probes: k
+                .probes
+                .filter(|p| *p > 0)
+                .map(|value| UInt32Value { value }),
+            keepalive_time: secs(&k.time),
+            keepalive_interval: secs(&k.interval),
+        }),
+        ..Default::default()
+    })
 }
 
 /// A cluster that connects where the connection was going
@@ -930,7 +1018,7 @@ fn protocol_options(h2: bool) -> std::collections::HashMap<String, Any> {
 pub fn original_dst_cluster(name: &str, h2: bool) -> (String, Any) {
     let c = cluster::Cluster {
         name: name.to_owned(),
-        typed_extension_protocol_options: protocol_options(h2),
+        typed_extension_protocol_options: protocol_options(h2, &Default::default()),
         connect_timeout: Some(duration(10_000_000_000)),
         lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
         circuit_breakers: circuit_breakers(&Default::default()),
@@ -1123,6 +1211,103 @@ mod tests {
         assert_eq!(o.enforcing_consecutive_5xx.map(|v| v.value), Some(0));
         assert_eq!(o.max_ejection_time, None);
         assert_eq!(lb.healthy_panic_threshold.map(|p| p.value), Some(40.0));
+    }
+
+    #[test]
+    fn connection_pools_are_istios_and_mast_proxy_runs_them() {
+        use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+            http_protocol_options::explicit_http_config::ProtocolConfig,
+            http_protocol_options::UpstreamProtocolOptions, HttpProtocolOptions,
+        };
+        use prost::Message;
+        let pool = |json: serde_json::Value| -> mast_api::istio::types::ConnectionPoolSettings {
+            serde_json::from_value(json).expect("ConnectionPoolSettings")
+        };
+        let options = |h2: bool, p: &mast_api::istio::types::ConnectionPoolSettings| {
+            protocol_options(h2, p)
+                .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+                .map(|a| HttpProtocolOptions::decode(a.value.as_slice()).expect("options"))
+        };
+        // Nothing set, HTTP/1.1: no options at all, as before.
+        assert_eq!(options(false, &pool(serde_json::json!({}))), None);
+        let limited = pool(serde_json::json!({
+            "tcp": {"maxConnectionDuration": "1h", "idleTimeout": "5m", "tcpKeepalive": {"probes": 3, "time": "60s", "interval": "10s"}},
+            "http": {"maxRequestsPerConnection": 2, "idleTimeout": "30s"}
+        }));
+        let o = options(false, &limited).expect("options");
+        let common = o.common_http_protocol_options.expect("common options");
+        assert_eq!(
+            (
+                common.idle_timeout.map(|d| d.seconds),
+                common.max_requests_per_connection.map(|v| v.value),
+                common.max_connection_duration.map(|d| d.seconds),
+            ),
+            (Some(30), Some(2), Some(3600)),
+            "http.idleTimeout wins over tcp.idleTimeout"
+        );
+        assert!(matches!(
+            o.upstream_protocol_options,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(ref e))
+                if matches!(e.protocol_config, Some(ProtocolConfig::HttpProtocolOptions(_)))
+        ));
+        let tcp_idle = options(
+            false,
+            &pool(serde_json::json!({"tcp": {"idleTimeout": "5m"}})),
+        )
+        .and_then(|o| o.common_http_protocol_options)
+        .and_then(|c| c.idle_timeout);
+        assert_eq!(tcp_idle.map(|d| d.seconds), Some(300));
+        let client = options(
+            false,
+            &pool(serde_json::json!({"http": {"useClientProtocol": true}})),
+        )
+        .expect("options");
+        assert!(matches!(
+            client.upstream_protocol_options,
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(ref d))
+                if d.http_protocol_options.is_some() && d.http2_protocol_options.is_some()
+        ));
+        let k = upstream_connection_options(&limited)
+            .and_then(|u| u.tcp_keepalive)
+            .expect("keepalive");
+        assert_eq!(
+            [k.keepalive_probes, k.keepalive_time, k.keepalive_interval]
+                .map(|v| v.map(|v| v.value)),
+            [Some(3), Some(60), Some(10)]
+        );
+        let od: mast_api::istio::types::OutlierDetection = serde_json::from_value(
+            serde_json::json!({"splitExternalLocalOriginErrors": true, "consecutiveLocalOriginFailures": 4}),
+        )
+        .expect("OutlierDetection");
+        let o = outlier_detection(&od);
+        assert!(o.split_external_local_origin_errors);
+        assert_eq!(
+            (
+                o.consecutive_local_origin_failure.map(|v| v.value),
+                o.enforcing_consecutive_local_origin_failure
+                    .map(|v| v.value),
+                o.enforcing_local_origin_success_rate.map(|v| v.value),
+            ),
+            (Some(4), Some(100), Some(0))
+        );
+        // mast proxy takes such a cluster over xDS (a field it did not
+        // implement would be refused by name).
+        let c = cluster::Cluster {
+            name: "outbound|80||a".into(),
+            typed_extension_protocol_options: protocol_options(false, &limited),
+            upstream_connection_options: upstream_connection_options(&limited),
+            outlier_detection: Some(o),
+            ..Default::default()
+        };
+        let r = mast_proxy::xds::Resources::default()
+            .with(mast_proxy::xds::CLUSTER, &[any(&c)])
+            .expect("mast proxy reads the cluster");
+        let b = mast_proxy::bootstrap::parse("static_resources: {}").expect("bootstrap");
+        let cfg = mast_proxy::config::Config::build(&b, String::new(), &r, None)
+            .expect("mast proxy runs the cluster");
+        let compiled = &cfg.clusters["outbound|80||a"];
+        assert_eq!(compiled.limits.max_requests, 2);
+        assert!(compiled.keepalive.is_some());
     }
 
     #[test]

@@ -708,6 +708,8 @@ pub struct Cluster {
     pub common_lb_config: Option<CommonLbConfig>,
     #[serde(default)]
     pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptions>,
+    #[serde(default)]
+    pub upstream_connection_options: Option<UpstreamConnectionOptions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -807,6 +809,16 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<u32>,
     #[serde(default)]
     pub enforcing_success_rate: Option<u32>,
+    /// Count connection failures, resets and timeouts apart from the
+    /// upstream's 5xx answers.
+    #[serde(default)]
+    pub split_external_local_origin_errors: bool,
+    #[serde(default)]
+    pub consecutive_local_origin_failure: Option<u32>,
+    #[serde(default)]
+    pub enforcing_consecutive_local_origin_failure: Option<u32>,
+    #[serde(default)]
+    pub enforcing_local_origin_success_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -836,19 +848,62 @@ pub enum ProtocolOptions {
     Http(HttpProtocolOptions),
 }
 
+/// A cluster's upstream HTTP: which protocol (`explicit_http_config`, or
+/// the downstream's with `use_downstream_protocol_config`), and the
+/// connections' limits (`common_http_protocol_options`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProtocolOptions {
-    pub explicit_http_config: ExplicitHttpConfig,
+    #[serde(default)]
+    pub explicit_http_config: Option<HttpVersions>,
+    #[serde(default)]
+    pub use_downstream_protocol_config: Option<HttpVersions>,
+    #[serde(default)]
+    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExplicitHttpConfig {
+pub struct HttpVersions {
     #[serde(default)]
     pub http_protocol_options: Option<Empty>,
     #[serde(default)]
     pub http2_protocol_options: Option<Empty>,
+}
+
+/// How long an upstream connection lives and how much it carries.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CommonHttpProtocolOptions {
+    /// Closed after this long without a request (Envoy's default: 1 h).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Closed once it has carried this many requests.
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    /// Closed this long after it opened, once its requests are done.
+    #[serde(default)]
+    pub max_connection_duration: Option<String>,
+}
+
+/// Socket options of upstream connections: TCP keepalive.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConnectionOptions {
+    #[serde(default)]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// Unset fields keep the system's values (Linux: 9 probes, 7200 s, 75 s).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    #[serde(default)]
+    pub keepalive_probes: Option<u32>,
+    #[serde(default)]
+    pub keepalive_time: Option<u32>,
+    #[serde(default)]
+    pub keepalive_interval: Option<u32>,
 }
 
 /// Read a bootstrap from YAML or JSON (JSON is YAML). The error names the

@@ -51,6 +51,13 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Upstream HTTP/2 (explicit `http2_protocol_options`).
     pub h2: bool,
+    /// HTTP/2 upstream for HTTP/2 requests, HTTP/1.1 for the others
+    /// (`use_downstream_protocol_config` with both protocols).
+    pub h2_if_downstream: bool,
+    /// When its upstream connections stop being reused.
+    pub limits: Limits,
+    /// TCP keepalive on upstream connections.
+    pub keepalive: Option<socket2::TcpKeepalive>,
     pub max_connections: usize,
     pub max_pending: usize,
     pub max_requests: usize,
@@ -68,6 +75,27 @@ pub struct Cluster {
     /// (Envoy's panic mode).
     pub panic_threshold: f64,
     pub stats: ClusterStats,
+}
+
+/// `common_http_protocol_options`: how long an upstream connection lives
+/// and how many requests it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// 0: no limit.
+    pub max_requests: u32,
+    pub idle_timeout: Duration,
+    pub max_duration: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_requests: 0,
+            // Envoy's default for upstream connections.
+            idle_timeout: Duration::from_secs(3600),
+            max_duration: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -593,6 +621,11 @@ impl Config {
 }
 
 impl Cluster {
+    /// Whether a request of HTTP version `v` goes upstream as HTTP/2.
+    pub fn h2_for(&self, v: http::Version) -> bool {
+        self.h2 || (self.h2_if_downstream && v == http::Version::HTTP_2)
+    }
+
     /// A new connection to `ep`, within the connect timeout, counted in
     /// `upstream_cx_total` and, failing, `upstream_cx_connect_fail`.
     pub async fn connect(&self, ep: SocketAddr) -> Option<tokio::net::TcpStream> {
@@ -601,6 +634,9 @@ impl Cluster {
         match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(ep)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
+                if let Some(k) = &self.keepalive {
+                    let _ = socket2::SockRef::from(&s).set_tcp_keepalive(k);
+                }
                 Some(s)
             }
             _ => {
@@ -610,7 +646,7 @@ impl Cluster {
         }
     }
 
-    fn missing(name: &str) -> Cluster {
+    pub(crate) fn missing(name: &str) -> Cluster {
         Cluster {
             name: name.to_owned(),
             kind: ClusterKind::Missing,
@@ -619,6 +655,9 @@ impl Cluster {
             next: AtomicUsize::new(0),
             connect_timeout: Duration::from_secs(1),
             h2: false,
+            h2_if_downstream: false,
+            limits: Limits::default(),
+            keepalive: None,
             max_connections: 0,
             max_pending: 0,
             max_requests: 0,
@@ -682,14 +721,51 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         "RING_HASH" | "MAGLEV" => Lb::Hash,
         other => bail!("lb_policy {other} is not implemented yet"),
     };
-    let mut h2 = false;
+    let (mut h2, mut h2_if_downstream, mut limits) = (false, false, Limits::default());
     for (k, v) in &c.typed_extension_protocol_options {
         if k != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
             bail!("typed_extension_protocol_options {k} is not implemented");
         }
         let bootstrap::ProtocolOptions::Http(o) = v;
-        h2 = o.explicit_http_config.http2_protocol_options.is_some();
+        match (&o.explicit_http_config, &o.use_downstream_protocol_config) {
+            (Some(e), None) => h2 = e.http2_protocol_options.is_some(),
+            (None, Some(d)) => {
+                if d.http_protocol_options.is_none() {
+                    bail!("use_downstream_protocol_config without http_protocol_options is not implemented");
+                }
+                h2_if_downstream = d.http2_protocol_options.is_some();
+            }
+            _ => bail!("HttpProtocolOptions needs one of explicit_http_config, use_downstream_protocol_config"),
+        }
+        if let Some(o) = &o.common_http_protocol_options {
+            limits = Limits {
+                max_requests: o.max_requests_per_connection.unwrap_or(0),
+                idle_timeout: dur("idle_timeout", &o.idle_timeout)?
+                    // 0 turns Envoy's idle timeout off.
+                    .map(|d| if d.is_zero() { Duration::MAX } else { d })
+                    .unwrap_or(limits.idle_timeout),
+                max_duration: dur("max_connection_duration", &o.max_connection_duration)?
+                    .filter(|d| !d.is_zero()),
+            };
+        }
     }
+    let keepalive = c
+        .upstream_connection_options
+        .as_ref()
+        .and_then(|o| o.tcp_keepalive.as_ref())
+        .map(|k| {
+            let mut t = socket2::TcpKeepalive::new();
+            if let Some(s) = k.keepalive_time {
+                t = t.with_time(Duration::from_secs(s.into()));
+            }
+            if let Some(s) = k.keepalive_interval {
+                t = t.with_interval(Duration::from_secs(s.into()));
+            }
+            if let Some(n) = k.keepalive_probes {
+                t = t.with_retries(n);
+            }
+            t
+        });
     let t = c
         .circuit_breakers
         .as_ref()
@@ -698,8 +774,11 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
     let outlier = match &c.outlier_detection {
         None => None,
         Some(o) => {
-            if o.enforcing_success_rate.unwrap_or(0) != 0 {
-                bail!("outlier_detection: success-rate ejection is not implemented; set enforcing_success_rate: 0");
+            if o.enforcing_success_rate.unwrap_or(0) != 0
+                || (o.split_external_local_origin_errors
+                    && o.enforcing_local_origin_success_rate.unwrap_or(0) != 0)
+            {
+                bail!("outlier_detection: success-rate ejection is not implemented; set enforcing_success_rate and enforcing_local_origin_success_rate to 0");
             }
             let enforced = |n: Option<u32>, enforcing: Option<u32>| match enforcing.unwrap_or(100) {
                 0 => Ok(0),
@@ -710,20 +789,30 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
             };
             let base = dur("base_ejection_time", &o.base_ejection_time)?
                 .unwrap_or(Duration::from_secs(30));
-            Some(crate::outlier::Outlier::new(
-                enforced(o.consecutive_5xx, o.enforcing_consecutive_5xx)?,
-                // Envoy enforces gateway failures only when asked.
-                enforced(
-                    o.consecutive_gateway_failure,
-                    o.enforcing_consecutive_gateway_failure.or(Some(0)),
-                )?,
-                base,
-                // Envoy's default is 300 s, or the base if longer.
-                dur("max_ejection_time", &o.max_ejection_time)?
-                    .unwrap_or(Duration::from_secs(300))
-                    .max(base),
-                o.max_ejection_percent.unwrap_or(10).min(100),
-            ))
+            Some(
+                crate::outlier::Outlier::new(
+                    enforced(o.consecutive_5xx, o.enforcing_consecutive_5xx)?,
+                    // Envoy enforces gateway failures only when asked.
+                    enforced(
+                        o.consecutive_gateway_failure,
+                        o.enforcing_consecutive_gateway_failure.or(Some(0)),
+                    )?,
+                    base,
+                    // Envoy's default is 300 s, or the base if longer.
+                    dur("max_ejection_time", &o.max_ejection_time)?
+                        .unwrap_or(Duration::from_secs(300))
+                        .max(base),
+                    o.max_ejection_percent.unwrap_or(10).min(100),
+                )
+                .split_local_origin(if o.split_external_local_origin_errors {
+                    Some(enforced(
+                        o.consecutive_local_origin_failure,
+                        o.enforcing_consecutive_local_origin_failure,
+                    )?)
+                } else {
+                    None
+                }),
+            )
         }
     };
     // Every check must pass for an endpoint to be used, as in Envoy.
@@ -762,6 +851,9 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         connect_timeout: dur("connect_timeout", &c.connect_timeout)?
             .unwrap_or(Duration::from_secs(5)),
         h2,
+        h2_if_downstream,
+        limits,
+        keepalive,
         max_connections,
         max_pending: t.max_pending_requests.unwrap_or(1024) as usize,
         max_requests: t.max_requests.unwrap_or(1024) as usize,

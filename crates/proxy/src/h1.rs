@@ -10,12 +10,15 @@
 //! runs inside the caller's task; `httparse` (hyper's own parser) reads the
 //! response head.
 
+use crate::config::Cluster;
+use crate::lifetime::Life;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -49,31 +52,55 @@ pub fn request_head(parts: &http::request::Parts) -> Vec<u8> {
     head
 }
 
-/// Idle upstream connections of one worker, by endpoint.
+/// Idle upstream connections of one worker, by endpoint and cluster (see
+/// [`crate::lifetime`]).
 #[derive(Default)]
-#[expect(
-    clippy::vec_box,
-    reason = "a connection leaves the pool as the box it lives in for its whole life (see Conn::new)"
-)]
-pub struct Idle(
-    pub Mutex<std::collections::HashMap<SocketAddr, Vec<Box<Conn>>, foldhash::fast::RandomState>>,
-);
+pub struct Idle(pub Mutex<IdleMap>);
+
+/// Boxed connections: a connection leaves the pool as the box it lives in
+/// for its whole life (see [`Conn::new`]).
+type IdleMap =
+    std::collections::HashMap<(SocketAddr, usize), Vec<Box<Conn>>, foldhash::fast::RandomState>;
 
 impl Idle {
-    pub fn take(&self, ep: SocketAddr) -> Option<Box<Conn>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&ep)
-            .and_then(Vec::pop)
+    /// An idle connection to `ep` for `cluster`, if one is still fresh,
+    /// counted as carrying a request.
+    pub fn take(&self, ep: SocketAddr, cluster: &Arc<Cluster>) -> Option<Box<Conn>> {
+        let now = Instant::now();
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let list = m.get_mut(&(ep, crate::lifetime::key(cluster)))?;
+        while let Some(mut c) = list.pop() {
+            if c.life.fresh(now, true) {
+                c.life.carry(now);
+                return Some(c);
+            }
+        }
+        None
     }
 
-    fn put(&self, c: Box<Conn>) {
+    fn put(&self, mut c: Box<Conn>) {
+        let now = Instant::now();
+        if c.life.spent() || !c.life.fresh(now, false) {
+            return;
+        }
+        c.life.rest(now);
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let list = m.entry(c.ep).or_default();
+        let list = m
+            .entry((c.ep, crate::lifetime::key(c.life.cluster())))
+            .or_default();
         if list.len() < 256 {
             list.push(c);
         }
+    }
+
+    /// Close the connections idle too long or past their longest life,
+    /// and those of clusters no longer `current`.
+    pub fn sweep(&self, now: Instant, current: &dyn Fn(&Arc<Cluster>) -> bool) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, list| {
+            list.retain(|c| current(c.life.cluster()) && c.life.fresh(now, true));
+            !list.is_empty()
+        });
     }
 }
 
@@ -82,16 +109,21 @@ pub struct Conn {
     pub ep: SocketAddr,
     stream: TcpStream,
     buf: BytesMut,
+    life: Life,
 }
 
 impl Conn {
-    /// Boxed once for the connection's life: a request's futures and its
-    /// response body then move a pointer, not the socket and its buffer.
-    pub fn new(ep: SocketAddr, stream: TcpStream) -> Box<Self> {
+    /// A new connection, for a request it carries at once. Boxed once
+    /// for the connection's life: a request's futures and its response
+    /// body then move a pointer, not the socket and its buffer.
+    pub fn new(ep: SocketAddr, stream: TcpStream, cluster: &Arc<Cluster>) -> Box<Self> {
+        let mut life = Life::new(cluster);
+        life.carry(Instant::now());
         Box::new(Conn {
             ep,
             stream,
             buf: BytesMut::with_capacity(8192),
+            life,
         })
     }
 }
@@ -417,7 +449,11 @@ mod tests {
     async fn get(reply: &'static [&'static [u8]]) -> (u16, Bytes, usize) {
         let ep = upstream(reply).await;
         let idle = Arc::new(Idle::default());
-        let c = Conn::new(ep, TcpStream::connect(ep).await.expect("connect"));
+        let c = Conn::new(
+            ep,
+            TcpStream::connect(ep).await.expect("connect"),
+            &Arc::new(Cluster::missing("c")),
+        );
         let r = exchange(c, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", false, idle.clone())
             .await
             .expect("a response");
@@ -458,7 +494,11 @@ mod tests {
     async fn a_bad_chunk_size_is_an_error() {
         let ep = upstream(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"]).await;
         let idle = Arc::new(Idle::default());
-        let c = Conn::new(ep, TcpStream::connect(ep).await.expect("connect"));
+        let c = Conn::new(
+            ep,
+            TcpStream::connect(ep).await.expect("connect"),
+            &Arc::new(Cluster::missing("c")),
+        );
         let r = exchange(c, b"GET / HTTP/1.1\r\n\r\n", false, idle)
             .await
             .expect("head");

@@ -414,8 +414,8 @@ fn report(c: &Cluster, ep: SocketAddr, outcome: &Result<u16, &Fail>) {
 /// tasks must be `Send`.
 #[derive(Default)]
 pub struct Pool {
-    http1: Mutex<ByEndpoint<Vec<hyper::client::conn::http1::SendRequest<ReqBody>>>>,
-    http2: Mutex<ByEndpoint<hyper::client::conn::http2::SendRequest<ReqBody>>>,
+    http1: Mutex<ByKey<Vec<Pooled<H1Send>>>>,
+    http2: Mutex<ByKey<Pooled<H2Send>>>,
     /// Requests in flight per endpoint, for LEAST_REQUEST.
     active: Mutex<ByEndpoint<usize>>,
     /// Idle connections of the inline HTTP/1.1 client.
@@ -424,10 +424,22 @@ pub struct Pool {
 
 /// A map by endpoint with a fast hash (looked up twice per request).
 type ByEndpoint<V> = HashMap<SocketAddr, V, foldhash::fast::RandomState>;
+/// Connections by endpoint and cluster ([`crate::lifetime::key`]).
+type ByKey<V> = HashMap<(SocketAddr, usize), V, foldhash::fast::RandomState>;
+type H1Send = hyper::client::conn::http1::SendRequest<ReqBody>;
+type H2Send = hyper::client::conn::http2::SendRequest<ReqBody>;
+
+/// A hyper connection's handle and its age and use. hyper does not say
+/// when a connection went idle, so its idle time runs from its last
+/// request.
+struct Pooled<S> {
+    s: S,
+    life: crate::lifetime::Life,
+}
 
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<ReqBody>),
-    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
+    H1(Pooled<H1Send>),
+    H2(H2Send),
 }
 
 /// Why forwarding failed, with Envoy's response flag.
@@ -504,23 +516,35 @@ impl Pool {
         })
     }
 
-    async fn sender(&self, c: &Cluster, ep: SocketAddr) -> Result<Sender, Fail> {
-        if c.h2 {
-            if let Some(s) = self
-                .http2
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&ep)
-                .filter(|s| !s.is_closed())
-            {
-                return Ok(Sender::H2(s.clone()));
+    /// A connection to `ep` for a request, counted as carrying it: over
+    /// HTTP/2 if `h2`.
+    async fn sender(&self, c: &Arc<Cluster>, ep: SocketAddr, h2: bool) -> Result<Sender, Fail> {
+        let key = (ep, crate::lifetime::key(c));
+        let now = std::time::Instant::now();
+        if h2 {
+            let mut map = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = map.get_mut(&key) {
+                if !p.s.is_closed() && p.life.fresh(now, true) {
+                    p.life.carry(now);
+                    let s = p.s.clone();
+                    // Its streams finish; new ones go to a new connection.
+                    if p.life.spent() {
+                        map.remove(&key);
+                    }
+                    return Ok(Sender::H2(s));
+                }
+                map.remove(&key);
             }
         } else {
             let mut map = self.http1.lock().unwrap_or_else(|e| e.into_inner());
-            let list = map.entry(ep).or_default();
-            list.retain(|s| !s.is_closed());
-            if let Some(i) = list.iter().position(|s| s.is_ready()) {
-                return Ok(Sender::H1(list.swap_remove(i)));
+            let list = map.entry(key).or_default();
+            list.retain(|p| !p.s.is_closed());
+            while let Some(i) = list.iter().position(|p| p.s.is_ready()) {
+                let mut p = list.swap_remove(i);
+                if p.life.fresh(now, true) {
+                    p.life.carry(now);
+                    return Ok(Sender::H1(p));
+                }
             }
             if list.len() >= c.max_connections {
                 return Err(Fail::Overflow);
@@ -528,47 +552,80 @@ impl Pool {
         }
         let stream = c.connect(ep).await.ok_or(Fail::Connect)?;
         let io = hyper_util::rt::TokioIo::new(stream);
-        if c.h2 {
+        let mut life = crate::lifetime::Life::new(c);
+        life.carry(now);
+        if h2 {
             let (s, conn) =
                 hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                     .await
                     .map_err(|_| Fail::Connect)?;
             tokio::spawn(conn);
-            self.http2
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ep, s.clone());
+            if !life.spent() {
+                self.http2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, Pooled { s: s.clone(), life });
+            }
             Ok(Sender::H2(s))
         } else {
             let (s, conn) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|_| Fail::Connect)?;
             tokio::spawn(conn);
-            Ok(Sender::H1(s))
+            Ok(Sender::H1(Pooled { s, life }))
         }
     }
 
     async fn send(
         &self,
-        c: &Cluster,
+        c: &Arc<Cluster>,
         ep: SocketAddr,
         req: Request<ReqBody>,
+        h2: bool,
     ) -> Result<Response<Incoming>, Fail> {
-        match self.sender(c, ep).await? {
+        match self.sender(c, ep, h2).await? {
             Sender::H2(mut s) => s.send_request(req).await.map_err(|e| h2_failure(&e)),
-            Sender::H1(mut s) => {
-                let fut = s.send_request(req);
+            Sender::H1(mut p) => {
+                let fut = p.s.send_request(req);
                 // Back in the pool at once: it is ready again when this
-                // response's body is done.
-                self.http1
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(ep)
-                    .or_default()
-                    .push(s);
+                // response's body is done. Its last request closes it
+                // when the response is done.
+                if !p.life.spent() {
+                    self.http1
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry((ep, crate::lifetime::key(c)))
+                        .or_default()
+                        .push(p);
+                }
                 fut.await.map_err(|_| Fail::Reset)
             }
         }
+    }
+
+    /// Close the connections idle too long or past their longest life,
+    /// and the idle ones of clusters no longer `current` (run every
+    /// second).
+    pub fn sweep(&self, now: std::time::Instant, current: &dyn Fn(&Arc<Cluster>) -> bool) {
+        self.idle.sweep(now, current);
+        self.http1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, list| {
+                list.retain(|p| {
+                    !p.s.is_closed()
+                        && (!p.s.is_ready()
+                            || (current(p.life.cluster()) && p.life.fresh(now, true)))
+                });
+                !list.is_empty()
+            });
+        // An HTTP/2 connection's streams go on without the pool's handle.
+        self.http2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, p| {
+                !p.s.is_closed() && current(p.life.cluster()) && p.life.fresh(now, true)
+            });
     }
 }
 
@@ -881,6 +938,9 @@ fn forward<'a>(
         return Work::Ready(local(503, "NC", "no cluster"));
     }
     let (mut parts, body) = req.into_parts();
+    // Before the parts become HTTP/1.1's: the downstream's version may
+    // choose the upstream's (`use_downstream_protocol_config`).
+    let h2 = cluster.h2_for(parts.version);
     upstream_parts(f, &mut parts, rewritten);
     // A request without a body can be sent again; others get one attempt.
     let bodiless = parts
@@ -909,7 +969,7 @@ fn forward<'a>(
     } else {
         (None, None)
     };
-    if bodiless && !cluster.h2 && body.is_end_stream() {
+    if bodiless && !h2 && body.is_end_stream() {
         return Work::Inline(Inline {
             f,
             head: crate::h1::request_head(&parts),
@@ -921,7 +981,7 @@ fn forward<'a>(
         });
     }
     Work::Boxed(Box::pin(async move {
-        let resp = forward_hyper(f, pool, &cluster, parts, body, attempts, n, ctx, hash).await;
+        let resp = forward_hyper(f, pool, &cluster, h2, parts, body, attempts, n, ctx, hash).await;
         upstream_answered(resp, cluster, cookie, ctx)
     }))
 }
@@ -1121,6 +1181,7 @@ async fn forward_hyper(
     f: &Forward,
     pool: &Pool,
     cluster: &Arc<Cluster>,
+    h2: bool,
     mut parts: http::request::Parts,
     body: Incoming,
     attempts: u32,
@@ -1139,7 +1200,7 @@ async fn forward_hyper(
     }
     let mut body = Some(body);
     let deadline = f.timeout.map(|t| tokio::time::Instant::now() + t);
-    let _permit = if cluster.h2 {
+    let _permit = if h2 {
         None
     } else {
         match admit(cluster).await {
@@ -1183,7 +1244,7 @@ async fn forward_hyper(
                 .or_default() += 1;
         }
         let limit = attempt_limit(deadline, f.retry.per_try_timeout);
-        let sent = pool.send(cluster, ep, r);
+        let sent = pool.send(cluster, ep, r, h2);
         result = ctx
             .clock
             .bound(limit, &stats.upstream_rq_timeout, sent)
@@ -1283,7 +1344,7 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
         let once = async {
             // A pooled connection the upstream has closed meanwhile is
             // retried on a fresh one, at once.
-            if let Some(c) = pool.idle.take(ep) {
+            if let Some(c) = pool.idle.take(ep, cluster) {
                 match crate::h1::exchange(c, head, is_head, pool.idle.clone()).await {
                     Err(crate::h1::Error::Stale) => {}
                     Err(_) => return Err(Fail::Reset),
@@ -1292,7 +1353,7 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
             }
             let stream = cluster.connect(ep).await.ok_or(Fail::Connect)?;
             crate::h1::exchange(
-                crate::h1::Conn::new(ep, stream),
+                crate::h1::Conn::new(ep, stream, cluster),
                 head,
                 is_head,
                 pool.idle.clone(),
@@ -1354,8 +1415,13 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
                 return;
             };
             let is_head = p.method == http::Method::HEAD;
-            if let Ok(r) =
-                crate::h1::exchange(crate::h1::Conn::new(ep, stream), &head, is_head, idle).await
+            if let Ok(r) = crate::h1::exchange(
+                crate::h1::Conn::new(ep, stream, &cluster),
+                &head,
+                is_head,
+                idle,
+            )
+            .await
             {
                 cluster.stats.status(r.status().as_u16());
                 // Read the answer to its end, so the connection can be reused.

@@ -28,6 +28,7 @@ mod h1;
 mod health;
 pub mod http;
 pub mod istio;
+mod lifetime;
 mod outlier;
 pub mod retry;
 pub mod stats;
@@ -287,10 +288,18 @@ async fn serve_worker(
         // whenever a new timer is due before every timer it knew of when
         // it last waited, which is every timer when it knew of none. A
         // steady one-second tick means it always knows of one that is
-        // sooner than a request's timeout.
-        let tick = tokio::spawn(async {
+        // sooner than a request's timeout. Each tick also closes the
+        // upstream connections idle too long or past their longest life.
+        let (swept, config) = (pool.clone(), shared.clone());
+        let tick = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                let cfg = config.cfg.load();
+                swept.sweep(std::time::Instant::now(), &|c| {
+                    cfg.clusters
+                        .get(&c.name)
+                        .is_some_and(|now| Arc::ptr_eq(now, c))
+                });
             }
         });
         type Bound =

@@ -18,6 +18,10 @@ pub struct Outlier {
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_percent: u32,
+    /// `split_external_local_origin_errors`: connection failures, resets
+    /// and timeouts eject after this many in a row (0: never), and no
+    /// longer count as 5xx.
+    pub local_origin: Option<u32>,
     state: Mutex<HashMap<SocketAddr, Health>>,
 }
 
@@ -25,6 +29,7 @@ pub struct Outlier {
 struct Health {
     five_xx: u32,
     gateway: u32,
+    local: u32,
     ejections: u32,
     until: Option<Instant>,
 }
@@ -51,8 +56,15 @@ impl Outlier {
             base_ejection: base,
             max_ejection,
             max_percent,
+            local_origin: None,
             state: Mutex::default(),
         }
+    }
+
+    /// Count local-origin failures apart, ejecting after `n` in a row.
+    pub fn split_local_origin(mut self, n: Option<u32>) -> Self {
+        self.local_origin = n;
+        self
     }
 
     /// Record an attempt's outcome; it may eject the endpoint.
@@ -69,23 +81,35 @@ impl Outlier {
             .filter(|h| h.until.is_some_and(|u| u > now))
             .count();
         let h = st.entry(ep).or_default();
-        if !five_xx {
-            h.five_xx = 0;
-            h.gateway = 0;
-            return;
-        }
-        h.five_xx += 1;
-        if gateway {
-            h.gateway += 1;
-        }
-        let trip = (self.consecutive_5xx > 0 && h.five_xx >= self.consecutive_5xx)
-            || (self.consecutive_gateway > 0 && h.gateway >= self.consecutive_gateway);
+        let trip = match (self.local_origin, outcome) {
+            // Split: a local failure counts only as one, and an answer
+            // shows that the connection worked.
+            (Some(n), Outcome::LocalFailure) => {
+                h.local += 1;
+                n > 0 && h.local >= n
+            }
+            _ => {
+                h.local = 0;
+                if !five_xx {
+                    h.five_xx = 0;
+                    h.gateway = 0;
+                    return;
+                }
+                h.five_xx += 1;
+                if gateway {
+                    h.gateway += 1;
+                }
+                (self.consecutive_5xx > 0 && h.five_xx >= self.consecutive_5xx)
+                    || (self.consecutive_gateway > 0 && h.gateway >= self.consecutive_gateway)
+            }
+        };
         let room = (ejected + 1) * 100 <= endpoints.max(1) * self.max_percent as usize;
         if trip && room && h.until.is_none_or(|u| u <= now) {
             h.ejections += 1;
             h.until = Some(now + self.ejection(h.ejections));
             h.five_xx = 0;
             h.gateway = 0;
+            h.local = 0;
         }
     }
 
@@ -138,6 +162,28 @@ mod tests {
         o.report(b, Outcome::Status(503), 2);
         o.report(b, Outcome::Status(503), 2);
         assert!(!o.ejected(&b));
+    }
+
+    #[test]
+    fn local_origin_failures_count_apart_when_split() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let o = Outlier::new(2, 0, Duration::from_secs(60), Duration::from_secs(300), 100)
+            .split_local_origin(Some(3));
+        o.report(a, Outcome::LocalFailure, 1);
+        o.report(a, Outcome::Status(503), 1);
+        assert!(!o.ejected(&a), "a failed connection is not a 5xx");
+        o.report(a, Outcome::LocalFailure, 1);
+        o.report(a, Outcome::LocalFailure, 1);
+        assert!(!o.ejected(&a), "the answer between reset the local count");
+        o.report(a, Outcome::LocalFailure, 1);
+        assert!(o.ejected(&a), "three local failures in a row");
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let never = Outlier::new(5, 0, Duration::from_secs(60), Duration::from_secs(300), 100)
+            .split_local_origin(Some(0));
+        for _ in 0..10 {
+            never.report(b, Outcome::LocalFailure, 1);
+        }
+        assert!(!never.ejected(&b), "not enforced");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct ClusterStats {
     pub upstream_rq_active: AtomicU64,
     pub upstream_cx_total: AtomicU64,
     pub upstream_cx_connect_fail: AtomicU64,
+    pub upstream_cx_idle_timeout: AtomicU64,
+    pub upstream_cx_max_duration_reached: AtomicU64,
+    pub upstream_cx_max_requests: AtomicU64,
     pub upstream_rq_pending_overflow: AtomicU64,
 }
 
@@ -30,12 +33,24 @@ impl ClusterStats {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn pairs(&self) -> [(&'static str, u64); 12] {
+    fn pairs(&self) -> [(&'static str, u64); 15] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
                 "upstream_cx_connect_fail",
                 g(&self.upstream_cx_connect_fail),
+            ),
+            (
+                "upstream_cx_idle_timeout",
+                g(&self.upstream_cx_idle_timeout),
+            ),
+            (
+                "upstream_cx_max_duration_reached",
+                g(&self.upstream_cx_max_duration_reached),
+            ),
+            (
+                "upstream_cx_max_requests",
+                g(&self.upstream_cx_max_requests),
             ),
             ("upstream_cx_total", g(&self.upstream_cx_total)),
             ("upstream_rq_2xx", g(&self.upstream_rq_2xx)),

@@ -665,12 +665,8 @@ fn traffic_policy(errs: &mut Vec<String>, at: &str, p: &TrafficPolicy) {
     };
     lb(errs, at, &p.load_balancer);
     od(errs, at, &p.outlier_detection);
-    if let Some(tcp) = p.connection_pool.as_ref().and_then(|c| c.tcp.as_ref()) {
-        duration(
-            errs,
-            &format!("{at}.connectionPool.tcp.connectTimeout"),
-            &tcp.connect_timeout,
-        );
+    if let Some(pool) = &p.connection_pool {
+        connection_pool(errs, &format!("{at}.connectionPool"), pool);
     }
     for (i, pl) in p.port_level_settings.iter().enumerate() {
         let at = format!("{at}.portLevelSettings[{i}]");
@@ -679,6 +675,55 @@ fn traffic_policy(errs: &mut Vec<String>, at: &str, p: &TrafficPolicy) {
         }
         lb(errs, &at, &pl.load_balancer);
         od(errs, &at, &pl.outlier_detection);
+    }
+}
+
+/// As Istio's `validateConnectionPool`.
+fn connection_pool(errs: &mut Vec<String>, at: &str, pool: &types::ConnectionPoolSettings) {
+    let not_negative = |errs: &mut Vec<String>, what: &str, v: Option<i32>| {
+        if let Some(v) = v.filter(|v| *v < 0) {
+            errs.push(format!("{at}.{what}: {v} must not be negative"));
+        }
+    };
+    if let Some(tcp) = &pool.tcp {
+        not_negative(errs, "tcp.maxConnections", tcp.max_connections);
+        for (what, d) in [
+            ("connectTimeout", &tcp.connect_timeout),
+            ("maxConnectionDuration", &tcp.max_connection_duration),
+            ("idleTimeout", &tcp.idle_timeout),
+        ] {
+            duration(errs, &format!("{at}.tcp.{what}"), d);
+        }
+        if let Some(k) = &tcp.tcp_keepalive {
+            duration(errs, &format!("{at}.tcp.tcpKeepalive.time"), &k.time);
+            duration(
+                errs,
+                &format!("{at}.tcp.tcpKeepalive.interval"),
+                &k.interval,
+            );
+        }
+    }
+    if let Some(http) = &pool.http {
+        for (what, v) in [
+            ("http1MaxPendingRequests", http.http1_max_pending_requests),
+            ("http2MaxRequests", http.http2_max_requests),
+            ("maxRequestsPerConnection", http.max_requests_per_connection),
+            ("maxRetries", http.max_retries),
+            ("maxConcurrentStreams", http.max_concurrent_streams),
+        ] {
+            not_negative(errs, &format!("http.{what}"), v);
+        }
+        duration(errs, &format!("{at}.http.idleTimeout"), &http.idle_timeout);
+        match http.h2_upgrade_policy.as_deref() {
+            None | Some("DEFAULT") | Some("DO_NOT_UPGRADE") => {}
+            Some("UPGRADE") if http.use_client_protocol == Some(true) => errs.push(format!(
+                "{at}.http: useClientProtocol must not be true when h2UpgradePolicy is UPGRADE"
+            )),
+            Some("UPGRADE") => {}
+            Some(other) => errs.push(format!(
+                "{at}.http.h2UpgradePolicy: {other:?} is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE"
+            )),
+        }
     }
 }
 
@@ -965,6 +1010,41 @@ mod tests {
             "{bad:?}"
         );
         assert!(bad.iter().any(|e| e.contains("retries.backoff")), "{bad:?}");
+        // connectionPool, as Istio's validateConnectionPool.
+        let pool = |p: Value| {
+            errors(
+                "DestinationRule",
+                json!({"host": "r", "trafficPolicy": {"connectionPool": p}}),
+            )
+        };
+        assert!(pool(json!({"tcp": {"maxConnectionDuration": "1h", "idleTimeout": "10m", "tcpKeepalive": {"probes": 3, "time": "60s", "interval": "10s"}}, "http": {"maxRequestsPerConnection": 1, "idleTimeout": "30s", "h2UpgradePolicy": "UPGRADE", "maxConcurrentStreams": 100}})).is_empty());
+        let bad = pool(json!({
+            "tcp": {"maxConnectionDuration": "0.5ms", "tcpKeepalive": {"time": "soon"}},
+            "http": {"maxRequestsPerConnection": -1, "h2UpgradePolicy": "UPGRADE", "useClientProtocol": true}
+        }));
+        assert_eq!(bad.len(), 4, "{bad:?}");
+        assert!(
+            bad.iter()
+                .any(|e| e.contains("tcp.maxConnectionDuration: duration must be at least 1ms")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|e| e.contains("tcpKeepalive.time: invalid duration")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|e| e.contains("http.maxRequestsPerConnection: -1 must not be negative")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|e| e.contains("useClientProtocol must not be true")),
+            "{bad:?}"
+        );
+        assert!(pool(json!({"http": {"h2UpgradePolicy": "SOMETIMES"}}))[0]
+            .contains("is not one of DEFAULT"));
     }
 
     #[test]
