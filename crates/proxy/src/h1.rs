@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -66,12 +65,11 @@ impl Idle {
     /// An idle connection to `ep` for `cluster`, if one is still fresh,
     /// counted as carrying a request.
     pub fn take(&self, ep: SocketAddr, cluster: &Arc<Cluster>) -> Option<Box<Conn>> {
-        let now = Instant::now();
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let list = m.get_mut(&(ep, crate::lifetime::key(cluster)))?;
         while let Some(mut c) = list.pop() {
-            if c.life.fresh(now, true) {
-                c.life.carry(now);
+            if c.life.fresh(true) {
+                c.life.carry();
                 return Some(c);
             }
         }
@@ -79,11 +77,10 @@ impl Idle {
     }
 
     fn put(&self, mut c: Box<Conn>) {
-        let now = Instant::now();
-        if c.life.spent() || !c.life.fresh(now, false) {
+        if c.life.spent() || !c.life.fresh(false) {
             return;
         }
-        c.life.rest(now);
+        c.life.rest();
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let list = m
             .entry((c.ep, crate::lifetime::key(c.life.cluster())))
@@ -95,10 +92,10 @@ impl Idle {
 
     /// Close the connections idle too long or past their longest life,
     /// and those of clusters no longer `current`.
-    pub fn sweep(&self, now: Instant, current: &dyn Fn(&Arc<Cluster>) -> bool) {
+    pub fn sweep(&self, current: &dyn Fn(&Arc<Cluster>) -> bool) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         m.retain(|_, list| {
-            list.retain(|c| current(c.life.cluster()) && c.life.fresh(now, true));
+            list.retain(|c| current(c.life.cluster()) && c.life.fresh(true));
             !list.is_empty()
         });
     }
@@ -118,7 +115,7 @@ impl Conn {
     /// body then move a pointer, not the socket and its buffer.
     pub fn new(ep: SocketAddr, stream: TcpStream, cluster: &Arc<Cluster>) -> Box<Self> {
         let mut life = Life::new(cluster);
-        life.carry(Instant::now());
+        life.carry();
         Box::new(Conn {
             ep,
             stream,

@@ -520,12 +520,11 @@ impl Pool {
     /// HTTP/2 if `h2`.
     async fn sender(&self, c: &Arc<Cluster>, ep: SocketAddr, h2: bool) -> Result<Sender, Fail> {
         let key = (ep, crate::lifetime::key(c));
-        let now = std::time::Instant::now();
         if h2 {
             let mut map = self.http2.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = map.get_mut(&key) {
-                if !p.s.is_closed() && p.life.fresh(now, true) {
-                    p.life.carry(now);
+                if !p.s.is_closed() && p.life.fresh(true) {
+                    p.life.carry();
                     let s = p.s.clone();
                     // Its streams finish; new ones go to a new connection.
                     if p.life.spent() {
@@ -541,8 +540,8 @@ impl Pool {
             list.retain(|p| !p.s.is_closed());
             while let Some(i) = list.iter().position(|p| p.s.is_ready()) {
                 let mut p = list.swap_remove(i);
-                if p.life.fresh(now, true) {
-                    p.life.carry(now);
+                if p.life.fresh(true) {
+                    p.life.carry();
                     return Ok(Sender::H1(p));
                 }
             }
@@ -553,7 +552,7 @@ impl Pool {
         let stream = c.connect(ep).await.ok_or(Fail::Connect)?;
         let io = hyper_util::rt::TokioIo::new(stream);
         let mut life = crate::lifetime::Life::new(c);
-        life.carry(now);
+        life.carry();
         if h2 {
             let (s, conn) =
                 hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -606,16 +605,15 @@ impl Pool {
     /// Close the connections idle too long or past their longest life,
     /// and the idle ones of clusters no longer `current` (run every
     /// second).
-    pub fn sweep(&self, now: std::time::Instant, current: &dyn Fn(&Arc<Cluster>) -> bool) {
-        self.idle.sweep(now, current);
+    pub fn sweep(&self, current: &dyn Fn(&Arc<Cluster>) -> bool) {
+        self.idle.sweep(current);
         self.http1
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, list| {
                 list.retain(|p| {
                     !p.s.is_closed()
-                        && (!p.s.is_ready()
-                            || (current(p.life.cluster()) && p.life.fresh(now, true)))
+                        && (!p.s.is_ready() || (current(p.life.cluster()) && p.life.fresh(true)))
                 });
                 !list.is_empty()
             });
@@ -623,9 +621,7 @@ impl Pool {
         self.http2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, p| {
-                !p.s.is_closed() && current(p.life.cluster()) && p.life.fresh(now, true)
-            });
+            .retain(|_, p| !p.s.is_closed() && current(p.life.cluster()) && p.life.fresh(true));
     }
 }
 

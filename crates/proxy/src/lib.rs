@@ -294,8 +294,9 @@ async fn serve_worker(
         let tick = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                lifetime::tick();
                 let cfg = config.cfg.load();
-                swept.sweep(std::time::Instant::now(), &|c| {
+                swept.sweep(&|c| {
                     cfg.clusters
                         .get(&c.name)
                         .is_some_and(|now| Arc::ptr_eq(now, c))
