@@ -59,14 +59,14 @@ pub struct Idle(pub Mutex<IdleMap>);
 /// Boxed connections: a connection leaves the pool as the box it lives in
 /// for its whole life (see [`Conn::new`]).
 type IdleMap =
-    std::collections::HashMap<(SocketAddr, usize), Vec<Box<Conn>>, foldhash::fast::RandomState>;
+    std::collections::HashMap<crate::lifetime::Key, Vec<Box<Conn>>, foldhash::fast::RandomState>;
 
 impl Idle {
     /// An idle connection to `ep` for `cluster`, if one is still fresh,
     /// counted as carrying a request.
     pub fn take(&self, ep: SocketAddr, cluster: &Arc<Cluster>) -> Option<Box<Conn>> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let list = m.get_mut(&(ep, crate::lifetime::key(cluster)))?;
+        let list = m.get_mut(&crate::lifetime::key(ep, cluster))?;
         while let Some(mut c) = list.pop() {
             if c.life.fresh(true) {
                 c.life.carry();
@@ -83,7 +83,7 @@ impl Idle {
         c.life.rest();
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let list = m
-            .entry((c.ep, crate::lifetime::key(c.life.cluster())))
+            .entry(crate::lifetime::key(c.ep, c.life.cluster()))
             .or_default();
         if list.len() < 256 {
             list.push(c);

@@ -425,7 +425,7 @@ pub struct Pool {
 /// A map by endpoint with a fast hash (looked up twice per request).
 type ByEndpoint<V> = HashMap<SocketAddr, V, foldhash::fast::RandomState>;
 /// Connections by endpoint and cluster ([`crate::lifetime::key`]).
-type ByKey<V> = HashMap<(SocketAddr, usize), V, foldhash::fast::RandomState>;
+type ByKey<V> = HashMap<crate::lifetime::Key, V, foldhash::fast::RandomState>;
 type H1Send = hyper::client::conn::http1::SendRequest<ReqBody>;
 type H2Send = hyper::client::conn::http2::SendRequest<ReqBody>;
 
@@ -519,7 +519,7 @@ impl Pool {
     /// A connection to `ep` for a request, counted as carrying it: over
     /// HTTP/2 if `h2`.
     async fn sender(&self, c: &Arc<Cluster>, ep: SocketAddr, h2: bool) -> Result<Sender, Fail> {
-        let key = (ep, crate::lifetime::key(c));
+        let key = crate::lifetime::key(ep, c);
         if h2 {
             let mut map = self.http2.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = map.get_mut(&key) {
@@ -593,7 +593,7 @@ impl Pool {
                     self.http1
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .entry((ep, crate::lifetime::key(c)))
+                        .entry(crate::lifetime::key(ep, c))
                         .or_default()
                         .push(p);
                 }
