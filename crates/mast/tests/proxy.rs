@@ -168,6 +168,8 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
                 route: {cluster: as-asked}
               - match: {prefix: "/kept"}
                 route: {cluster: kept}
+              - match: {prefix: "/streams"}
+                route: {cluster: streams}
               - match: {prefix: "/capped"}
                 route:
                   cluster: capped
@@ -218,7 +220,7 @@ fn bootstrap(listen: u16, relay: u16, admin: u16, v1: u16, v2: u16, dead: u16) -
 static_resources:
   listeners:
 {main}{relay}  clusters:
-{}{}{}{}{}{}{}{}{}{}{}  - name: either
+{}{}{}{}{}{}{}{}{}{}{}{}  - name: either
     connect_timeout: 1s
     type: STATIC
     lb_policy: RANDOM
@@ -264,6 +266,10 @@ static_resources:
         limited("aging", "max_connection_duration: 0.5s"),
         protocol("as-asked", "use_downstream_protocol_config: {http_protocol_options: {}, http2_protocol_options: {}}"),
         kept,
+        protocol(
+            "streams",
+            "explicit_http_config: {http2_protocol_options: {max_concurrent_streams: 2}}"
+        ),
     )
 }
 
@@ -485,6 +491,24 @@ fn observe(port: u16, relay: u16, admin: u16, v1_port: u16) -> BTreeMap<&'static
             protocol(&["--http2-prior-knowledge"])
         ),
     );
+    // Eight slow requests at once on one HTTP/2 connection, to a cluster
+    // of two streams per upstream connection: four connections.
+    let o = Command::new("h2load")
+        .args(["-n", "8", "-c", "1", "-m", "8"])
+        .arg(format!("{base}/streams?delay=300ms"))
+        .output()
+        .expect("h2load");
+    let text = String::from_utf8_lossy(&o.stdout);
+    out.insert(
+        "concurrent streams",
+        format!(
+            "{}; {}",
+            text.lines()
+                .find(|l| l.starts_with("status codes:"))
+                .unwrap_or("no answer"),
+            counters("streams", &["total"])
+        ),
+    );
     // TCP keepalive on the upstream socket the request left in the pool.
     get(&format!("{base}/kept"), &[]);
     out.insert("keepalive", keepalive_to(v1_port).to_string());
@@ -666,6 +690,10 @@ fn mast_proxy_routes_one_bootstrap_as_envoy_does() {
         "200 HTTP/1.1 / 200 HTTP/2.0"
     );
     assert_eq!(envoy_saw["keepalive"], "true");
+    assert_eq!(
+        envoy_saw["concurrent streams"],
+        "status codes: 8 2xx, 0 3xx, 0 4xx, 0 5xx; total 4"
+    );
     assert_eq!(
         envoy_saw["websocket"],
         "HTTP/1.1 101 Switching Protocols PING"

@@ -56,24 +56,6 @@ fn port_name_ok(name: &str) -> bool {
 }
 
 /// Analyze the configuration of the namespaces `only` (all when `None`).
-/// The fields of a traffic policy that the control plane accepts (they are
-/// valid Istio) but does not turn into xDS yet (docs/mesh.md, "Not done
-/// yet").
-fn unapplied(p: &mast_api::istio::types::TrafficPolicy) -> Vec<&'static str> {
-    let http = p
-        .connection_pool
-        .as_ref()
-        .and_then(|c| c.http.clone())
-        .unwrap_or_default();
-    [(
-        "connectionPool.http.maxConcurrentStreams",
-        http.max_concurrent_streams.is_some(),
-    )]
-    .into_iter()
-    .filter_map(|(field, set)| set.then_some(field))
-    .collect()
-}
-
 pub fn analyze(mesh: &Mesh, ports: &Ports, only: Option<&str>) -> Vec<Message> {
     let mut out = vec![];
     let in_scope = |ns: &str| only.is_none_or(|o| o == ns);
@@ -157,30 +139,6 @@ pub fn analyze(mesh: &Mesh, ports: &Ports, only: Option<&str>) -> Vec<Message> {
             });
         }
     }
-    // DestinationRule fields accepted but not applied yet.
-    for ((ns, name), dr) in &mesh.destination_rules {
-        if !in_scope(ns) {
-            continue;
-        }
-        let policies = dr
-            .traffic_policy
-            .iter()
-            .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
-        let mut fields: Vec<&str> = policies.flat_map(unapplied).collect();
-        fields.sort();
-        fields.dedup();
-        if !fields.is_empty() {
-            out.push(Message {
-                level: Level::Warning,
-                code: "MST0002",
-                resource: format!("DestinationRule {name}.{ns}"),
-                text: format!(
-                    "mast does not apply {} yet; the proxies behave as if unset",
-                    fields.join(", ")
-                ),
-            });
-        }
-    }
     // One host, several VirtualServices on the mesh gateway.
     let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for ((ns, name), vs) in &mesh.virtual_services {
@@ -258,27 +216,5 @@ mod tests {
         for bad in ["", "web", "httpx", "metrics"] {
             assert!(!port_name_ok(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn destination_rule_fields_not_applied_are_named() {
-        let dr = |json: serde_json::Value| {
-            let mut mesh = Mesh::default();
-            let rule = serde_json::from_value(json).expect("DestinationRule");
-            mesh.destination_rules
-                .insert(("default".into(), "reviews".into()), rule);
-            analyze(&mesh, &Ports::new(), None)
-        };
-        let out = dr(serde_json::json!({"host": "reviews",
-            "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1}, "http": {"maxRequestsPerConnection": 1}}},
-            "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"connectionPool": {"http": {"maxConcurrentStreams": 10}}}}]}));
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(
-            out[0].to_string(),
-            "Warning [MST0002] (DestinationRule reviews.default) mast does not apply connectionPool.http.maxConcurrentStreams yet; the proxies behave as if unset"
-        );
-        let applied = dr(serde_json::json!({"host": "reviews",
-            "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1, "idleTimeout": "1h", "tcpKeepalive": {"time": "60s"}}, "http": {"maxRetries": 2, "maxRequestsPerConnection": 1, "useClientProtocol": true}}, "outlierDetection": {"consecutive5xxErrors": 1, "splitExternalLocalOriginErrors": true}}}));
-        assert!(applied.is_empty(), "{applied:?}");
     }
 }

@@ -958,6 +958,8 @@ fn protocol_options(
     let client_protocol = http.use_client_protocol == Some(true);
     let mut out = std::collections::HashMap::new();
     if !h2 && !client_protocol && common == core::HttpProtocolOptions::default() {
+        // maxConcurrentStreams alone changes nothing on an HTTP/1.1
+        // upstream, as in Istio.
         return out;
     }
     let upstream = if client_protocol {
@@ -969,7 +971,10 @@ fn protocol_options(
     } else {
         UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
             protocol_config: Some(if h2 {
-                ProtocolConfig::Http2ProtocolOptions(Default::default())
+                ProtocolConfig::Http2ProtocolOptions(core::Http2ProtocolOptions {
+                    max_concurrent_streams: u32v(http.max_concurrent_streams.filter(|n| *n > 0)),
+                    ..Default::default()
+                })
             } else {
                 ProtocolConfig::HttpProtocolOptions(Default::default())
             }),
@@ -1250,6 +1255,15 @@ mod tests {
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(ref e))
                 if matches!(e.protocol_config, Some(ProtocolConfig::HttpProtocolOptions(_)))
         ));
+        // maxConcurrentStreams: on HTTP/2 upstreams only.
+        let streams = pool(serde_json::json!({"http": {"maxConcurrentStreams": 3}}));
+        assert_eq!(options(false, &streams), None);
+        assert!(matches!(
+            options(true, &streams).expect("options").upstream_protocol_options,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(ref e))
+                if matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(ref o))
+                    if o.max_concurrent_streams.map(|v| v.value) == Some(3))
+        ));
         let tcp_idle = options(
             false,
             &pool(serde_json::json!({"tcp": {"idleTimeout": "5m"}})),
@@ -1308,6 +1322,17 @@ mod tests {
         let compiled = &cfg.clusters["outbound|80||a"];
         assert_eq!(compiled.limits.max_requests, 2);
         assert!(compiled.keepalive.is_some());
+        let c = cluster::Cluster {
+            name: "outbound|80||b".into(),
+            typed_extension_protocol_options: protocol_options(true, &streams),
+            ..Default::default()
+        };
+        let r = mast_proxy::xds::Resources::default()
+            .with(mast_proxy::xds::CLUSTER, &[any(&c)])
+            .expect("mast proxy reads the cluster");
+        let cfg = mast_proxy::config::Config::build(&b, String::new(), &r, None)
+            .expect("mast proxy runs the cluster");
+        assert_eq!(cfg.clusters["outbound|80||b"].h2_streams, 3);
     }
 
     #[test]

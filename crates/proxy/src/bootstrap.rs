@@ -868,7 +868,16 @@ pub struct HttpVersions {
     #[serde(default)]
     pub http_protocol_options: Option<Empty>,
     #[serde(default)]
-    pub http2_protocol_options: Option<Empty>,
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Http2ProtocolOptions {
+    /// Streams at once on one upstream connection; beyond them another
+    /// connection opens.
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// How long an upstream connection lives and how much it carries.

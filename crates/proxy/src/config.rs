@@ -54,6 +54,9 @@ pub struct Cluster {
     /// HTTP/2 upstream for HTTP/2 requests, HTTP/1.1 for the others
     /// (`use_downstream_protocol_config` with both protocols).
     pub h2_if_downstream: bool,
+    /// Streams at once on one upstream HTTP/2 connection
+    /// (`max_concurrent_streams`, Envoy's default 2^31 - 1).
+    pub h2_streams: usize,
     /// When its upstream connections stop being reused.
     pub limits: Limits,
     /// TCP keepalive on upstream connections.
@@ -76,6 +79,9 @@ pub struct Cluster {
     pub panic_threshold: f64,
     pub stats: ClusterStats,
 }
+
+/// Envoy's default `max_concurrent_streams`.
+const H2_STREAMS: usize = 2_147_483_647;
 
 /// `common_http_protocol_options`: how long an upstream connection lives
 /// and how many requests it carries.
@@ -656,6 +662,7 @@ impl Cluster {
             connect_timeout: Duration::from_secs(1),
             h2: false,
             h2_if_downstream: false,
+            h2_streams: H2_STREAMS,
             limits: Limits::default(),
             keepalive: None,
             max_connections: 0,
@@ -722,20 +729,32 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         other => bail!("lb_policy {other} is not implemented yet"),
     };
     let (mut h2, mut h2_if_downstream, mut limits) = (false, false, Limits::default());
+    let mut h2_streams = H2_STREAMS;
     for (k, v) in &c.typed_extension_protocol_options {
         if k != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
             bail!("typed_extension_protocol_options {k} is not implemented");
         }
         let bootstrap::ProtocolOptions::Http(o) = v;
-        match (&o.explicit_http_config, &o.use_downstream_protocol_config) {
-            (Some(e), None) => h2 = e.http2_protocol_options.is_some(),
+        let versions = match (&o.explicit_http_config, &o.use_downstream_protocol_config) {
+            (Some(e), None) => {
+                h2 = e.http2_protocol_options.is_some();
+                e
+            }
             (None, Some(d)) => {
                 if d.http_protocol_options.is_none() {
                     bail!("use_downstream_protocol_config without http_protocol_options is not implemented");
                 }
                 h2_if_downstream = d.http2_protocol_options.is_some();
+                d
             }
             _ => bail!("HttpProtocolOptions needs one of explicit_http_config, use_downstream_protocol_config"),
+        };
+        if let Some(n) = versions
+            .http2_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_concurrent_streams)
+        {
+            h2_streams = usize::try_from(n.max(1)).unwrap_or(H2_STREAMS);
         }
         if let Some(o) = &o.common_http_protocol_options {
             limits = Limits {
@@ -852,6 +871,7 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
             .unwrap_or(Duration::from_secs(5)),
         h2,
         h2_if_downstream,
+        h2_streams,
         limits,
         keepalive,
         max_connections,

@@ -25,7 +25,56 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub type ReqBody = Either<Incoming, Full<Bytes>>;
-pub type RespBody = Either<Either<Incoming, crate::h1::UpBody>, Full<Bytes>>;
+pub type RespBody = Either<Either<Tracked, crate::h1::UpBody>, Full<Bytes>>;
+
+/// A response body from hyper's client. Over HTTP/2 it holds its
+/// stream's place in the connection's count ([`Stream`]) until it ends or
+/// is dropped.
+pub struct Tracked {
+    body: Incoming,
+    stream: Option<Stream>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) {
+            self.stream = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One stream in flight on an upstream HTTP/2 connection, counted while
+/// it lives (`max_concurrent_streams`).
+pub struct Stream(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Stream {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Stream {
+        count.fetch_add(1, Ordering::Relaxed);
+        Stream(count.clone())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Hop-by-hop headers, which a proxy does not pass on (RFC 9110 7.6.1).
 const HOP: [header::HeaderName; 7] = [
@@ -415,7 +464,7 @@ fn report(c: &Cluster, ep: SocketAddr, outcome: &Result<u16, &Fail>) {
 #[derive(Default)]
 pub struct Pool {
     http1: Mutex<ByKey<Vec<Pooled<H1Send>>>>,
-    http2: Mutex<ByKey<Pooled<H2Send>>>,
+    http2: Mutex<ByKey<H2Conns>>,
     /// Requests in flight per endpoint, for LEAST_REQUEST.
     active: Mutex<ByEndpoint<usize>>,
     /// Idle connections of the inline HTTP/1.1 client.
@@ -437,9 +486,56 @@ struct Pooled<S> {
     life: crate::lifetime::Life,
 }
 
+/// An upstream HTTP/2 connection and its streams in flight. A cluster may
+/// cap them (`max_concurrent_streams`); beyond the cap another
+/// connection opens, as in Envoy.
+struct H2Conn {
+    p: Pooled<H2Send>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A cluster's HTTP/2 connections to one endpoint. One request at a time
+/// opens a new one, and the requests waiting meanwhile take its streams
+/// first, as Envoy counts a connecting connection's streams.
+#[derive(Default)]
+struct H2Conns {
+    conns: Vec<H2Conn>,
+    connecting: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl H2Conns {
+    /// A stream on a connection with room, dropping those closed or past
+    /// their life.
+    fn stream(&mut self, c: &Cluster) -> Option<(H2Send, Stream)> {
+        self.conns
+            .retain(|h| !h.p.s.is_closed() && h.p.life.fresh(h.idle()));
+        let i = self
+            .conns
+            .iter()
+            .position(|h| h.streams.load(Ordering::Relaxed) < c.h2_streams)?;
+        let got = self.conns[i].stream();
+        // Its streams finish; new ones go to a new connection.
+        if self.conns[i].p.life.spent() {
+            self.conns.swap_remove(i);
+        }
+        Some(got)
+    }
+}
+
+impl H2Conn {
+    fn stream(&mut self) -> (H2Send, Stream) {
+        self.p.life.carry();
+        (self.p.s.clone(), Stream::new(&self.streams))
+    }
+
+    fn idle(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) == 0
+    }
+}
+
 enum Sender {
     H1(Pooled<H1Send>),
-    H2(H2Send),
+    H2(H2Send, Stream),
 }
 
 /// Why forwarding failed, with Envoy's response flag.
@@ -520,19 +616,26 @@ impl Pool {
     /// HTTP/2 if `h2`.
     async fn sender(&self, c: &Arc<Cluster>, ep: SocketAddr, h2: bool) -> Result<Sender, Fail> {
         let key = crate::lifetime::key(ep, c);
+        // Held while this request opens an HTTP/2 connection.
+        let mut _connecting = None;
         if h2 {
-            let mut map = self.http2.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(p) = map.get_mut(&key) {
-                if !p.s.is_closed() && p.life.fresh(true) {
-                    p.life.carry();
-                    let s = p.s.clone();
-                    // Its streams finish; new ones go to a new connection.
-                    if p.life.spent() {
-                        map.remove(&key);
-                    }
-                    return Ok(Sender::H2(s));
+            let connecting = {
+                let mut map = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+                let conns = map.entry(key).or_default();
+                if let Some((s, stream)) = conns.stream(c) {
+                    return Ok(Sender::H2(s, stream));
                 }
-                map.remove(&key);
+                conns.connecting.clone()
+            };
+            _connecting = Some(connecting.lock_owned().await);
+            let mut map = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+            let conns = map.entry(key).or_default();
+            // A connection opened while this request waited.
+            if let Some((s, stream)) = conns.stream(c) {
+                return Ok(Sender::H2(s, stream));
+            }
+            if conns.conns.len() >= c.max_connections {
+                return Err(Fail::Overflow);
             }
         } else {
             let mut map = self.http1.lock().unwrap_or_else(|e| e.into_inner());
@@ -552,21 +655,29 @@ impl Pool {
         let stream = c.connect(ep).await.ok_or(Fail::Connect)?;
         let io = hyper_util::rt::TokioIo::new(stream);
         let mut life = crate::lifetime::Life::new(c);
-        life.carry();
         if h2 {
             let (s, conn) =
                 hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                     .await
                     .map_err(|_| Fail::Connect)?;
             tokio::spawn(conn);
-            if !life.spent() {
+            let mut h = H2Conn {
+                p: Pooled { s, life },
+                streams: Default::default(),
+            };
+            let (s, stream) = h.stream();
+            if !h.p.life.spent() {
                 self.http2
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, Pooled { s: s.clone(), life });
+                    .entry(key)
+                    .or_default()
+                    .conns
+                    .push(h);
             }
-            Ok(Sender::H2(s))
+            Ok(Sender::H2(s, stream))
         } else {
+            life.carry();
             let (s, conn) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|_| Fail::Connect)?;
@@ -581,9 +692,18 @@ impl Pool {
         ep: SocketAddr,
         req: Request<ReqBody>,
         h2: bool,
-    ) -> Result<Response<Incoming>, Fail> {
+    ) -> Result<Response<Tracked>, Fail> {
         match self.sender(c, ep, h2).await? {
-            Sender::H2(mut s) => s.send_request(req).await.map_err(|e| h2_failure(&e)),
+            Sender::H2(mut s, stream) => s
+                .send_request(req)
+                .await
+                .map(|r| {
+                    r.map(|body| Tracked {
+                        body,
+                        stream: Some(stream),
+                    })
+                })
+                .map_err(|e| h2_failure(&e)),
             Sender::H1(mut p) => {
                 let fut = p.s.send_request(req);
                 // Back in the pool at once: it is ready again when this
@@ -597,7 +717,9 @@ impl Pool {
                         .or_default()
                         .push(p);
                 }
-                fut.await.map_err(|_| Fail::Reset)
+                fut.await
+                    .map(|r| r.map(|body| Tracked { body, stream: None }))
+                    .map_err(|_| Fail::Reset)
             }
         }
     }
@@ -621,7 +743,12 @@ impl Pool {
         self.http2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, p| !p.s.is_closed() && current(p.life.cluster()) && p.life.fresh(true));
+            .retain(|_, list| {
+                list.conns.retain(|h| {
+                    !h.p.s.is_closed() && current(h.p.life.cluster()) && h.p.life.fresh(h.idle())
+                });
+                !list.conns.is_empty() || Arc::strong_count(&list.connecting) > 1
+            });
     }
 }
 
@@ -1207,7 +1334,7 @@ async fn forward_hyper(
             }
         }
     };
-    let mut result: Result<Response<Incoming>, Fail> = Err(Fail::Connect);
+    let mut result: Result<Response<Tracked>, Fail> = Err(Fail::Connect);
     let mut tries = Attempts::new(f, cluster, deadline);
     for attempt in 0..attempts {
         if attempt > 0 {
