@@ -556,9 +556,10 @@ static_resources:
         "no request overflowed the connection pool: {}",
         overflow()
     );
-    // 7b. maxRequestsPerConnection: 1 (Istio's circuit-breaking task):
-    // every request to v1 on a connection of its own.
-    dr("{connectionPool: {http: {maxRequestsPerConnection: 1}}}");
+    // 7b. maxRequestsPerConnection: 1 (Istio's circuit-breaking task), for
+    // the Service's port 9080 (portLevelSettings): every request to v1 on a
+    // connection of its own.
+    dr("{portLevelSettings: [{port: {number: 9080}, connectionPool: {http: {maxRequestsPerConnection: 1}}}]}");
     assert!(
         common::eventually(20, || {
             let before = counter("v1", "upstream_cx_max_requests");

@@ -114,7 +114,7 @@ pub fn analyze(mesh: &Mesh, ports: &Ports, only: Option<&str>) -> Vec<Message> {
                 continue;
             }
             if let Some(subset) = &d.subset {
-                if !mesh.subsets(&key).iter().any(|(n, _, _)| n == subset) {
+                if !mesh.subsets(&key).iter().any(|(n, _)| n == subset) {
                     out.push(Message {
                         level: Level::Error,
                         code: "IST0101",

@@ -49,14 +49,16 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
     for (key, svc) in &mesh.services {
         let host = key.host();
         for p in &svc.ports {
-            let mut subsets = vec![(String::new(), None)];
-            for (name, _, policy) in mesh.subsets(key) {
-                subsets.push((name, policy));
-            }
-            for (subset, policy) in subsets {
+            let subsets = std::iter::once(String::new())
+                .chain(mesh.subsets(key).into_iter().map(|(name, _)| name));
+            for subset in subsets {
                 let name = cluster_name(p.port, &subset, &host);
-                let tp = mesh.policy(key, &subset);
-                let lb = policy.or_else(|| mesh.default_lb(key)).unwrap_or_default();
+                let tp = mesh.policy(key, &subset, Some(p.port));
+                let lb = tp
+                    .load_balancer
+                    .as_ref()
+                    .and_then(|l| l.simple.clone())
+                    .unwrap_or_default();
                 let hashed = tp
                     .load_balancer
                     .as_ref()
@@ -301,7 +303,7 @@ pub fn endpoints(mesh: &Mesh) -> Vec<(String, Any)> {
         let host = key.host();
         for p in &svc.ports {
             let mut subsets = vec![(String::new(), Default::default())];
-            for (name, labels, _) in mesh.subsets(key) {
+            for (name, labels) in mesh.subsets(key) {
                 subsets.push((name, labels));
             }
             for (subset, labels) in subsets {
@@ -658,8 +660,14 @@ fn http_route(
     if let Some(d) = r.route.first().filter(|_| r.route.len() == 1) {
         let key = ServiceKey::resolve(&d.destination.host, ns, &mesh.domain);
         let subset = d.destination.subset.clone().unwrap_or_default();
+        let port = d
+            .destination
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .and_then(|n| u16::try_from(n).ok());
         if let Some(h) = mesh
-            .policy(&key, &subset)
+            .policy(&key, &subset, port)
             .load_balancer
             .and_then(|l| l.consistent_hash)
         {

@@ -122,24 +122,13 @@ impl Mesh {
         found
     }
 
-    /// The subsets a DestinationRule gives a Service: name, labels, and the
-    /// subset's simple load balancer.
-    pub fn subsets(
-        &self,
-        key: &ServiceKey,
-    ) -> Vec<(String, BTreeMap<String, String>, Option<String>)> {
+    /// The subsets a DestinationRule gives a Service: name and labels.
+    pub fn subsets(&self, key: &ServiceKey) -> Vec<(String, BTreeMap<String, String>)> {
         self.rule_for(key)
             .map(|dr| {
                 dr.subsets
                     .iter()
-                    .map(|s| {
-                        let lb = s
-                            .traffic_policy
-                            .as_ref()
-                            .and_then(|p| p.load_balancer.as_ref())
-                            .and_then(|l| l.simple.clone());
-                        (s.name.clone(), s.labels.clone(), lb)
-                    })
+                    .map(|s| (s.name.clone(), s.labels.clone()))
                     .collect()
             })
             .unwrap_or_default()
@@ -147,42 +136,73 @@ impl Mesh {
 
     /// The traffic policy for a Service's subset (`""` for the whole
     /// Service): the subset's sections override the rule's, as in Istio.
-    pub fn policy(&self, key: &ServiceKey, subset: &str) -> mast_api::istio::types::TrafficPolicy {
+    ///
+    /// As Istio's `MergeSubsetTrafficPolicy`: the rule's policy, then its
+    /// `portLevelSettings` for `port`, then the subset's policy, then the
+    /// subset's `portLevelSettings` for `port`; each section that a later
+    /// one sets replaces the earlier one whole.
+    pub fn policy(
+        &self,
+        key: &ServiceKey,
+        subset: &str,
+        port: Option<u16>,
+    ) -> mast_api::istio::types::TrafficPolicy {
+        use mast_api::istio::types::TrafficPolicy;
         let Some(dr) = self.rule_for(key) else {
             return Default::default();
         };
-        let mut p = dr.traffic_policy.clone().unwrap_or_default();
+        let mut p = TrafficPolicy::default();
+        let mut merge = |from: &TrafficPolicy| {
+            let sections = std::iter::once((
+                &from.load_balancer,
+                &from.connection_pool,
+                &from.outlier_detection,
+                &from.tls,
+            ))
+            .chain(
+                from.port_level_settings
+                    .iter()
+                    .filter(|pl| {
+                        port.is_some()
+                            && pl.port.as_ref().and_then(|s| s.number) == port.map(u32::from)
+                    })
+                    .take(1)
+                    .map(|pl| {
+                        (
+                            &pl.load_balancer,
+                            &pl.connection_pool,
+                            &pl.outlier_detection,
+                            &pl.tls,
+                        )
+                    }),
+            );
+            for (lb, pool, od, tls) in sections {
+                if lb.is_some() {
+                    p.load_balancer = lb.clone();
+                }
+                if pool.is_some() {
+                    p.connection_pool = pool.clone();
+                }
+                if od.is_some() {
+                    p.outlier_detection = od.clone();
+                }
+                if tls.is_some() {
+                    p.tls = tls.clone();
+                }
+            }
+        };
+        if let Some(top) = &dr.traffic_policy {
+            merge(top);
+        }
         if let Some(sp) = dr
             .subsets
             .iter()
             .find(|s| s.name == subset)
-            .and_then(|s| s.traffic_policy.clone())
+            .and_then(|s| s.traffic_policy.as_ref())
         {
-            if sp.load_balancer.is_some() {
-                p.load_balancer = sp.load_balancer;
-            }
-            if sp.connection_pool.is_some() {
-                p.connection_pool = sp.connection_pool;
-            }
-            if sp.outlier_detection.is_some() {
-                p.outlier_detection = sp.outlier_detection;
-            }
-            if sp.tls.is_some() {
-                p.tls = sp.tls;
-            }
+            merge(sp);
         }
         p
-    }
-
-    /// The DestinationRule's simple load balancer for the whole Service.
-    pub fn default_lb(&self, key: &ServiceKey) -> Option<String> {
-        self.rule_for(key)?
-            .traffic_policy
-            .as_ref()?
-            .load_balancer
-            .as_ref()?
-            .simple
-            .clone()
     }
 
     /// The ready endpoints of a Service port whose pods carry `labels`.
@@ -303,5 +323,56 @@ mod tests {
         assert_eq!(k.host(), "reviews.shop.svc.cluster.local");
         let k = ServiceKey::resolve("reviews.shop.svc.cluster.local", "default", "cluster.local");
         assert_eq!((k.namespace.as_str(), k.name.as_str()), ("shop", "reviews"));
+    }
+
+    #[test]
+    fn port_level_settings_merge_as_istio_merges_them() {
+        let mut mesh = Mesh {
+            domain: "cluster.local".into(),
+            ..Default::default()
+        };
+        let rule = serde_json::from_value(serde_json::json!({
+            "host": "reviews",
+            "trafficPolicy": {
+                "loadBalancer": {"simple": "ROUND_ROBIN"},
+                "portLevelSettings": [{"port": {"number": 9080},
+                    "loadBalancer": {"simple": "RANDOM"},
+                    "connectionPool": {"tcp": {"maxConnections": 5}}}]
+            },
+            "subsets": [
+                {"name": "v2", "labels": {"version": "v2"},
+                 "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}},
+                {"name": "v3", "labels": {"version": "v3"},
+                 "trafficPolicy": {"portLevelSettings": [{"port": {"number": 9080},
+                    "outlierDetection": {"consecutive5xxErrors": 2}}]}}
+            ]
+        }))
+        .expect("DestinationRule");
+        mesh.destination_rules
+            .insert(("default".into(), "reviews".into()), rule);
+        let key = ServiceKey::resolve("reviews", "default", "cluster.local");
+        let summary = |subset: &str, port: Option<u16>| {
+            let p = mesh.policy(&key, subset, port);
+            (
+                p.load_balancer.and_then(|l| l.simple).unwrap_or_default(),
+                p.connection_pool
+                    .and_then(|c| c.tcp)
+                    .and_then(|t| t.max_connections),
+                p.outlier_detection.is_some(),
+            )
+        };
+        assert_eq!(summary("", Some(9080)), ("RANDOM".into(), Some(5), false));
+        assert_eq!(summary("", Some(9090)), ("ROUND_ROBIN".into(), None, false));
+        assert_eq!(summary("", None), ("ROUND_ROBIN".into(), None, false));
+        // The subset's own sections win over the rule's port-level ones.
+        assert_eq!(
+            summary("v2", Some(9080)),
+            ("LEAST_REQUEST".into(), Some(5), false)
+        );
+        assert_eq!(summary("v3", Some(9080)), ("RANDOM".into(), Some(5), true));
+        assert_eq!(
+            summary("v3", Some(9090)),
+            ("ROUND_ROBIN".into(), None, false)
+        );
     }
 }
