@@ -80,17 +80,7 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                             .unwrap_or(duration(10_000_000_000)),
                     ),
                     circuit_breakers: circuit_breakers(&pool),
-                    // h2UpgradePolicy UPGRADE makes any port's upstream
-                    // HTTP/2; DO_NOT_UPGRADE leaves HTTP/2 ports as they are.
-                    typed_extension_protocol_options: protocol_options(
-                        p.is_http2()
-                            || pool
-                                .http
-                                .as_ref()
-                                .and_then(|h| h.h2_upgrade_policy.as_deref())
-                                == Some("UPGRADE"),
-                        &pool,
-                    ),
+                    typed_extension_protocol_options: protocol_options(p.is_http2(), &pool),
                     upstream_connection_options: upstream_connection_options(&pool),
                     outlier_detection: tp.outlier_detection.as_ref().map(outlier_detection),
                     common_lb_config: tp.outlier_detection.as_ref().map(panic_threshold),
@@ -938,8 +928,10 @@ fn se_http2(p: &mast_api::istio::types::Port) -> bool {
 }
 
 /// A cluster's upstream HTTP, as Istio's `applyConnectionPool`,
-/// `setH2Options` and `setUseDownstreamProtocol` set it: HTTP/2 for `h2`,
-/// the client's protocol for `useClientProtocol`, else HTTP/1.1; and the
+/// `applyH2Upgrade`, `setH2Options` and `setUseDownstreamProtocol` set
+/// it: HTTP/2 for an HTTP/2 port (`h2`) or `h2UpgradePolicy: UPGRADE`
+/// (DO_NOT_UPGRADE leaves HTTP/2 ports as they are), the client's
+/// protocol for `useClientProtocol`, else HTTP/1.1; and the
 /// connections' idle timeout (`http.idleTimeout`, else `tcp.idleTimeout`),
 /// requests per connection and longest life. None when all is default.
 fn protocol_options(
@@ -964,6 +956,7 @@ fn protocol_options(
         ..Default::default()
     };
     let client_protocol = http.use_client_protocol == Some(true);
+    let h2 = h2 || http.h2_upgrade_policy.as_deref() == Some("UPGRADE");
     let mut out = std::collections::HashMap::new();
     if !h2 && !client_protocol && common == core::HttpProtocolOptions::default() {
         // maxConcurrentStreams alone changes nothing on an HTTP/1.1

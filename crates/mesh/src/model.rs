@@ -153,42 +153,29 @@ impl Mesh {
         };
         let mut p = TrafficPolicy::default();
         let mut merge = |from: &TrafficPolicy| {
-            let sections = std::iter::once((
+            let at_port = from.port_level_settings.iter().find(|pl| {
+                port.is_some() && pl.port.as_ref().and_then(|s| s.number) == port.map(u32::from)
+            });
+            let sections = [(
                 &from.load_balancer,
                 &from.connection_pool,
                 &from.outlier_detection,
                 &from.tls,
-            ))
-            .chain(
-                from.port_level_settings
-                    .iter()
-                    .filter(|pl| {
-                        port.is_some()
-                            && pl.port.as_ref().and_then(|s| s.number) == port.map(u32::from)
-                    })
-                    .take(1)
-                    .map(|pl| {
-                        (
-                            &pl.load_balancer,
-                            &pl.connection_pool,
-                            &pl.outlier_detection,
-                            &pl.tls,
-                        )
-                    }),
-            );
+            )]
+            .into_iter()
+            .chain(at_port.map(|pl| {
+                (
+                    &pl.load_balancer,
+                    &pl.connection_pool,
+                    &pl.outlier_detection,
+                    &pl.tls,
+                )
+            }));
             for (lb, pool, od, tls) in sections {
-                if lb.is_some() {
-                    p.load_balancer = lb.clone();
-                }
-                if pool.is_some() {
-                    p.connection_pool = pool.clone();
-                }
-                if od.is_some() {
-                    p.outlier_detection = od.clone();
-                }
-                if tls.is_some() {
-                    p.tls = tls.clone();
-                }
+                p.load_balancer = lb.clone().or(p.load_balancer.take());
+                p.connection_pool = pool.clone().or(p.connection_pool.take());
+                p.outlier_detection = od.clone().or(p.outlier_detection.take());
+                p.tls = tls.clone().or(p.tls.take());
             }
         };
         if let Some(top) = &dr.traffic_policy {

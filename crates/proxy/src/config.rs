@@ -84,24 +84,29 @@ pub struct Cluster {
 const H2_STREAMS: usize = 2_147_483_647;
 
 /// `common_http_protocol_options`: how long an upstream connection lives
-/// and how many requests it carries.
+/// and how many requests it carries. Times are in milliseconds, as
+/// [`crate::lifetime`] compares them on every pooled request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// 0: no limit.
     pub max_requests: u32,
-    pub idle_timeout: Duration,
-    pub max_duration: Option<Duration>,
+    pub idle_ms: u64,
+    pub max_ms: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_requests: 0,
-            // Envoy's default for upstream connections.
-            idle_timeout: Duration::from_secs(3600),
-            max_duration: None,
+            // Envoy's default for upstream connections: an hour.
+            idle_ms: 3_600_000,
+            max_ms: None,
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug)]
@@ -759,12 +764,13 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
         if let Some(o) = &o.common_http_protocol_options {
             limits = Limits {
                 max_requests: o.max_requests_per_connection.unwrap_or(0),
-                idle_timeout: dur("idle_timeout", &o.idle_timeout)?
+                idle_ms: dur("idle_timeout", &o.idle_timeout)?
                     // 0 turns Envoy's idle timeout off.
-                    .map(|d| if d.is_zero() { Duration::MAX } else { d })
-                    .unwrap_or(limits.idle_timeout),
-                max_duration: dur("max_connection_duration", &o.max_connection_duration)?
-                    .filter(|d| !d.is_zero()),
+                    .map(|d| if d.is_zero() { u64::MAX } else { millis(d) })
+                    .unwrap_or(limits.idle_ms),
+                max_ms: dur("max_connection_duration", &o.max_connection_duration)?
+                    .filter(|d| !d.is_zero())
+                    .map(millis),
             };
         }
     }

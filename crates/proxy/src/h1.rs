@@ -68,8 +68,7 @@ impl Idle {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let list = m.get_mut(&crate::lifetime::key(ep, cluster))?;
         while let Some(mut c) = list.pop() {
-            if c.life.fresh(true) {
-                c.life.carry();
+            if c.life.reuse() {
                 return Some(c);
             }
         }

@@ -643,8 +643,7 @@ impl Pool {
             list.retain(|p| !p.s.is_closed());
             while let Some(i) = list.iter().position(|p| p.s.is_ready()) {
                 let mut p = list.swap_remove(i);
-                if p.life.fresh(true) {
-                    p.life.carry();
+                if p.life.reuse() {
                     return Ok(Sender::H1(p));
                 }
             }

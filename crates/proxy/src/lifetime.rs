@@ -23,10 +23,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Limits this short or shorter are timed by the system clock.
-pub const EXACT_BELOW: Duration = Duration::from_secs(10);
+/// Limits shorter than this (in milliseconds) are timed by the system
+/// clock.
+pub const EXACT_BELOW: u64 = 10_000;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 static COARSE: AtomicU64 = AtomicU64::new(0);
@@ -71,10 +72,6 @@ impl Hash for Key {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// One upstream connection's age and use.
 pub struct Life {
     cluster: Arc<Cluster>,
@@ -89,7 +86,7 @@ pub struct Life {
 impl Life {
     pub fn new(cluster: &Arc<Cluster>) -> Life {
         let l = &cluster.limits;
-        let exact = l.idle_timeout < EXACT_BELOW || l.max_duration.is_some_and(|d| d < EXACT_BELOW);
+        let exact = l.idle_ms < EXACT_BELOW || l.max_ms.is_some_and(|d| d < EXACT_BELOW);
         // Its birth is exact either way: a connection opens rarely.
         let now = exact_now();
         Life {
@@ -148,16 +145,28 @@ impl Life {
         self.fresh_at(self.now(), idle)
     }
 
+    /// An idle connection taken for a request: whether it is still fresh
+    /// ([`Self::fresh`]), and if so the request counted ([`Self::carry`]),
+    /// at one reading of the clock.
+    pub fn reuse(&mut self) -> bool {
+        let now = self.now();
+        if !self.fresh_at(now, true) {
+            return false;
+        }
+        self.carry_at(now);
+        true
+    }
+
     fn fresh_at(&self, now: u64, idle: bool) -> bool {
         let (limits, stats) = (&self.cluster.limits, &self.cluster.stats);
         if limits
-            .max_duration
-            .is_some_and(|d| now.saturating_sub(self.born) >= millis(d))
+            .max_ms
+            .is_some_and(|d| now.saturating_sub(self.born) >= d)
         {
             stats.upstream_cx_max_duration_reached.fetch_add(1, Relaxed);
             return false;
         }
-        if idle && now.saturating_sub(self.last) >= millis(limits.idle_timeout) {
+        if idle && now.saturating_sub(self.last) >= limits.idle_ms {
             stats.upstream_cx_idle_timeout.fetch_add(1, Relaxed);
             return false;
         }
@@ -169,6 +178,7 @@ impl Life {
 mod tests {
     use super::*;
     use crate::config::Limits;
+    use std::time::Duration;
 
     fn cluster(limits: Limits) -> Arc<Cluster> {
         let mut c = Cluster::missing("c");
@@ -180,8 +190,8 @@ mod tests {
     fn requests_idle_time_and_age_end_a_connection_and_are_counted() {
         let c = cluster(Limits {
             max_requests: 2,
-            idle_timeout: Duration::from_secs(10),
-            max_duration: Some(Duration::from_secs(60)),
+            idle_ms: 10_000,
+            max_ms: Some(60_000),
         });
         let mut l = Life::new(&c);
         assert!(!l.exact, "limits of 10 s and more use the coarse clock");
@@ -201,7 +211,7 @@ mod tests {
         assert!(unlimited.fresh_at(t0 + 3_599_000, true));
         assert!(!unlimited.spent());
         let short = Life::new(&cluster(Limits {
-            idle_timeout: Duration::from_millis(300),
+            idle_ms: 300,
             ..Limits::default()
         }));
         assert!(short.exact, "a short limit reads the system clock");
