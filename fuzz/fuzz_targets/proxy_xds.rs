@@ -1,8 +1,9 @@
 //! mast proxy's xDS conversion: any bytes, as a Listener, RouteConfiguration,
-//! Cluster or ClusterLoadAssignment from a control plane, must be decoded,
-//! read and compiled without panicking (refusals are NACKs). Selector 4
-//! feeds the TLS inspector's ClientHello parser instead. DNS clusters are
-//! left out, so fuzzing never resolves names.
+//! Cluster, ClusterLoadAssignment or Secret from a control plane, must be
+//! decoded, read and compiled without panicking (refusals are NACKs).
+//! Selector 4 feeds the TLS inspector's ClientHello parser instead. DNS
+//! clusters and data sources read from files are left out, so fuzzing
+//! never resolves names or reads files.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,11 +15,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    let type_url = match which % 5 {
+    let type_url = match which % 6 {
         0 => xds::LISTENER,
         1 => xds::ROUTE,
         2 => xds::CLUSTER,
         3 => xds::ENDPOINT,
+        5 => xds::SECRET,
         _ => {
             let _ = mast_proxy::tls::client_hello(rest);
             return;
@@ -36,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
         .values()
         .any(|c| matches!(c.type_.as_deref(), Some("STRICT_DNS" | "LOGICAL_DNS")))
     {
+        return;
+    }
+    if format!("{r:?}").contains("filename: Some") {
         return;
     }
     let Ok(b) = mast_proxy::bootstrap::parse(BOOTSTRAP) else {

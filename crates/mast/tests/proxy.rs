@@ -1229,3 +1229,540 @@ fn mast_proxy_cuts_off_slow_headers_but_not_slow_answers() {
         .expect("write");
     assert_eq!(closed_within(&mut c, 4), Ok(()), "the half-sent head");
 }
+
+/// A test PKI: a CA, and certificates it signs, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> (Pki, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        Pki::ca("mast test CA")
+    }
+
+    fn ca(name: &str) -> (Pki, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("write");
+        (Pki { dir }, rcgen::Issuer::new(params, key))
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// `NAME.pem` and `NAME.key`: a certificate for these SANs (DNS
+    /// names, or URIs when they have "://").
+    fn issue(&self, ca: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str, sans: &[&str]) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for s in sans {
+            params.subject_alt_names.push(if s.contains("://") {
+                rcgen::SanType::URI((*s).try_into().expect("uri"))
+            } else {
+                rcgen::SanType::DnsName((*s).try_into().expect("dns"))
+            });
+        }
+        let cert = params.signed_by(&key, ca).expect("sign");
+        std::fs::write(self.dir.path().join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(
+            self.dir.path().join(format!("{name}.key")),
+            key.serialize_pem(),
+        )
+        .expect("write");
+    }
+}
+
+/// One bootstrap with TLS on both sides: listener `tls` terminates TLS
+/// (SNI `echo.test` reaches echo; without it, a direct response says so),
+/// listener `mtls` requires a client certificate from the CA with a SAN
+/// under `spiffe://cluster.local/ns/default/`, and listener `plain` routes
+/// by path to clusters that originate TLS to them in different ways.
+fn tls_bootstrap(pki: &Pki, other: &Pki, ports: [u16; 5]) -> String {
+    use serde_json::json;
+    let [plain, tls, mtls, admin, echo] = ports;
+    let file = |f: &str| json!({"filename": pki.path(f)});
+    let tls_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.";
+    let hcm = |routes: serde_json::Value| {
+        json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "t",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        }})
+    };
+    let to = |cluster: &str| json!([{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]);
+    let server_tls = |validation: serde_json::Value, require: bool| {
+        json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": format!("{tls_type}DownstreamTlsContext"),
+            "require_client_certificate": require,
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{"certificate_chain": file("echo.pem"), "private_key": file("echo.key")}],
+                "validation_context": validation
+            }
+        }})
+    };
+    let addr = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let upstream = |name: &str, port: u16, ctx: serde_json::Value| {
+        let mut c = json!({
+            "name": name, "connect_timeout": "1s", "type": "STATIC",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(port)}}]}]}
+        });
+        if !ctx.is_null() {
+            let mut ctx = ctx;
+            ctx["@type"] = json!(format!("{tls_type}UpstreamTlsContext"));
+            c["transport_socket"] =
+                json!({"name": "envoy.transport_sockets.tls", "typed_config": ctx});
+        }
+        c
+    };
+    let san = |t: &str, m: serde_json::Value| json!([{"san_type": t, "matcher": m}]);
+    let ca = file("ca.pem");
+    // Longer first: routes match by prefix, in order.
+    let paths = [
+        "mtls-nocert",
+        "wrong-san",
+        "wrong-ca",
+        "secrets",
+        "mtls",
+        "any",
+        "ok",
+        "h2",
+    ];
+    let routes: Vec<_> = paths
+        .iter()
+        .map(|p| json!({"match": {"prefix": format!("/{p}")}, "route": {"cluster": p, "prefix_rewrite": "/"}}))
+        .collect();
+    let mut h2 = upstream(
+        "h2",
+        tls,
+        json!({"sni": "echo.test", "common_tls_context": {
+        "alpn_protocols": ["h2"], "validation_context": {"trusted_ca": ca}}}),
+    );
+    h2["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}});
+    json!({
+        "admin": {"address": addr(admin)},
+        "static_resources": {
+            "secrets": [
+                {"name": "client", "tls_certificate": {"certificate_chain": file("client.pem"), "private_key": file("client.key")}},
+                {"name": "roots", "validation_context": {"trusted_ca": ca}}
+            ],
+            "listeners": [
+                {"name": "plain", "address": addr(plain), "filter_chains": [{"filters": [hcm(json!(routes))]}]},
+                {"name": "tls", "address": addr(tls),
+                 "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+                 "filter_chains": [{"filter_chain_match": {"server_names": ["echo.test"]},
+                                    "filters": [hcm(to("echo"))], "transport_socket": server_tls(json!({"trusted_ca": ca}), false)}],
+                 "default_filter_chain": {"filters": [hcm(json!([{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "no sni"}}}]))],
+                                          "transport_socket": server_tls(json!({"trusted_ca": ca}), false)}},
+                {"name": "mtls", "address": addr(mtls), "filter_chains": [{"filters": [hcm(to("echo"))],
+                 "transport_socket": server_tls(json!({"trusted_ca": ca, "match_typed_subject_alt_names": san("URI", json!({"prefix": "spiffe://cluster.local/ns/default/"}))}), true)}]}
+            ],
+            "clusters": [
+                upstream("echo", echo, serde_json::Value::Null),
+                upstream("ok", tls, json!({"sni": "echo.test", "common_tls_context": {"validation_context": {
+                    "trusted_ca": ca, "match_typed_subject_alt_names": san("DNS", json!({"exact": "echo.test"}))}}})),
+                upstream("wrong-san", tls, json!({"sni": "echo.test", "common_tls_context": {"validation_context": {
+                    "trusted_ca": ca, "match_typed_subject_alt_names": san("DNS", json!({"exact": "other.test"}))}}})),
+                upstream("wrong-ca", tls, json!({"sni": "echo.test", "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": other.path("ca.pem")}}}})),
+                upstream("any", tls, json!({})),
+                h2,
+                upstream("mtls", mtls, json!({"sni": "echo.test", "common_tls_context": {
+                    "tls_certificates": [{"certificate_chain": file("client.pem"), "private_key": file("client.key")}],
+                    "validation_context": {"trusted_ca": ca, "match_subject_alt_names": [{"suffix": ".test"}]}}})),
+                upstream("mtls-nocert", mtls, json!({"sni": "echo.test", "common_tls_context": {"validation_context": {"trusted_ca": ca}}})),
+                upstream("secrets", mtls, json!({"sni": "echo.test", "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [{"name": "client"}],
+                    "combined_validation_context": {
+                        "default_validation_context": {"match_typed_subject_alt_names": san("URI", json!({"exact": "spiffe://cluster.local/ns/default/sa/echo"}))},
+                        "validation_context_sds_secret_config": {"name": "roots"}}}}))
+            ]
+        }
+    })
+    .to_string()
+}
+
+/// What one proxy does with TLS: the status (and echo's version, or the
+/// body) of each way in, and the TLS counters of some clusters.
+fn observe_tls(pki: &Pki, ports: [u16; 5]) -> BTreeMap<String, String> {
+    let [plain, tls, mtls, admin, _] = ports;
+    let mut out = BTreeMap::new();
+    let answer = |url: &str, extra: &[&str]| {
+        let (code, body) = get(url, extra);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let what = v["version"].as_str().map(str::to_owned).unwrap_or(body);
+        format!("{code} {what}")
+    };
+    for p in [
+        "ok",
+        "ok",
+        "ok",
+        "wrong-san",
+        "wrong-ca",
+        "any",
+        "h2",
+        "mtls",
+        "mtls-nocert",
+        "secrets",
+    ] {
+        out.insert(
+            format!("via {p}"),
+            answer(&format!("http://127.0.0.1:{plain}/{p}"), &[]),
+        );
+    }
+    let ca = pki.path("ca.pem");
+    let resolve = |port: u16| format!("echo.test:{port}:127.0.0.1");
+    let https = |port: u16| format!("https://echo.test:{port}/");
+    let (r_tls, r_mtls) = (resolve(tls), resolve(mtls));
+    out.insert(
+        "curl tls".into(),
+        answer(&https(tls), &["--cacert", &ca, "--resolve", &r_tls]),
+    );
+    let (code, _) = get(
+        &https(tls),
+        &[
+            "--cacert",
+            &ca,
+            "--resolve",
+            &r_tls,
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+        ],
+    );
+    out.insert("curl tls alpn".into(), code);
+    for (name, cert) in [
+        ("curl mtls", Some("client")),
+        ("curl mtls no cert", None),
+        ("curl mtls wrong san", Some("stranger")),
+        ("curl mtls other ca", Some("outsider")),
+    ] {
+        let (pem, key) = match cert {
+            Some(c) => (pki.path(&format!("{c}.pem")), pki.path(&format!("{c}.key"))),
+            None => (String::new(), String::new()),
+        };
+        let mut args = vec!["--cacert", &ca, "--resolve", &r_mtls];
+        if cert.is_some() {
+            args.extend(["--cert", &pem, "--key", &key]);
+        }
+        out.insert(name.into(), answer(&https(mtls), &args));
+    }
+    for (c, s) in [
+        ("ok", "ssl.handshake"),
+        ("ok", "upstream_cx_total"),
+        ("wrong-san", "ssl.fail_verify_san"),
+        ("wrong-san", "ssl.connection_error"),
+        ("wrong-san", "upstream_cx_connect_fail"),
+        ("wrong-ca", "ssl.fail_verify_error"),
+        ("wrong-ca", "ssl.connection_error"),
+        ("mtls-nocert", "ssl.connection_error"),
+        ("mtls-nocert", "upstream_rq_total"),
+    ] {
+        out.insert(
+            format!("{c} {s}"),
+            stat(admin, &format!("cluster.{c}.{s}")).to_string(),
+        );
+    }
+    out
+}
+
+#[test]
+fn mast_proxy_originates_and_terminates_tls_as_envoy_does() {
+    let (pki, ca) = Pki::new();
+    pki.issue(
+        &ca,
+        "echo",
+        &["echo.test", "spiffe://cluster.local/ns/default/sa/echo"],
+    );
+    pki.issue(
+        &ca,
+        "client",
+        &["client.test", "spiffe://cluster.local/ns/default/sa/client"],
+    );
+    pki.issue(
+        &ca,
+        "stranger",
+        &["spiffe://cluster.local/ns/other/sa/client"],
+    );
+    let (other, other_ca) = Pki::ca("another CA");
+    other.issue(
+        &other_ca,
+        "outsider",
+        &["spiffe://cluster.local/ns/default/sa/client"],
+    );
+    for f in ["outsider.pem", "outsider.key"] {
+        std::fs::copy(other.path(f), pki.path(f)).expect("copy");
+    }
+    let echo_port = common::free_port();
+    let _echo = echo(echo_port, "v1");
+    wait_port(echo_port);
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |which: &str| {
+        let ports = [
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+            echo_port,
+        ];
+        let path = dir.path().join(format!("{which}.yaml"));
+        std::fs::write(&path, tls_bootstrap(&pki, &other, ports)).expect("write");
+        let _p = envoy_or_mast(which, &path);
+        wait_port(ports[0]);
+        observe_tls(&pki, ports)
+    };
+    let envoy_saw = run("envoy");
+    let mast_saw = run("mast");
+    // What Envoy does is the expectation; some facts pin it down too.
+    let refused = "503 upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+    for (k, v) in [
+        ("via ok", "200 v1"),
+        ("via any", "200 no sni"),
+        ("via h2", "200 v1"),
+        ("via mtls", "200 v1"),
+        ("via secrets", "200 v1"),
+        ("via wrong-san", refused),
+        ("via wrong-ca", refused),
+        ("via mtls-nocert", refused),
+        ("curl tls", "200 v1"),
+        ("curl tls alpn", "2"),
+        ("curl mtls", "200 v1"),
+        ("curl mtls no cert", "000 "),
+        ("curl mtls wrong san", "000 "),
+        ("curl mtls other ca", "000 "),
+        ("ok ssl.handshake", "1"),
+        ("wrong-san ssl.fail_verify_san", "1"),
+        ("wrong-ca ssl.fail_verify_error", "1"),
+        ("mtls-nocert upstream_rq_total", "0"),
+    ] {
+        assert_eq!(envoy_saw[k], v, "{k}: {envoy_saw:#?}");
+    }
+    assert_eq!(mast_saw, envoy_saw, "mast proxy and Envoy differ");
+}
+
+/// Envoy (`which` is "envoy") or mast proxy on the bootstrap at `path`,
+/// quiet.
+fn envoy_or_mast(which: &str, path: &std::path::Path) -> common::Background {
+    let mut c = if which == "envoy" {
+        let mut c = Command::new(common::envoy());
+        c.arg("-c")
+            .arg(path)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"]);
+        c
+    } else {
+        mast_proxy(path)
+    };
+    let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+    common::Background(child.expect("start the proxy"))
+}
+
+/// The configuration a test ADS server hands every proxy: JSON resources
+/// by type, which the test may change (a new version is pushed).
+struct Fixed(std::sync::Mutex<BTreeMap<&'static str, Vec<serde_json::Value>>>);
+
+impl mast_mesh::xds::Generator for Fixed {
+    fn generate(&self, _: &mast_mesh::xds::ProxyInfo) -> mast_mesh::xds::Resources {
+        let mut out = mast_mesh::xds::Resources::default();
+        for (t, list) in self.0.lock().expect("lock").iter() {
+            let by_name = list
+                .iter()
+                .map(|v| {
+                    let name = v["name"].as_str().unwrap_or_default().to_owned();
+                    (name, mast_proxy::xds::from_json(t, v).expect("resource"))
+                })
+                .collect();
+            out.0.insert(t, by_name);
+        }
+        out
+    }
+}
+
+/// An ADS server (mast-mesh's) on a free port, serving what `gen` holds;
+/// sending on the returned channel pushes it again.
+fn ads_server(
+    gen: std::sync::Arc<Fixed>,
+) -> (
+    u16,
+    tokio::sync::watch::Sender<u64>,
+    tokio::runtime::Runtime,
+) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (tx, rx) = tokio::sync::watch::channel(1u64);
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let svc = mast_mesh::xds::Ads::server(gen, rx, Default::default());
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    (port, tx, rt)
+}
+
+const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// Secrets `server` (a certificate for echo.test) and `ROOTCA` (its CA).
+fn secrets_of(pki: &Pki) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let text =
+        |f: &str| json!({"inline_string": std::fs::read_to_string(pki.path(f)).expect("pem")});
+    vec![
+        json!({"name": "server", "tls_certificate": {"certificate_chain": text("echo.pem"), "private_key": text("echo.key")}}),
+        json!({"name": "ROOTCA", "validation_context": {"trusted_ca": text("ca.pem")}}),
+    ]
+}
+
+/// Listeners `plain` (to cluster `up`) and `tls` (TLS with the secret
+/// `server`, to echo); cluster `up` originates TLS to `tls`, trusting the
+/// secret `ROOTCA` and checking the SAN; all secrets over ADS.
+fn sds_resources(
+    plain: u16,
+    tls: u16,
+    echo: u16,
+) -> BTreeMap<&'static str, Vec<serde_json::Value>> {
+    use serde_json::json;
+    let tls_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.";
+    let addr = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let hcm = |cluster: &str| {
+        json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "t",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        }})
+    };
+    let ads =
+        |name: &str| json!({"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}});
+    let cluster = |name: &str, port: u16| {
+        json!({"name": name, "connect_timeout": "1s", "type": "STATIC",
+               "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(port)}}]}]}})
+    };
+    let mut up = cluster("up", tls);
+    up["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": format!("{tls_type}UpstreamTlsContext"), "sni": "echo.test",
+        "common_tls_context": {"combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "echo.test"}}]},
+            "validation_context_sds_secret_config": ads("ROOTCA")}}}});
+    let mut m = BTreeMap::new();
+    m.insert(mast_mesh::xds::CLUSTER, vec![up, cluster("echo", echo)]);
+    m.insert(
+        mast_mesh::xds::LISTENER,
+        vec![
+            json!({"name": "plain", "address": addr(plain), "filter_chains": [{"filters": [hcm("up")]}]}),
+            json!({"name": "tls", "address": addr(tls), "filter_chains": [{"filters": [hcm("echo")],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": format!("{tls_type}DownstreamTlsContext"),
+                    "common_tls_context": {"tls_certificate_sds_secret_configs": [ads("server")]}}}}]}),
+        ],
+    );
+    m
+}
+
+/// A bootstrap that takes everything over ADS from `xds`.
+fn ads_bootstrap(xds: u16, admin: u16) -> String {
+    serde_json::json!({
+        "node": {"id": "router~127.0.0.1~gw.default~cluster.local", "cluster": "gw.default"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"}
+        },
+        "static_resources": {"clusters": [{"name": "xds", "connect_timeout": "1s", "type": "STATIC",
+            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": xds}}}}]}]},
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}}]}
+    })
+    .to_string()
+}
+
+#[test]
+fn mast_proxy_takes_certificates_over_sds_and_rotates_them_as_envoy_does() {
+    let (pki, ca) = Pki::new();
+    pki.issue(&ca, "echo", &["echo.test"]);
+    let (next, next_ca) = Pki::ca("the next CA");
+    next.issue(&next_ca, "echo", &["echo.test"]);
+    let echo_port = common::free_port();
+    let _echo = echo(echo_port, "v1");
+    wait_port(echo_port);
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |which: &str| -> BTreeMap<&'static str, String> {
+        let (plain, tls, admin) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
+        let gen = std::sync::Arc::new(Fixed(std::sync::Mutex::new(sds_resources(
+            plain, tls, echo_port,
+        ))));
+        let (xds, push, _rt) = ads_server(gen.clone());
+        let path = dir.path().join(format!("{which}.yaml"));
+        std::fs::write(&path, ads_bootstrap(xds, admin)).expect("write");
+        let _p = envoy_or_mast(which, &path);
+        wait_port(admin);
+        let ready = || get(&format!("http://127.0.0.1:{admin}/ready"), &[]).0;
+        let mut out = BTreeMap::new();
+        // Everything but the secrets has come: not ready.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        out.insert("ready without secrets", ready());
+        let mut version = 1;
+        let mut send = |secrets: Vec<serde_json::Value>| {
+            gen.0.lock().expect("lock").insert(SECRET, secrets);
+            version += 1;
+            push.send(version).expect("push");
+        };
+        send(secrets_of(&pki));
+        common::eventually(20, || ready() == "200");
+        out.insert("ready with secrets", ready());
+        let answer = |url: &str, extra: &[&str]| {
+            let (code, body) = get(url, extra);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            format!("{code} {}", v["version"].as_str().unwrap_or("-"))
+        };
+        let via = || answer(&format!("http://127.0.0.1:{plain}/"), &[]);
+        let (r, url) = (
+            format!("echo.test:{tls}:127.0.0.1"),
+            format!("https://echo.test:{tls}/"),
+        );
+        let https = |ca: &Pki| answer(&url, &["--cacert", &ca.path("ca.pem"), "--resolve", &r]);
+        out.insert("via plain", via());
+        out.insert("https, first CA", https(&pki));
+        // Both secrets change: the listener serves the next certificate,
+        // the cluster trusts the next CA.
+        send(secrets_of(&next));
+        common::eventually(20, || https(&next) == "200 v1");
+        out.insert("rotated: https, next CA", https(&next));
+        out.insert("rotated: https, first CA", https(&pki));
+        out.insert("rotated: via plain", via());
+        out
+    };
+    let envoy_saw = run("envoy");
+    let mast_saw = run("mast");
+    for (k, v) in [
+        ("ready without secrets", "503"),
+        ("ready with secrets", "200"),
+        ("via plain", "200 v1"),
+        ("https, first CA", "200 v1"),
+        ("rotated: https, next CA", "200 v1"),
+        ("rotated: https, first CA", "000 -"),
+        ("rotated: via plain", "200 v1"),
+    ] {
+        assert_eq!(envoy_saw[k], v, "{k}: {envoy_saw:#?}");
+    }
+    assert_eq!(mast_saw, envoy_saw, "mast proxy and Envoy differ");
+}

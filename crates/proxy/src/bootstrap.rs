@@ -103,6 +103,11 @@ pub struct StaticResources {
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// Certificates and validation contexts that transport sockets name
+    /// (`tls_certificate_sds_secret_configs` and
+    /// `validation_context_sds_secret_config` without an `sds_config`).
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -139,6 +144,9 @@ pub struct FilterChain {
     #[serde(default)]
     pub filter_chain_match: Option<FilterChainMatch>,
     pub filters: Vec<Filter>,
+    /// TLS termination (`DownstreamTlsContext`); plain TCP without it.
+    #[serde(default)]
+    pub transport_socket: Option<TransportSocket>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -663,12 +671,6 @@ pub struct DirectResponse {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DataSource {
-    pub inline_string: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Redirect {
     #[serde(default)]
     pub host_redirect: Option<String>,
@@ -710,6 +712,9 @@ pub struct Cluster {
     pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptions>,
     #[serde(default)]
     pub upstream_connection_options: Option<UpstreamConnectionOptions>,
+    /// TLS origination (`UpstreamTlsContext`); plain TCP without it.
+    #[serde(default)]
+    pub transport_socket: Option<TransportSocket>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -991,4 +996,202 @@ mod tests {
         assert_eq!(duration("1e300s"), None);
         assert_eq!(duration("-1s"), None);
     }
+}
+
+/// A connection's transport: TLS (Envoy's `envoy.transport_sockets.tls`)
+/// or plain bytes (`raw_buffer`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocket {
+    #[serde(default)]
+    pub name: String,
+    pub typed_config: TransportSocketConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "@type")]
+pub enum TransportSocketConfig {
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    )]
+    Upstream(UpstreamTlsContext),
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+    )]
+    Downstream(DownstreamTlsContext),
+    #[serde(
+        rename = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+    )]
+    RawBuffer(Empty),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsContext {
+    #[serde(default)]
+    pub common_tls_context: CommonTlsContext,
+    /// The server name sent in the ClientHello; none without it.
+    #[serde(default)]
+    pub sni: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamTlsContext {
+    #[serde(default)]
+    pub common_tls_context: CommonTlsContext,
+    /// Refuse clients without a certificate (the validation context's
+    /// trusted CA must sign it).
+    #[serde(default)]
+    pub require_client_certificate: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CommonTlsContext {
+    #[serde(default)]
+    pub tls_params: Option<TlsParameters>,
+    #[serde(default)]
+    pub tls_certificates: Vec<TlsCertificate>,
+    #[serde(default)]
+    pub tls_certificate_sds_secret_configs: Vec<SdsSecretConfig>,
+    #[serde(default)]
+    pub validation_context: Option<CertificateValidationContext>,
+    #[serde(default)]
+    pub validation_context_sds_secret_config: Option<SdsSecretConfig>,
+    #[serde(default)]
+    pub combined_validation_context: Option<CombinedValidationContext>,
+    /// ALPN, offered (upstream) or chosen from (downstream) in this order.
+    #[serde(default)]
+    pub alpn_protocols: Vec<String>,
+}
+
+/// `TLSv1_2` or `TLSv1_3` (`TLS_AUTO`: Envoy's default); TLS 1.0 and 1.1
+/// are not implemented.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsParameters {
+    #[serde(default)]
+    pub tls_minimum_protocol_version: Option<String>,
+    #[serde(default)]
+    pub tls_maximum_protocol_version: Option<String>,
+}
+
+/// A certificate chain and its private key, PEM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    pub certificate_chain: DataSource,
+    pub private_key: DataSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateValidationContext {
+    /// The CAs a peer's chain must lead to, PEM.
+    #[serde(default)]
+    pub trusted_ca: Option<DataSource>,
+    /// Matched against every subject alternative name of the peer's
+    /// certificate; one match suffices.
+    #[serde(default)]
+    pub match_subject_alt_names: Vec<StringMatcher>,
+    #[serde(default)]
+    pub match_typed_subject_alt_names: Vec<SubjectAltNameMatcher>,
+    /// VERIFY_TRUST_CHAIN (the default) or ACCEPT_UNTRUSTED.
+    #[serde(default)]
+    pub trust_chain_verification: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectAltNameMatcher {
+    /// DNS, URI, EMAIL or IP_ADDRESS.
+    pub san_type: String,
+    pub matcher: StringMatcher,
+}
+
+/// A default validation context, merged with one from a secret.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CombinedValidationContext {
+    pub default_validation_context: CertificateValidationContext,
+    pub validation_context_sds_secret_config: SdsSecretConfig,
+}
+
+/// A secret by name, from `static_resources.secrets` (an `sds_config`
+/// is refused: SDS over ADS is not implemented yet).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdsSecretConfig {
+    pub name: String,
+    #[serde(default)]
+    pub sds_config: Option<ConfigSource>,
+}
+
+impl CommonTlsContext {
+    /// The secrets it names, and whether each comes over ADS.
+    pub fn secret_refs(&self) -> impl Iterator<Item = &SdsSecretConfig> {
+        self.tls_certificate_sds_secret_configs
+            .iter()
+            .chain(&self.validation_context_sds_secret_config)
+            .chain(
+                self.combined_validation_context
+                    .iter()
+                    .map(|c| &c.validation_context_sds_secret_config),
+            )
+    }
+}
+
+impl TransportSocket {
+    /// The names of the secrets it takes over ADS (SDS).
+    pub fn ads_secrets(&self) -> impl Iterator<Item = &str> {
+        let common = match &self.typed_config {
+            TransportSocketConfig::Upstream(u) => Some(&u.common_tls_context),
+            TransportSocketConfig::Downstream(d) => Some(&d.common_tls_context),
+            TransportSocketConfig::RawBuffer(_) => None,
+        };
+        common
+            .into_iter()
+            .flat_map(|c| c.secret_refs())
+            .filter(|s| s.sds_config.is_some())
+            .map(|s| s.name.as_str())
+    }
+}
+
+/// The secrets that these clusters and listeners take over ADS.
+pub fn ads_secret_names<'a>(
+    clusters: impl Iterator<Item = &'a Cluster>,
+    listeners: impl Iterator<Item = &'a Listener>,
+) -> std::collections::BTreeSet<String> {
+    let chains = listeners.flat_map(|l| l.filter_chains.iter().chain(&l.default_filter_chain));
+    clusters
+        .filter_map(|c| c.transport_socket.as_ref())
+        .chain(chains.filter_map(|c| c.transport_socket.as_ref()))
+        .flat_map(|t| t.ads_secrets())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Envoy's `Secret` (`envoy.extensions.transport_sockets.tls.v3.Secret`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    pub name: String,
+    #[serde(default)]
+    pub tls_certificate: Option<TlsCertificate>,
+    #[serde(default)]
+    pub validation_context: Option<CertificateValidationContext>,
+}
+
+/// Bytes from a file or inline (`inline_bytes` is base64 in JSON, as in
+/// protobuf's JSON mapping).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub inline_string: Option<String>,
+    #[serde(default)]
+    pub inline_bytes: Option<String>,
 }

@@ -78,6 +78,8 @@ pub struct Cluster {
     /// (Envoy's panic mode).
     pub panic_threshold: f64,
     pub stats: ClusterStats,
+    /// TLS origination (`transport_socket` with an `UpstreamTlsContext`).
+    pub tls: Option<crate::transport::Upstream>,
 }
 
 /// Envoy's default `max_concurrent_streams`.
@@ -298,6 +300,8 @@ pub struct Chain {
     pub name: String,
     pub m: ChainMatch,
     pub net: Network,
+    /// TLS termination (`transport_socket` with a `DownstreamTlsContext`).
+    pub tls: Option<crate::transport::Downstream>,
 }
 
 #[derive(Debug)]
@@ -381,6 +385,8 @@ pub struct Config {
     pub dynamic: crate::xds::Resources,
     /// The bootstrap's text, for `/config_dump`.
     pub raw: String,
+    /// Secrets by name, static and from SDS.
+    pub secrets: crate::transport::Secrets,
 }
 
 impl Config {
@@ -447,7 +453,7 @@ fn dur(what: &str, v: &Option<String>) -> Result<Option<Duration>> {
         .transpose()
 }
 
-fn string_match(m: &bootstrap::StringMatcher) -> Result<StringMatch> {
+pub(crate) fn string_match(m: &bootstrap::StringMatcher) -> Result<StringMatch> {
     if m.ignore_case {
         bail!("string_match.ignore_case is not implemented");
     }
@@ -532,6 +538,17 @@ impl Config {
         prev: Option<&Config>,
     ) -> Result<Config> {
         let ads = b.dynamic_resources.is_some();
+        let mut secrets = crate::transport::Secrets::new();
+        for s in b
+            .static_resources
+            .secrets
+            .iter()
+            .chain(dynamic.secrets.values())
+        {
+            if secrets.insert(s.name.clone(), s.clone()).is_some() {
+                bail!("secret {} is defined twice", s.name);
+            }
+        }
         let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
         for c in b
             .static_resources
@@ -545,8 +562,11 @@ impl Config {
             let endpoints = endpoints_of(c, dynamic)?;
             // An update that leaves a cluster's definition as it was keeps
             // the cluster, with its counters and balancing state.
+            // A cluster with TLS is compiled again when a secret changed
+            // (an SDS rotation), as it may name it.
             if let Some(old) = prev
                 .filter(|p| p.definition(&c.name) == Some(c))
+                .filter(|p| c.transport_socket.is_none() || p.secrets == secrets)
                 .and_then(|p| p.clusters.get(&c.name))
             {
                 if **old.endpoints.load() != endpoints {
@@ -555,7 +575,8 @@ impl Config {
                 clusters.insert(c.name.clone(), old.clone());
                 continue;
             }
-            let mut cluster = compile_cluster(c).with_context(|| format!("cluster {}", c.name))?;
+            let mut cluster =
+                compile_cluster(c, &secrets).with_context(|| format!("cluster {}", c.name))?;
             cluster.endpoints = ArcSwap::from_pointee(endpoints);
             clusters.insert(c.name.clone(), Arc::new(cluster));
         }
@@ -590,7 +611,7 @@ impl Config {
                 .and_then(|p| p.by_name.get(&l.name))
                 .map(|o| o.stats.clone())
                 .unwrap_or_default();
-            let l = compile_listener(l, &cluster, stats)
+            let l = compile_listener(l, &cluster, stats, &secrets)
                 .with_context(|| format!("listener {}", l.name))?;
             listeners.push(Arc::new(l));
         }
@@ -627,6 +648,7 @@ impl Config {
             bootstrap: b.clone(),
             dynamic: dynamic.clone(),
             raw,
+            secrets,
         })
     }
 }
@@ -657,6 +679,43 @@ impl Cluster {
         }
     }
 
+    /// A connection to `ep` for anything but the inline HTTP/1.1 client:
+    /// TCP, then TLS if the cluster originates it, both within
+    /// `connect_timeout` (Envoy's connection is not connected until its
+    /// handshake is done). A failed handshake counts as a failed connect.
+    pub async fn open(&self, ep: SocketAddr) -> Option<crate::transport::UpIo> {
+        use crate::transport::UpIo;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(tls) = &self.tls else {
+            return self.connect(ep).await.map(UpIo::Plain);
+        };
+        let started = std::time::Instant::now();
+        let tcp = self.connect(ep).await?;
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, tls.handshake(tcp, ep)).await {
+            Ok(Ok(s)) => {
+                self.stats.ssl_handshake.fetch_add(1, Relaxed);
+                Some(UpIo::Tls(Box::new(s)))
+            }
+            Ok(Err(e)) => {
+                // Envoy counts a certificate it refused apart from other
+                // failed handshakes.
+                let counter = match crate::transport::refused_certificate(&e) {
+                    Some(true) => &self.stats.ssl_fail_verify_san,
+                    Some(false) => &self.stats.ssl_fail_verify_error,
+                    None => &self.stats.ssl_connection_error,
+                };
+                counter.fetch_add(1, Relaxed);
+                self.stats.upstream_cx_connect_fail.fetch_add(1, Relaxed);
+                None
+            }
+            Err(_) => {
+                self.stats.upstream_cx_connect_fail.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
     pub(crate) fn missing(name: &str) -> Cluster {
         Cluster {
             name: name.to_owned(),
@@ -681,6 +740,7 @@ impl Cluster {
             health: Vec::new(),
             panic_threshold: 50.0,
             stats: ClusterStats::default(),
+            tls: None,
         }
     }
 }
@@ -713,7 +773,7 @@ fn endpoints_of(
     Ok(out)
 }
 
-fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
+fn compile_cluster(c: &bootstrap::Cluster, secrets: &crate::transport::Secrets) -> Result<Cluster> {
     let kind = match c.type_.as_deref().unwrap_or("STATIC") {
         "STATIC" | "STRICT_DNS" | "LOGICAL_DNS" => ClusterKind::Static,
         "EDS" => ClusterKind::Eds,
@@ -896,6 +956,15 @@ fn compile_cluster(c: &bootstrap::Cluster) -> Result<Cluster> {
             .map(|p| p.value.clamp(0.0, 100.0))
             .unwrap_or(50.0),
         stats: ClusterStats::default(),
+        tls: match c.transport_socket.as_ref().map(|t| &t.typed_config) {
+            None | Some(bootstrap::TransportSocketConfig::RawBuffer(_)) => None,
+            Some(bootstrap::TransportSocketConfig::Upstream(u)) => {
+                Some(crate::transport::upstream(u, secrets).context("transport_socket")?)
+            }
+            Some(bootstrap::TransportSocketConfig::Downstream(_)) => {
+                bail!("transport_socket: a cluster takes an UpstreamTlsContext, not a DownstreamTlsContext")
+            }
+        },
     })
 }
 
@@ -921,6 +990,7 @@ fn compile_chain(
     chain: &bootstrap::FilterChain,
     cluster: &Resolve,
     outbound: bool,
+    secrets: &crate::transport::Secrets,
 ) -> Result<Chain> {
     let [filter] = chain.filters.as_slice() else {
         bail!("mast proxy implements one network filter per chain");
@@ -1004,7 +1074,17 @@ fn compile_chain(
         }
     };
     let m = chain.filter_chain_match.clone().unwrap_or_default();
+    let tls = match chain.transport_socket.as_ref().map(|t| &t.typed_config) {
+        None | Some(bootstrap::TransportSocketConfig::RawBuffer(_)) => None,
+        Some(bootstrap::TransportSocketConfig::Downstream(d)) => {
+            Some(crate::transport::downstream(d, secrets).context("transport_socket")?)
+        }
+        Some(bootstrap::TransportSocketConfig::Upstream(_)) => {
+            bail!("transport_socket: a filter chain takes a DownstreamTlsContext, not an UpstreamTlsContext")
+        }
+    };
     Ok(Chain {
+        tls,
         name: chain.name.clone(),
         m: ChainMatch {
             destination_port: m.destination_port,
@@ -1019,6 +1099,7 @@ fn compile_listener(
     l: &bootstrap::Listener,
     cluster: &Resolve,
     stats: Arc<ListenerStats>,
+    secrets: &crate::transport::Secrets,
 ) -> Result<Listener> {
     let address = *socket(&l.address, false)?
         .first()
@@ -1031,14 +1112,14 @@ fn compile_listener(
     let mut chains = vec![];
     for c in &l.filter_chains {
         chains.push(
-            compile_chain(c, cluster, outbound)
+            compile_chain(c, cluster, outbound, secrets)
                 .with_context(|| format!("filter chain {:?}", c.name))?,
         );
     }
     let default_chain = l
         .default_filter_chain
         .as_ref()
-        .map(|c| compile_chain(c, cluster, outbound))
+        .map(|c| compile_chain(c, cluster, outbound, secrets))
         .transpose()?;
     if chains.is_empty() && default_chain.is_none() {
         bail!("a listener needs a filter chain");
@@ -1098,18 +1179,17 @@ fn compile_route(r: &bootstrap::Route, cluster: &Resolve) -> Result<Route> {
         });
     }
     let action = if let Some(d) = &r.direct_response {
-        let len = d.body.as_ref().map(|b| b.inline_string.len()).unwrap_or(0);
+        let body = match &d.body {
+            Some(b) => crate::transport::data(b, "direct_response body")?,
+            None => vec![],
+        };
+        let len = body.len();
         if len > 4096 {
             bail!("the direct_response body is {len} bytes, over Envoy's limit of 4096 (max_direct_response_body_size_bytes)");
         }
         Action::Direct {
             status: d.status,
-            body: Bytes::from(
-                d.body
-                    .as_ref()
-                    .map(|b| b.inline_string.clone())
-                    .unwrap_or_default(),
-            ),
+            body: Bytes::from(body),
         }
     } else if let Some(rd) = &r.redirect {
         let status = match rd.response_code.as_deref().unwrap_or("MOVED_PERMANENTLY") {

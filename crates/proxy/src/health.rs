@@ -89,10 +89,21 @@ impl Health {
     }
 }
 
-async fn probe(p: &Probe, ep: SocketAddr, timeout: Duration) -> bool {
+/// One check of `ep`, over TLS if the cluster originates it (as Envoy's
+/// checks use the cluster's transport socket).
+async fn probe(
+    p: &Probe,
+    ep: SocketAddr,
+    timeout: Duration,
+    tls: Option<&crate::transport::Upstream>,
+) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let once = async {
-        let mut s = tokio::net::TcpStream::connect(ep).await.ok()?;
+        let tcp = tokio::net::TcpStream::connect(ep).await.ok()?;
+        let mut s = match tls {
+            Some(t) => crate::transport::UpIo::Tls(Box::new(t.handshake(tcp, ep).await.ok()?)),
+            None => crate::transport::UpIo::Plain(tcp),
+        };
         let Probe::Http { path, host } = p else {
             return Some(true);
         };
@@ -117,8 +128,8 @@ pub async fn run(cluster: Weak<crate::config::Cluster>, i: usize) {
         };
         let eps = c.endpoints.load_full();
         let checks = eps.iter().map(|ep| {
-            let (p, t) = (h.probe.clone(), h.timeout);
-            async move { (*ep, probe(&p, *ep, t).await) }
+            let (p, t, tls) = (h.probe.clone(), h.timeout, c.tls.as_ref());
+            async move { (*ep, probe(&p, *ep, t, tls).await) }
         });
         for (ep, ok) in futures::future::join_all(checks).await {
             h.record(ep, ok);

@@ -280,7 +280,7 @@ fn vhost<'a>(l: &'a RouteTable, host: &str) -> Option<&'a crate::config::Virtual
         .or_else(|| l.vhosts.iter().find(|v| v.domains.iter().any(|d| d == "*")))
 }
 
-fn string_match(m: &StringMatch, v: Option<&str>) -> bool {
+pub(crate) fn string_match(m: &StringMatch, v: Option<&str>) -> bool {
     match (m, v) {
         (StringMatch::Present, v) => v.is_some(),
         (_, None) => false,
@@ -651,7 +651,7 @@ impl Pool {
                 return Err(Fail::Overflow);
             }
         }
-        let stream = c.connect(ep).await.ok_or(Fail::Connect)?;
+        let stream = c.open(ep).await.ok_or(Fail::Connect)?;
         let io = hyper_util::rt::TokioIo::new(stream);
         let mut life = crate::lifetime::Life::new(c);
         if h2 {
@@ -692,7 +692,10 @@ impl Pool {
         req: Request<ReqBody>,
         h2: bool,
     ) -> Result<Response<Tracked>, Fail> {
-        match self.sender(c, ep, h2).await? {
+        let sender = self.sender(c, ep, h2).await?;
+        // As Envoy, a request counts once it has a connection.
+        c.stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+        match sender {
             Sender::H2(mut s, stream) => s
                 .send_request(req)
                 .await
@@ -1091,7 +1094,8 @@ fn forward<'a>(
     } else {
         (None, None)
     };
-    if bodiless && !h2 && body.is_end_stream() {
+    // The inline client speaks to plain TCP sockets only.
+    if bodiless && !h2 && body.is_end_stream() && cluster.tls.is_none() {
         return Work::Inline(Inline {
             f,
             head: crate::h1::request_head(&parts),
@@ -1163,13 +1167,13 @@ async fn forward_upgrade(
     let Some(ep) = pool.pick_endpoint(&cluster, ctx, None) else {
         return local(503, "UH", "no healthy upstream");
     };
+    let Some(mut up) = cluster.open(ep).await else {
+        return fail_response(Fail::Connect);
+    };
     cluster
         .stats
         .upstream_rq_total
         .fetch_add(1, Ordering::Relaxed);
-    let Some(mut up) = cluster.connect(ep).await else {
-        return fail_response(Fail::Connect);
-    };
     if up
         .write_all(&crate::h1::request_head(&parts))
         .await
@@ -1256,7 +1260,7 @@ async fn forward_connect(
     let Some(ep) = pool.pick_endpoint(&cluster, ctx, None) else {
         return local(503, "UH", "no healthy upstream");
     };
-    let Some(mut up) = cluster.connect(ep).await else {
+    let Some(mut up) = cluster.open(ep).await else {
         return fail_response(Fail::Connect);
     };
     let downstream = hyper::upgrade::on(&mut req);
@@ -1356,7 +1360,6 @@ async fn forward_hyper(
         } else {
             Request::from_parts(parts.clone(), b)
         };
-        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         if cluster.lb == Lb::LeastRequest {
             *pool
                 .active
@@ -1407,7 +1410,7 @@ fn fail_response(f: Fail) -> Response<RespBody> {
         }
         Fail::Reset => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
         Fail::Refused => local(503, "UR", "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"),
-        Fail::Connect => local(503, "UF", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+        Fail::Connect => local(503, "UF", "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
     }
 }
 
@@ -1461,12 +1464,16 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
         let Some(ep) = tries.pick(|| pool.pick_endpoint(cluster, ctx, hash)) else {
             return local(503, "UH", "no healthy upstream");
         };
-        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let limit = attempt_limit(deadline, f.retry.per_try_timeout);
         let once = async {
+            // As Envoy, a request counts once it has a connection.
+            let count = || stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
             // A pooled connection the upstream has closed meanwhile is
             // retried on a fresh one, at once.
-            if let Some(c) = pool.idle.take(ep, cluster) {
+            let pooled = pool.idle.take(ep, cluster);
+            let had_pooled = pooled.is_some();
+            if let Some(c) = pooled {
+                count();
                 match crate::h1::exchange(c, head, is_head, pool.idle.clone()).await {
                     Err(crate::h1::Error::Stale) => {}
                     Err(_) => return Err(Fail::Reset),
@@ -1474,6 +1481,9 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
                 }
             }
             let stream = cluster.connect(ep).await.ok_or(Fail::Connect)?;
+            if !had_pooled {
+                count();
+            }
             crate::h1::exchange(
                 crate::h1::Conn::new(ep, stream, cluster),
                 head,
@@ -1527,15 +1537,18 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
             }
         }
         let (cluster, idle) = (cluster.clone(), pool.idle.clone());
-        cluster
-            .stats
-            .upstream_rq_total
-            .fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            if cluster.tls.is_some() {
+                return mirror_tls(&cluster, ep, p).await;
+            }
             let head = crate::h1::request_head(&p);
             let Some(stream) = cluster.connect(ep).await else {
                 return;
             };
+            cluster
+                .stats
+                .upstream_rq_total
+                .fetch_add(1, Ordering::Relaxed);
             let is_head = p.method == http::Method::HEAD;
             if let Ok(r) = crate::h1::exchange(
                 crate::h1::Conn::new(ep, stream, &cluster),
@@ -1550,6 +1563,31 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
                 let _ = http_body_util::BodyExt::collect(r.into_body()).await;
             }
         });
+    }
+}
+
+/// A mirrored request to a cluster that originates TLS: one exchange on a
+/// connection of its own (the inline client speaks plain TCP only).
+async fn mirror_tls(cluster: &Cluster, ep: SocketAddr, p: http::request::Parts) {
+    let Some(stream) = cluster.open(ep).await else {
+        return;
+    };
+    cluster
+        .stats
+        .upstream_rq_total
+        .fetch_add(1, Ordering::Relaxed);
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let Ok((mut s, conn)) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await
+    else {
+        return;
+    };
+    tokio::spawn(conn);
+    if let Ok(r) = s
+        .send_request(Request::from_parts(p, Full::default()))
+        .await
+    {
+        cluster.stats.status(r.status().as_u16());
+        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
     }
 }
 

@@ -34,6 +34,7 @@ pub mod retry;
 pub mod stats;
 mod streams;
 pub mod tls;
+mod transport;
 pub mod xds;
 
 use anyhow::{Context, Result};
@@ -101,6 +102,11 @@ fn start_health_checks(cfg: &Config) {
 struct Updater(Arc<Shared>);
 
 impl xds::Apply for Updater {
+    fn static_secrets(&self) -> std::collections::BTreeSet<String> {
+        let b = &self.0.cfg.load().bootstrap.static_resources;
+        bootstrap::ads_secret_names(b.clusters.iter(), b.listeners.iter())
+    }
+
     fn apply(&self, resources: &xds::Resources) -> Result<()> {
         let cur = self.0.cfg.load_full();
         if cur.dynamic == *resources {
@@ -469,12 +475,75 @@ async fn connection(
     let Some(chain) = listener.chain(dst.port(), sni.as_deref(), tls) else {
         return; // No chain: Envoy closes the connection.
     };
-    let mut ctx = http::Ctx {
+    let ctx = http::Ctx {
         dst,
         peer,
         istio: None,
         clock: Default::default(),
     };
+    let http2_ok = matches!(&chain.net, Network::Http(h) if !h.http1_only);
+    let Some(tls) = &chain.tls else {
+        // HTTP/2 with prior knowledge starts with its preface ("PRI *
+        // HTTP/2.0"); anything else is HTTP/1.1. A peek decides, so each
+        // connection gets the one codec it speaks without a sniffing
+        // layer in the way.
+        let h2 = http2_ok && {
+            let mut first = [0u8; 3];
+            matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
+        };
+        return serve_chain(shared, &listener, chain, stream, h2, pool, ctx).await;
+    };
+    let st = &listener.stats;
+    let mut s = match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await {
+        Ok(Ok(s)) => {
+            st.ssl_handshake.fetch_add(1, Ordering::Relaxed);
+            s
+        }
+        _ => {
+            st.ssl_connection_error.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    // ALPN says which HTTP; without it, the first bytes do, as Envoy's
+    // codec AUTO sniffs them.
+    let alpn = s.get_ref().1.alpn_protocol().map(|p| p == b"h2");
+    let mut head = Vec::new();
+    let h2 = match alpn {
+        Some(h2) => http2_ok && h2,
+        None if http2_ok => {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 64];
+            while head.len() < 3 {
+                match tokio::time::timeout(TLS_HANDSHAKE, s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            head.starts_with(b"PRI")
+        }
+        None => false,
+    };
+    let s = transport::Rewind::new(head.into(), s);
+    serve_chain(shared, &listener, chain, s, h2, pool, ctx).await
+}
+
+/// The longest a downstream TLS handshake (and, without ALPN, the first
+/// bytes after it) may take. Envoy sets none by default; a bound keeps
+/// connections that never finish one from piling up.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection's filter chain, over plain TCP or TLS.
+async fn serve_chain<S>(
+    shared: Arc<Shared>,
+    listener: &config::Listener,
+    chain: &config::Chain,
+    stream: S,
+    h2: bool,
+    pool: Arc<http::Pool>,
+    mut ctx: http::Ctx,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     match &chain.net {
         Network::Tcp {
             targets,
@@ -502,7 +571,7 @@ async fn connection(
                 ctx.istio = Some((m.clone(), h.outbound));
             }
             let st = listener.stats.clone();
-            http_connection(shared, h.clone(), st, stream, pool, ctx).await
+            http_connection(shared, h.clone(), st, stream, h2, pool, ctx).await
         }
     }
 }
@@ -633,22 +702,17 @@ impl std::future::Future for HeadWatch<'_> {
     }
 }
 
-async fn http_connection(
+async fn http_connection<S>(
     shared: Arc<Shared>,
     h: Arc<config::HttpListener>,
     st: Arc<stats::ListenerStats>,
-    stream: tokio::net::TcpStream,
+    stream: S,
+    h2: bool,
     pool: Arc<http::Pool>,
     ctx: http::Ctx,
-) {
-    // HTTP/2 with prior knowledge starts with its preface ("PRI *
-    // HTTP/2.0"); anything else is HTTP/1.1. A peek decides, so each
-    // connection gets the one codec it speaks without a sniffing layer in
-    // the way.
-    let h2 = !h.http1_only && {
-        let mut first = [0u8; 3];
-        matches!(stream.peek(&mut first).await, Ok(3) if &first == b"PRI")
-    };
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = Arc::new(Downstream {
         shared,
         h,
@@ -886,8 +950,8 @@ fn content_length(h: &::http::HeaderMap) -> u64 {
 
 /// TCP proxying: one upstream connection per downstream one.
 /// Returns the bytes received from and sent to the downstream side.
-async fn tcp(
-    mut down: tokio::net::TcpStream,
+async fn tcp<D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut down: D,
     cluster: &config::Cluster,
     pool: &http::Pool,
     ctx: &http::Ctx,
@@ -895,7 +959,7 @@ async fn tcp(
     let Some(ep) = pool.pick_endpoint(cluster, ctx, None) else {
         return (0, 0);
     };
-    let Some(mut up) = cluster.connect(ep).await else {
+    let Some(mut up) = cluster.open(ep).await else {
         return (0, 0);
     };
     tokio::io::copy_bidirectional(&mut down, &mut up)

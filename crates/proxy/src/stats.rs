@@ -20,6 +20,14 @@ pub struct ClusterStats {
     pub upstream_cx_max_duration_reached: AtomicU64,
     pub upstream_cx_max_requests: AtomicU64,
     pub upstream_rq_pending_overflow: AtomicU64,
+    /// TLS handshakes done and failed (`ssl.handshake`,
+    /// `ssl.connection_error`).
+    pub ssl_handshake: AtomicU64,
+    pub ssl_connection_error: AtomicU64,
+    /// Handshakes that failed on the server's certificate: its SANs
+    /// (`ssl.fail_verify_san`), or its chain (`ssl.fail_verify_error`).
+    pub ssl_fail_verify_san: AtomicU64,
+    pub ssl_fail_verify_error: AtomicU64,
 }
 
 impl ClusterStats {
@@ -33,9 +41,13 @@ impl ClusterStats {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn pairs(&self) -> [(&'static str, u64); 15] {
+    fn pairs(&self) -> [(&'static str, u64); 19] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
+            ("ssl.connection_error", g(&self.ssl_connection_error)),
+            ("ssl.fail_verify_error", g(&self.ssl_fail_verify_error)),
+            ("ssl.fail_verify_san", g(&self.ssl_fail_verify_san)),
+            ("ssl.handshake", g(&self.ssl_handshake)),
             (
                 "upstream_cx_connect_fail",
                 g(&self.upstream_cx_connect_fail),
@@ -78,6 +90,8 @@ pub struct ListenerStats {
     pub downstream_cx_total: AtomicU64,
     pub downstream_cx_active: AtomicU64,
     pub downstream_rq_total: AtomicU64,
+    pub ssl_handshake: AtomicU64,
+    pub ssl_connection_error: AtomicU64,
 }
 
 /// Envoy's text format (`/stats`): `cluster.<name>.<counter>: <value>`.
@@ -93,21 +107,15 @@ pub fn text(cfg: &crate::config::Config) -> String {
     for l in &cfg.listeners {
         let (name, s) = (&l.name, &l.stats);
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "listener.{name}.downstream_cx_active: {}",
-            g(&s.downstream_cx_active)
-        );
-        let _ = writeln!(
-            out,
-            "listener.{name}.downstream_cx_total: {}",
-            g(&s.downstream_cx_total)
-        );
-        let _ = writeln!(
-            out,
-            "listener.{name}.downstream_rq_total: {}",
-            g(&s.downstream_rq_total)
-        );
+        for (k, v) in [
+            ("downstream_cx_active", &s.downstream_cx_active),
+            ("downstream_cx_total", &s.downstream_cx_total),
+            ("downstream_rq_total", &s.downstream_rq_total),
+            ("ssl.connection_error", &s.ssl_connection_error),
+            ("ssl.handshake", &s.ssl_handshake),
+        ] {
+            let _ = writeln!(out, "listener.{name}.{k}: {}", g(v));
+        }
     }
     out
 }
@@ -120,6 +128,7 @@ pub fn prometheus(cfg: &crate::config::Config) -> String {
     names.sort();
     let first = names.first().map(|n| cfg.clusters[*n].stats.pairs());
     for (i, (k, _)) in first.into_iter().flatten().enumerate() {
+        let k = k.replace('.', "_");
         let _ = writeln!(out, "# TYPE envoy_cluster_{k} counter");
         for n in &names {
             let v = cfg.clusters[*n].stats.pairs()[i].1;

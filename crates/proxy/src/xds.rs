@@ -1,5 +1,6 @@
-//! ADS: listeners, routes, clusters and endpoints from a control plane,
-//! over the same gRPC stream Envoy uses (state of the world).
+//! ADS: listeners, routes, clusters, endpoints and secrets (SDS) from a
+//! control plane, over the same gRPC stream Envoy uses (state of the
+//! world).
 //!
 //! Each resource arrives as a protobuf `Any`. It is decoded by its
 //! descriptor (`build.rs` keeps those of the resources mast proxy reads)
@@ -23,6 +24,7 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 static POOL: LazyLock<std::result::Result<DescriptorPool, String>> = LazyLock::new(|| {
     DescriptorPool::decode(include_bytes!(concat!(env!("OUT_DIR"), "/xds.bin")).as_slice())
@@ -52,6 +54,29 @@ pub fn to_json(any: &Any) -> Result<serde_json::Value> {
         .map_err(|e| anyhow!("a {name} cannot be read: {e}"))
 }
 
+/// A resource from Envoy's JSON form, as a control plane sends it: the
+/// inverse of [`to_json`], for tests and tools that write resources as
+/// JSON. Only the types mast proxy reads are known.
+pub fn from_json(type_url: &str, v: &serde_json::Value) -> Result<Any> {
+    use prost::Message;
+    let pool = POOL
+        .as_ref()
+        .map_err(|e| anyhow!("the built-in descriptors do not load: {e}"))?;
+    let name = type_url
+        .rsplit_once('/')
+        .map(|(_, n)| n)
+        .unwrap_or(type_url);
+    let desc = pool
+        .get_message_by_name(name)
+        .ok_or_else(|| anyhow!("resource type {name} is not one mast proxy implements"))?;
+    let msg = DynamicMessage::deserialize(desc, v.clone())
+        .map_err(|e| anyhow!("a {name} cannot be written: {e}"))?;
+    Ok(Any {
+        type_url: type_url.to_owned(),
+        value: msg.encode_to_vec(),
+    })
+}
+
 /// Read one resource (in its JSON form) into `T`, a bootstrap type.
 fn read<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
     let name = v
@@ -71,6 +96,7 @@ pub struct Resources {
     pub routes: BTreeMap<String, bootstrap::RouteConfiguration>,
     pub clusters: BTreeMap<String, bootstrap::Cluster>,
     pub endpoints: BTreeMap<String, bootstrap::ClusterLoadAssignment>,
+    pub secrets: BTreeMap<String, bootstrap::Secret>,
     /// The same resources as they came (protobuf, compact), by type, for
     /// `/config_dump`.
     pub raw: BTreeMap<String, Vec<Any>>,
@@ -117,6 +143,12 @@ impl Resources {
                     })
                     .collect::<Result<_>>()?
             }
+            SECRET => {
+                next.secrets = json
+                    .iter()
+                    .map(|v| read::<bootstrap::Secret>(v, "secret").map(|s| (s.name.clone(), s)))
+                    .collect::<Result<_>>()?
+            }
             other => bail!("resource type {other} is not one mast proxy subscribes to"),
         }
         next.raw.insert(type_url.to_owned(), resources.to_vec());
@@ -154,8 +186,21 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// The secrets that clusters and listeners take over ADS (SDS
+    /// subscriptions), with `also`, those the static bootstrap names.
+    pub fn secret_names(&self, also: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut names =
+            bootstrap::ads_secret_names(self.clusters.values(), self.listeners.values());
+        names.extend(also.iter().cloned());
+        names
+    }
+}
+
 /// What the ADS loop needs from the proxy.
 pub trait Apply: Send + Sync + 'static {
+    /// The secrets the static bootstrap takes over ADS.
+    fn static_secrets(&self) -> BTreeSet<String>;
     /// Compile and run these resources, or say why not (the NACK).
     fn apply(&self, resources: &Resources) -> Result<()>;
     /// The proxy holds a whole first configuration.
@@ -278,9 +323,11 @@ async fn stream(
         ))
         .await?;
     }
+    let also = apply.static_secrets();
     for (t, names) in [
         (ENDPOINT, accepted.endpoint_names()),
         (ROUTE, accepted.route_names()),
+        (SECRET, accepted.secret_names(&also)),
     ] {
         if !names.is_empty() {
             let st = types.entry(t).or_default();
@@ -299,7 +346,7 @@ async fn stream(
         .into_inner();
     while let Some(resp) = responses.message().await? {
         let resp: DiscoveryResponse = resp;
-        let Some(t) = [CLUSTER, LISTENER, ROUTE, ENDPOINT]
+        let Some(t) = [CLUSTER, LISTENER, ROUTE, ENDPOINT, SECRET]
             .into_iter()
             .find(|t| *t == resp.type_url)
         else {
@@ -347,6 +394,7 @@ async fn stream(
         for (dep, names) in [
             (ENDPOINT, accepted.endpoint_names()),
             (ROUTE, accepted.route_names()),
+            (SECRET, accepted.secret_names(&also)),
         ] {
             let names: Vec<String> = names.into_iter().collect();
             let st = types.entry(dep).or_default();
@@ -364,6 +412,12 @@ async fn stream(
             && have(LISTENER)
             && (!wants(ENDPOINT) || have(ENDPOINT))
             && (!wants(ROUTE) || have(ROUTE))
+            // A secret is waited for until it comes, even when a
+            // response has come without it (as Envoy warms).
+            && accepted
+                .secret_names(&also)
+                .iter()
+                .all(|n| accepted.secrets.contains_key(n))
         {
             *announced = true;
             apply.initialized();
