@@ -719,7 +719,9 @@ static_resources:
         .get("v3")
         == Some(&5)));
     assert_eq!(ask(), "v3", "the open connection kept the old routes");
-    // 14. Without its control plane the proxy keeps its configuration; it
+    // 14. HTTPS at the gateway, as Istio's secure-ingress task sets it up.
+    https_at_the_gateway(&c);
+    // 15. Without its control plane the proxy keeps its configuration; it
     // finds a new control plane on its own, and takes its changes.
     drop(cp.take());
     std::thread::sleep(std::time::Duration::from_secs(1));
@@ -732,6 +734,103 @@ static_resources:
         "the proxy never came back to the control plane"
     );
     drop(cp);
+}
+
+/// A TLS Secret's manifest, from a test PKI's `NAME.pem` and `NAME.key`
+/// (and its CA as `ca.crt` when `with_ca`).
+fn tls_secret(pki: &common::Pki, secret: &str, name: &str, with_ca: bool) -> String {
+    use base64::Engine as _;
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(pki.path(f)).expect("pem"))
+    };
+    let mut data = format!(
+        "  tls.crt: {}\n  tls.key: {}\n",
+        b64(&format!("{name}.pem")),
+        b64(&format!("{name}.key"))
+    );
+    if with_ca {
+        data += &format!("  ca.crt: {}\n", b64("ca.pem"));
+    }
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata:\n{data}")
+}
+
+/// Gateway servers that terminate TLS with `credentialName`: the
+/// certificate is a Kubernetes Secret in the gateway's namespace, which
+/// the control plane serves over SDS. SNI picks the server; MUTUAL wants a
+/// client certificate from the Secret's CA; a changed Secret rotates the
+/// certificate. Its VirtualService sends all to v1 (an earlier step left a
+/// v3 pod failing).
+fn https_at_the_gateway(c: &Cluster) {
+    let (pki, ca) = common::Pki::new();
+    pki.issue(&ca, "gw", &["reviews.example.com"]);
+    pki.issue(&ca, "client", &["client.example.com"]);
+    let (next, next_ca) = common::Pki::ca("the next CA");
+    next.issue(&next_ca, "gw", &["reviews.example.com"]);
+    let (simple, mutual) = (common::free_port(), common::free_port());
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n");
+    c.apply(&tls_secret(&pki, "gw-cred", "gw", false));
+    c.apply(&tls_secret(&pki, "gw-mtls", "gw", true));
+    c.apply(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw-tls}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {simple}, name: https, protocol: HTTPS}}
+    hosts: [reviews.example.com]
+    tls: {{mode: SIMPLE, credentialName: gw-cred}}
+  - port: {{number: {mutual}, name: https-mtls, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: MUTUAL, credentialName: gw-mtls}}
+"#
+    ));
+    c.apply("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-tls}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw-tls]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}}]\n");
+    // `curl https://HOST:PORT/` trusting `ca`: the status and echo's version.
+    let get = |host: &str, port: u16, ca: &common::Pki, extra: &[&str]| -> String {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
+            .arg(ca.path("ca.pem"))
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .args(extra)
+            .arg(format!("https://{host}:{port}/"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        format!("{code} {}", v["version"].as_str().unwrap_or("-"))
+    };
+    let host = "reviews.example.com";
+    assert!(
+        common::eventually(60, || get(host, simple, &pki, &[]) == "200 v1"),
+        "HTTPS with credentialName never answered: {}",
+        get(host, simple, &pki, &[])
+    );
+    // The server's hosts are its SNI names: another name has no chain.
+    assert_eq!(get("other.example.com", simple, &pki, &[]), "000 -");
+    // MUTUAL: no client certificate, no answer; one from the CA, answers.
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let client = ["--cert", cert.as_str(), "--key", key.as_str()];
+    assert!(
+        common::eventually(30, || get(host, mutual, &pki, &client) == "200 v1"),
+        "MUTUAL never answered: {}",
+        get(host, mutual, &pki, &client)
+    );
+    assert_eq!(get(host, mutual, &pki, &[]), "000 -");
+    // A new certificate in the Secret: new connections get it.
+    c.apply(&tls_secret(&next, "gw-cred", "gw", false));
+    assert!(
+        common::eventually(30, || get(host, simple, &next, &[]) == "200 v1"),
+        "the rotated certificate never came: {}",
+        get(host, simple, &next, &[])
+    );
+    assert_eq!(
+        get(host, simple, &pki, &[]),
+        "000 -",
+        "the old CA still verifies"
+    );
 }
 
 /// `mast up --demo` in pod network namespaces (its own bridge and ranges,

@@ -1230,61 +1230,12 @@ fn mast_proxy_cuts_off_slow_headers_but_not_slow_answers() {
     assert_eq!(closed_within(&mut c, 4), Ok(()), "the half-sent head");
 }
 
-/// A test PKI: a CA, and certificates it signs, written as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> (Pki, rcgen::Issuer<'static, rcgen::KeyPair>) {
-        Pki::ca("mast test CA")
-    }
-
-    fn ca(name: &str) -> (Pki, rcgen::Issuer<'static, rcgen::KeyPair>) {
-        let dir = tempfile::tempdir().expect("tmp");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).expect("CA");
-        std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("write");
-        (Pki { dir }, rcgen::Issuer::new(params, key))
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.path().join(file).display().to_string()
-    }
-
-    /// `NAME.pem` and `NAME.key`: a certificate for these SANs (DNS
-    /// names, or URIs when they have "://").
-    fn issue(&self, ca: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str, sans: &[&str]) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        for s in sans {
-            params.subject_alt_names.push(if s.contains("://") {
-                rcgen::SanType::URI((*s).try_into().expect("uri"))
-            } else {
-                rcgen::SanType::DnsName((*s).try_into().expect("dns"))
-            });
-        }
-        let cert = params.signed_by(&key, ca).expect("sign");
-        std::fs::write(self.dir.path().join(format!("{name}.pem")), cert.pem()).expect("write");
-        std::fs::write(
-            self.dir.path().join(format!("{name}.key")),
-            key.serialize_pem(),
-        )
-        .expect("write");
-    }
-}
-
 /// One bootstrap with TLS on both sides: listener `tls` terminates TLS
 /// (SNI `echo.test` reaches echo; without it, a direct response says so),
 /// listener `mtls` requires a client certificate from the CA with a SAN
 /// under `spiffe://cluster.local/ns/default/`, and listener `plain` routes
 /// by path to clusters that originate TLS to them in different ways.
-fn tls_bootstrap(pki: &Pki, other: &Pki, ports: [u16; 5]) -> String {
+fn tls_bootstrap(pki: &common::Pki, other: &common::Pki, ports: [u16; 5]) -> String {
     use serde_json::json;
     let [plain, tls, mtls, admin, echo] = ports;
     let file = |f: &str| json!({"filename": pki.path(f)});
@@ -1394,7 +1345,7 @@ fn tls_bootstrap(pki: &Pki, other: &Pki, ports: [u16; 5]) -> String {
 
 /// What one proxy does with TLS: the status (and echo's version, or the
 /// body) of each way in, and the TLS counters of some clusters.
-fn observe_tls(pki: &Pki, ports: [u16; 5]) -> BTreeMap<String, String> {
+fn observe_tls(pki: &common::Pki, ports: [u16; 5]) -> BTreeMap<String, String> {
     let [plain, tls, mtls, admin, _] = ports;
     let mut out = BTreeMap::new();
     let answer = |url: &str, extra: &[&str]| {
@@ -1480,7 +1431,7 @@ fn observe_tls(pki: &Pki, ports: [u16; 5]) -> BTreeMap<String, String> {
 
 #[test]
 fn mast_proxy_originates_and_terminates_tls_as_envoy_does() {
-    let (pki, ca) = Pki::new();
+    let (pki, ca) = common::Pki::new();
     pki.issue(
         &ca,
         "echo",
@@ -1496,7 +1447,7 @@ fn mast_proxy_originates_and_terminates_tls_as_envoy_does() {
         "stranger",
         &["spiffe://cluster.local/ns/other/sa/client"],
     );
-    let (other, other_ca) = Pki::ca("another CA");
+    let (other, other_ca) = common::Pki::ca("another CA");
     other.issue(
         &other_ca,
         "outsider",
@@ -1616,7 +1567,7 @@ fn ads_server(
 const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Secrets `server` (a certificate for echo.test) and `ROOTCA` (its CA).
-fn secrets_of(pki: &Pki) -> Vec<serde_json::Value> {
+fn secrets_of(pki: &common::Pki) -> Vec<serde_json::Value> {
     use serde_json::json;
     let text =
         |f: &str| json!({"inline_string": std::fs::read_to_string(pki.path(f)).expect("pem")});
@@ -1693,9 +1644,9 @@ fn ads_bootstrap(xds: u16, admin: u16) -> String {
 
 #[test]
 fn mast_proxy_takes_certificates_over_sds_and_rotates_them_as_envoy_does() {
-    let (pki, ca) = Pki::new();
+    let (pki, ca) = common::Pki::new();
     pki.issue(&ca, "echo", &["echo.test"]);
-    let (next, next_ca) = Pki::ca("the next CA");
+    let (next, next_ca) = common::Pki::ca("the next CA");
     next.issue(&next_ca, "echo", &["echo.test"]);
     let echo_port = common::free_port();
     let _echo = echo(echo_port, "v1");
@@ -1739,7 +1690,8 @@ fn mast_proxy_takes_certificates_over_sds_and_rotates_them_as_envoy_does() {
             format!("echo.test:{tls}:127.0.0.1"),
             format!("https://echo.test:{tls}/"),
         );
-        let https = |ca: &Pki| answer(&url, &["--cacert", &ca.path("ca.pem"), "--resolve", &r]);
+        let https =
+            |ca: &common::Pki| answer(&url, &["--cacert", &ca.path("ca.pem"), "--resolve", &r]);
         out.insert("via plain", via());
         out.insert("https, first CA", https(&pki));
         // Both secrets change: the listener serves the next certificate,

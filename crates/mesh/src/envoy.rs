@@ -828,7 +828,7 @@ pub fn rds(name: &str) -> hcm::http_connection_manager::RouteSpecifier {
     })
 }
 
-fn ads() -> core::ConfigSource {
+pub(crate) fn ads() -> core::ConfigSource {
     core::ConfigSource {
         resource_api_version: core::ApiVersion::V3 as i32,
         config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(

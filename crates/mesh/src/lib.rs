@@ -17,11 +17,12 @@
 pub mod analyze;
 pub mod debug;
 pub mod envoy;
+pub mod gateway_tls;
 pub mod model;
 pub mod sidecar;
 pub mod xds;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::Store;
@@ -62,8 +63,18 @@ impl Generator for Current {
         // Gateway servers by port, then the VirtualServices bound to them.
         let mut by_port: BTreeMap<u16, Vec<(String, &mast_api::istio::types::VirtualService)>> =
             BTreeMap::new();
+        // Servers that terminate TLS, by port, and what is bound to them.
+        type Bound<'a> = Vec<(String, &'a mast_api::istio::types::VirtualService)>;
+        let mut https: BTreeMap<u16, (Vec<&mast_api::istio::types::Server>, Bound)> =
+            BTreeMap::new();
         for (key, gw) in mesh.gateways_for(&proxy.labels) {
             for s in &gw.servers {
+                if gateway_tls::terminates(s).is_some() {
+                    let e = https.entry(s.port.number as u16).or_default();
+                    e.0.push(s);
+                    e.1.extend(mesh.bound_to(key));
+                    continue;
+                }
                 let proto = s
                     .port
                     .protocol
@@ -86,6 +97,21 @@ impl Generator for Current {
             let l = envoy::http_listener(port, &name);
             listeners.insert(l.name.clone(), envoy::any(&l));
         }
+        let mut secrets = BTreeMap::new();
+        for (port, (servers, vss)) in https {
+            if listeners.contains_key(&format!("0.0.0.0_{port}")) {
+                continue; // Plain HTTP took the port.
+            }
+            let name = format!("https.{port}");
+            routes.insert(
+                name.clone(),
+                envoy::any(&envoy::gateway_routes(&mesh, &name, &vss)),
+            );
+            let l = gateway_tls::https_listener(port, &name, &servers);
+            listeners.insert(l.name.clone(), envoy::any(&l));
+            secrets.extend(gateway_tls::secrets(&mesh, &proxy.namespace, &servers));
+        }
+        out.0.insert(xds::SECRET, secrets);
         out.0.insert(xds::LISTENER, listeners);
         out.0.insert(xds::ROUTE, routes);
         out.0.insert(
@@ -166,6 +192,7 @@ struct Stores {
     dr: Store<DynamicObject>,
     gw: Store<DynamicObject>,
     se: Store<DynamicObject>,
+    secrets: Store<Secret>,
 }
 
 fn build(s: &Stores, domain: &str) -> Mesh {
@@ -219,7 +246,28 @@ fn build(s: &Stores, domain: &str) -> Mesh {
     mesh.destination_rules = specs(s.dr.state());
     mesh.gateways = specs(s.gw.state());
     mesh.service_entries = specs(s.se.state());
+    mesh.credentials = credentials(s.secrets.state());
     mesh
+}
+
+/// The TLS credentials among Secrets, by (namespace, name).
+fn credentials<S: std::borrow::Borrow<Secret>>(
+    secrets: impl IntoIterator<Item = S>,
+) -> BTreeMap<(String, String), model::Credential> {
+    secrets
+        .into_iter()
+        .filter_map(|s| {
+            let s = s.borrow();
+            let data: BTreeMap<String, Vec<u8>> = s
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
+            let c = model::Credential::from_data(&data)?;
+            Some(((s.namespace().unwrap_or_default(), s.name_any()), c))
+        })
+        .collect()
 }
 
 /// Read the configuration once (for `mast mesh analyze`): the model and
@@ -266,6 +314,7 @@ pub async fn snapshot(client: &Client, domain: &str) -> anyhow::Result<(Mesh, an
     mesh.destination_rules = specs(list("DestinationRule", "destinationrules").await?);
     mesh.gateways = specs(list("Gateway", "gateways").await?);
     mesh.service_entries = specs(list("ServiceEntry", "serviceentries").await?);
+    mesh.credentials = credentials(Api::<Secret>::all(client.clone()).list(lp).await?);
     Ok((mesh, ports))
 }
 
@@ -305,7 +354,9 @@ pub async fn run(
         all(),
         se_ar,
     );
-    let mut events = futures::stream::select_all([c1, c2, c3, c4, c5, c6, c7]);
+    // Secrets, for Gateway servers' credentialName (as istiod reads them).
+    let (secrets, c8) = mast_watch::cache(Api::<Secret>::all(client.clone()), all(), ());
+    let mut events = futures::stream::select_all([c1, c2, c3, c4, c5, c6, c7, c8]);
     let stores = Stores {
         services,
         slices,
@@ -314,6 +365,7 @@ pub async fn run(
         dr,
         gw,
         se,
+        secrets,
     };
     let current = Arc::new(Current::default());
     let (version_tx, version_rx) = tokio::sync::watch::channel(0u64);

@@ -105,6 +105,32 @@ pub struct Mesh {
     pub destination_rules: BTreeMap<(String, String), DestinationRule>,
     pub gateways: BTreeMap<(String, String), Gateway>,
     pub service_entries: BTreeMap<(String, String), ServiceEntry>,
+    /// TLS credentials from Kubernetes Secrets by (namespace, name), for
+    /// Gateway servers' `credentialName`.
+    pub credentials: BTreeMap<(String, String), Credential>,
+}
+
+/// What a Secret holds for TLS, PEM: `tls.crt`, `tls.key` and `ca.crt`
+/// (a `kubernetes.io/tls` Secret), or `cert`, `key` and `cacert` (a
+/// generic one), as Istio reads them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Credential {
+    pub cert: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    pub ca: Option<Vec<u8>>,
+}
+
+impl Credential {
+    /// The credential in a Secret's data, if it holds one.
+    pub fn from_data(data: &BTreeMap<String, Vec<u8>>) -> Option<Credential> {
+        let get = |a: &str, b: &str| data.get(a).or_else(|| data.get(b)).cloned();
+        let c = Credential {
+            cert: get("tls.crt", "cert"),
+            key: get("tls.key", "key"),
+            ca: get("ca.crt", "cacert"),
+        };
+        (c.cert.is_some() && c.key.is_some() || c.ca.is_some()).then_some(c)
+    }
 }
 
 impl Mesh {

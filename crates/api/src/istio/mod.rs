@@ -788,7 +788,98 @@ impl Check for Gateway {
                     "servers[{i}]: server config must contain at least one host"
                 ));
             }
+            server_tls(errs, &format!("servers[{i}]"), s);
         }
+    }
+}
+
+/// A Gateway server's TLS, as Istio's `validateServer` and
+/// `validateTLSOptions` check it.
+fn server_tls(errs: &mut Vec<String>, at: &str, s: &Server) {
+    let proto = s.port.protocol_upper();
+    let is_tls = proto == "HTTPS" || proto == "TLS";
+    let Some(t) = &s.tls else {
+        if is_tls {
+            errs.push(format!(
+                "{at}: server must have TLS settings for HTTPS/TLS protocols"
+            ));
+        }
+        return;
+    };
+    let mode = t.mode.as_deref().unwrap_or("PASSTHROUGH");
+    const MODES: [&str; 6] = [
+        "PASSTHROUGH",
+        "SIMPLE",
+        "MUTUAL",
+        "AUTO_PASSTHROUGH",
+        "ISTIO_MUTUAL",
+        "OPTIONAL_MUTUAL",
+    ];
+    if !MODES.contains(&mode) {
+        errs.push(format!(
+            "{at}.tls.mode: unknown mode {mode:?} ({})",
+            MODES.join(", ")
+        ));
+        return;
+    }
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    let (cert, key, ca, cred) = (
+        set(&t.server_certificate),
+        set(&t.private_key),
+        set(&t.ca_certificates),
+        set(&t.credential_name),
+    );
+    if !is_tls {
+        let http = matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB");
+        if !http {
+            errs.push(format!(
+                "{at}: server cannot have TLS settings for non HTTPS/TLS ports"
+            ));
+        } else if !matches!(mode, "PASSTHROUGH" | "AUTO_PASSTHROUGH") || cert || key || ca {
+            errs.push(format!(
+                "{at}: server cannot have TLS settings for plain text HTTP ports"
+            ));
+        }
+    }
+    for v in [&t.min_protocol_version, &t.max_protocol_version]
+        .into_iter()
+        .flatten()
+    {
+        if !["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"].contains(&v.as_str()) {
+            errs.push(format!(
+                "{at}.tls: unknown TLS version {v:?} (TLS_AUTO, TLSV1_0 to TLSV1_3)"
+            ));
+        }
+    }
+    match mode {
+        "ISTIO_MUTUAL" => {
+            for (what, has) in [
+                ("server certificate", cert),
+                ("private key", key),
+                ("CA bundle", ca),
+                ("credentialName", cred),
+            ] {
+                if has {
+                    errs.push(format!(
+                        "{at}.tls: ISTIO_MUTUAL TLS cannot have associated {what}"
+                    ));
+                }
+            }
+        }
+        "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if !cred => {
+            if !cert {
+                errs.push(format!(
+                    "{at}.tls: {mode} TLS requires a server certificate"
+                ));
+            }
+            if !key {
+                errs.push(format!("{at}.tls: {mode} TLS requires a private key"));
+            }
+            if mode != "SIMPLE" && !ca {
+                errs.push(format!("{at}.tls: {mode} TLS requires a client CA bundle"));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -931,6 +1022,67 @@ mod tests {
     fn errors(kind: &str, spec: Value) -> Vec<String> {
         let k = KINDS.iter().find(|k| k.kind == kind).unwrap();
         validate(k, &spec)
+    }
+
+    #[test]
+    fn gateway_tls_is_validated_as_istio_does() {
+        let gw = |port: Value, tls: Value| {
+            let mut server = json!({"port": port, "hosts": ["*.example.com"]});
+            if !tls.is_null() {
+                server["tls"] = tls;
+            }
+            errors("Gateway", json!({"servers": [server]}))
+        };
+        let https = json!({"number": 443, "name": "https", "protocol": "HTTPS"});
+        let http = json!({"number": 80, "name": "http", "protocol": "HTTP"});
+        let ok = Vec::<String>::new();
+        assert_eq!(
+            gw(
+                https.clone(),
+                json!({"mode": "SIMPLE", "credentialName": "c"})
+            ),
+            ok
+        );
+        assert_eq!(
+            gw(
+                https.clone(),
+                json!({"mode": "MUTUAL", "serverCertificate": "/c.pem", "privateKey": "/k.pem", "caCertificates": "/ca.pem"})
+            ),
+            ok
+        );
+        assert_eq!(gw(http.clone(), json!({"httpsRedirect": true})), ok);
+        assert_eq!(
+            gw(https.clone(), Value::Null),
+            ["servers[0]: server must have TLS settings for HTTPS/TLS protocols"]
+        );
+        assert_eq!(
+            gw(
+                https.clone(),
+                json!({"mode": "MUTUAL", "serverCertificate": "/c.pem"})
+            ),
+            [
+                "servers[0].tls: MUTUAL TLS requires a private key",
+                "servers[0].tls: MUTUAL TLS requires a client CA bundle"
+            ]
+        );
+        assert_eq!(
+            gw(
+                http.clone(),
+                json!({"mode": "SIMPLE", "credentialName": "c"})
+            ),
+            ["servers[0]: server cannot have TLS settings for plain text HTTP ports"]
+        );
+        assert_eq!(
+            gw(
+                https.clone(),
+                json!({"mode": "ISTIO_MUTUAL", "credentialName": "c"})
+            ),
+            ["servers[0].tls: ISTIO_MUTUAL TLS cannot have associated credentialName"]
+        );
+        assert_eq!(
+            gw(https, json!({"mode": "STRICT"})),
+            ["servers[0].tls.mode: unknown mode \"STRICT\" (PASSTHROUGH, SIMPLE, MUTUAL, AUTO_PASSTHROUGH, ISTIO_MUTUAL, OPTIONAL_MUTUAL)"]
+        );
     }
 
     #[test]

@@ -608,6 +608,13 @@ pub struct Port {
     pub target_port: Option<u32>,
 }
 
+impl Port {
+    /// The protocol in upper case ("" when unset).
+    pub fn protocol_upper(&self) -> String {
+        self.protocol.as_deref().unwrap_or("").to_ascii_uppercase()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerTlsSettings {

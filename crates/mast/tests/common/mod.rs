@@ -675,3 +675,52 @@ pub fn http_listener(name: &str, port: u16, listener: &str, settings: &str) -> S
 "#
     )
 }
+
+/// A test PKI: a CA, and certificates it signs, written as PEM files.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> (Pki, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        Pki::ca("mast test CA")
+    }
+
+    pub fn ca(name: &str) -> (Pki, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).expect("write");
+        (Pki { dir }, rcgen::Issuer::new(params, key))
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// `NAME.pem` and `NAME.key`: a certificate for these SANs (DNS
+    /// names, or URIs when they have "://").
+    pub fn issue(&self, ca: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str, sans: &[&str]) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for s in sans {
+            params.subject_alt_names.push(if s.contains("://") {
+                rcgen::SanType::URI((*s).try_into().expect("uri"))
+            } else {
+                rcgen::SanType::DnsName((*s).try_into().expect("dns"))
+            });
+        }
+        let cert = params.signed_by(&key, ca).expect("sign");
+        std::fs::write(self.dir.path().join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(
+            self.dir.path().join(format!("{name}.key")),
+            key.serialize_pem(),
+        )
+        .expect("write");
+    }
+}
