@@ -158,7 +158,19 @@ fn istio_resources_are_served_and_validated_as_istio_does() {
         "--tcp=9080:9080",
     ]);
     c.apply("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: unused}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 8081, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n");
+    // What mast does not implement yet is said: ISTIO_MUTUAL (Istio's
+    // own destination-rule-all-mtls.yaml sets it), a TLS passthrough server.
+    c.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: mtls}\nspec:\n  host: ratings\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n");
+    c.apply("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: passthrough}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 8443, name: tls, protocol: TLS}, hosts: [\"*\"], tls: {mode: PASSTHROUGH}}]\n");
     let (_, out) = analyze();
+    assert!(
+        out.contains("Warning [MST0003] (DestinationRule mtls.default) tls mode ISTIO_MUTUAL needs the mesh's own mTLS"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Warning [MST0003] (Gateway passthrough.default) server on port 8443 (TLS, PASSTHROUGH) is not implemented yet"),
+        "{out}"
+    );
     assert!(
         !out.contains("Referenced host not found: \"reviews\""),
         "{out}"
@@ -719,8 +731,14 @@ static_resources:
         .get("v3")
         == Some(&5)));
     assert_eq!(ask(), "v3", "the open connection kept the old routes");
-    // 14. HTTPS at the gateway, as Istio's secure-ingress task sets it up.
+    // 14. HTTPS at the gateway, as Istio's secure-ingress task sets it up;
+    // TLS origination to a ServiceEntry, as Istio's egress task does.
     https_at_the_gateway(&c);
+    tls_origination(&c, gw_port, &vs);
+    vs("  - route: [{destination: {host: reviews, subset: v3}}]\n");
+    assert!(common::eventually(20, || through(gw_port, 5, &[])
+        .get("v3")
+        == Some(&5)));
     // 15. Without its control plane the proxy keeps its configuration; it
     // finds a new control plane on its own, and takes its changes.
     drop(cp.take());
@@ -831,6 +849,125 @@ spec:
         "000 -",
         "the old CA still verifies"
     );
+}
+
+/// An HTTPS server on loopback (Python's) with `NAME.pem`: it answers
+/// JSON with the SNI it was asked by and the client certificate's first
+/// SAN, asking for one signed by the PKI's CA.
+fn https_server(pki: &common::Pki, name: &str, port: u16) -> common::Background {
+    const SERVER: &str = r#"
+import http.server, json, ssl, sys
+cert, key, ca, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ctx.load_verify_locations(ca)
+ctx.verify_mode = ssl.CERT_OPTIONAL
+def sni(sock, name, _):
+    sock.sni = name
+ctx.sni_callback = sni
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        peer = self.connection.getpeercert() or {}
+        sans = [v for _, v in peer.get("subjectAltName", ())]
+        body = json.dumps({"version": "tls", "sni": getattr(self.connection, "sni", None),
+                           "client": sans[0] if sans else None}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+    let child = std::process::Command::new("python3")
+        .args(["-c", SERVER])
+        .arg(pki.path(&format!("{name}.pem")))
+        .arg(pki.path(&format!("{name}.key")))
+        .arg(pki.path("ca.pem"))
+        .arg(port.to_string())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 https server");
+    common::Background(child)
+}
+
+/// Istio's egress TLS origination: the gateway's route sends plain HTTP
+/// to a ServiceEntry's port 443, and a DestinationRule on that host and
+/// port (`portLevelSettings`) makes the proxy speak TLS to it: SIMPLE with
+/// the host as SNI and a CA file, then MUTUAL with a client certificate
+/// from files and from a Kubernetes Secret (`credentialName`, over SDS); a
+/// SAN the server does not have is refused (503).
+fn tls_origination(c: &Cluster, gw_port: u16, vs: &dyn Fn(&str)) {
+    let (pki, ca) = common::Pki::new();
+    pki.issue(&ca, "secure", &["secure.external.test"]);
+    pki.issue(&ca, "client", &["client.test"]);
+    let port = common::free_port();
+    let _server = https_server(&pki, "secure", port);
+    c.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.external.test]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{https: {port}}}}}]\n"
+    ));
+    vs("  - route: [{destination: {host: secure.external.test, port: {number: 443}}}]\n");
+    let dr = |tls: &str| {
+        c.apply(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure}}\nspec:\n  host: secure.external.test\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 443}}\n      tls: {tls}\n"
+        ));
+    };
+    let ask = || -> String {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{gw_port}/"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        format!(
+            "{code} sni={} client={}",
+            v["sni"].as_str().unwrap_or("-"),
+            v["client"].as_str().unwrap_or("-")
+        )
+    };
+    let ca_file = pki.path("ca.pem");
+    dr(&format!("{{mode: SIMPLE, caCertificates: {ca_file}}}"));
+    let want = "200 sni=secure.external.test client=-";
+    assert!(
+        common::eventually(30, || ask() == want),
+        "TLS origination (SIMPLE): {}",
+        ask()
+    );
+    dr(&format!(
+        "{{mode: SIMPLE, caCertificates: {ca_file}, subjectAltNames: [other.test]}}"
+    ));
+    assert!(
+        common::eventually(30, || ask().starts_with("503")),
+        "a SAN the server lacks must be refused: {}",
+        ask()
+    );
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    dr(&format!(
+        "{{mode: MUTUAL, clientCertificate: {cert}, privateKey: {key}, caCertificates: {ca_file}}}"
+    ));
+    let want = "200 sni=secure.external.test client=client.test";
+    assert!(
+        common::eventually(30, || ask() == want),
+        "TLS origination (MUTUAL, files): {}",
+        ask()
+    );
+    // The client certificate from a Secret in the gateway's namespace.
+    c.apply(&tls_secret(&pki, "egress-client", "client", true));
+    dr("{mode: SIMPLE, insecureSkipVerify: true}");
+    assert!(common::eventually(30, || ask() == "200 sni=secure.external.test client=-"));
+    dr("{mode: MUTUAL, credentialName: egress-client, sni: secure.external.test}");
+    assert!(
+        common::eventually(30, || ask() == want),
+        "TLS origination (MUTUAL, credentialName): {}",
+        ask()
+    );
+    c.ok(&["delete", "destinationrule", "secure"]);
 }
 
 /// `mast up --demo` in pod network namespaces (its own bridge and ranges,

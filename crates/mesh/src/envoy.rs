@@ -54,37 +54,8 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
             for subset in subsets {
                 let name = cluster_name(p.port, &subset, &host);
                 let tp = mesh.policy(key, &subset, Some(p.port));
-                let lb = tp
-                    .load_balancer
-                    .as_ref()
-                    .and_then(|l| l.simple.clone())
-                    .unwrap_or_default();
-                let hashed = tp
-                    .load_balancer
-                    .as_ref()
-                    .and_then(|l| l.consistent_hash.as_ref());
-                let lb_policy = match lb.as_str() {
-                    _ if hashed.is_some_and(|h| h.maglev.is_some()) => {
-                        cluster::cluster::LbPolicy::Maglev
-                    }
-                    _ if hashed.is_some() => cluster::cluster::LbPolicy::RingHash,
-                    "LEAST_REQUEST" | "LEAST_CONN" => cluster::cluster::LbPolicy::LeastRequest,
-                    "RANDOM" => cluster::cluster::LbPolicy::Random,
-                    _ => cluster::cluster::LbPolicy::RoundRobin,
-                };
-                let pool = tp.connection_pool.clone().unwrap_or_default();
-                let c = cluster::Cluster {
+                let mut c = cluster::Cluster {
                     name: name.clone(),
-                    connect_timeout: Some(
-                        parse(&pool.tcp.as_ref().and_then(|t| t.connect_timeout.clone()))
-                            .unwrap_or(duration(10_000_000_000)),
-                    ),
-                    circuit_breakers: circuit_breakers(&pool),
-                    typed_extension_protocol_options: protocol_options(p.is_http2(), &pool),
-                    upstream_connection_options: upstream_connection_options(&pool),
-                    outlier_detection: tp.outlier_detection.as_ref().map(outlier_detection),
-                    common_lb_config: tp.outlier_detection.as_ref().map(panic_threshold),
-                    lb_policy: lb_policy as i32,
                     cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
                         cluster::cluster::DiscoveryType::Eds as i32,
                     )),
@@ -102,11 +73,54 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                     }),
                     ..Default::default()
                 };
+                apply_policy(&mut c, &tp, p.is_http2(), &host);
                 out.push((name, any(&c)));
             }
         }
     }
     out
+}
+
+/// A DestinationRule's merged policy on a cluster, as istiod applies it:
+/// load balancer, connection pool, outlier detection and client TLS. An
+/// ORIGINAL_DST cluster keeps its own balancing. `host` is the SNI when
+/// the policy names none.
+fn apply_policy(
+    c: &mut cluster::Cluster,
+    tp: &mast_api::istio::types::TrafficPolicy,
+    h2: bool,
+    host: &str,
+) {
+    let lb = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.simple.clone())
+        .unwrap_or_default();
+    let hashed = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.consistent_hash.as_ref());
+    let lb_policy = match lb.as_str() {
+        _ if hashed.is_some_and(|h| h.maglev.is_some()) => cluster::cluster::LbPolicy::Maglev,
+        _ if hashed.is_some() => cluster::cluster::LbPolicy::RingHash,
+        "LEAST_REQUEST" | "LEAST_CONN" => cluster::cluster::LbPolicy::LeastRequest,
+        "RANDOM" => cluster::cluster::LbPolicy::Random,
+        _ => cluster::cluster::LbPolicy::RoundRobin,
+    };
+    if c.lb_policy != cluster::cluster::LbPolicy::ClusterProvided as i32 {
+        c.lb_policy = lb_policy as i32;
+    }
+    let pool = tp.connection_pool.clone().unwrap_or_default();
+    c.connect_timeout = Some(
+        parse(&pool.tcp.as_ref().and_then(|t| t.connect_timeout.clone()))
+            .unwrap_or(duration(10_000_000_000)),
+    );
+    c.circuit_breakers = circuit_breakers(&pool);
+    c.typed_extension_protocol_options = protocol_options(h2, &pool);
+    c.upstream_connection_options = upstream_connection_options(&pool);
+    c.outlier_detection = tp.outlier_detection.as_ref().map(outlier_detection);
+    c.common_lb_config = tp.outlier_detection.as_ref().map(panic_threshold);
+    c.transport_socket = tp.tls.as_ref().and_then(|t| crate::tls::client(t, host));
 }
 
 fn u32v(v: Option<i32>) -> Option<UInt32Value> {
@@ -220,10 +234,11 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                 // sidecar's original destination), as Istio does.
                 for host in &se.hosts {
                     for p in &se.ports {
-                        out.push(original_dst_cluster(
-                            &cluster_name(p.number as u16, "", host),
-                            se_http2(p),
-                        ));
+                        let name = cluster_name(p.number as u16, "", host);
+                        let mut c = original_dst(&name);
+                        let tp = mesh.external_policy(host, p.number as u16);
+                        apply_policy(&mut c, &tp, se_http2(p), host);
+                        out.push((name, any(&c)));
                     }
                 }
                 continue;
@@ -258,14 +273,8 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                     ..Default::default()
                 })
                 .collect();
-                let c = cluster::Cluster {
+                let mut c = cluster::Cluster {
                     name: name.clone(),
-                    connect_timeout: Some(duration(10_000_000_000)),
-                    circuit_breakers: circuit_breakers(&Default::default()),
-                    typed_extension_protocol_options: protocol_options(
-                        se_http2(p),
-                        &Default::default(),
-                    ),
                     cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
                         kind as i32,
                     )),
@@ -279,6 +288,8 @@ pub fn external_clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                     }),
                     ..Default::default()
                 };
+                let tp = mesh.external_policy(host, p.number as u16);
+                apply_policy(&mut c, &tp, se_http2(p), host);
                 out.push((name, any(&c)));
             }
         }
@@ -1022,9 +1033,15 @@ fn upstream_connection_options(
 /// (`ORIGINAL_DST`): Istio's `PassthroughCluster` and inbound clusters,
 /// which speak HTTP/2 to the workload for `h2`.
 pub fn original_dst_cluster(name: &str, h2: bool) -> (String, Any) {
-    let c = cluster::Cluster {
+    let mut c = original_dst(name);
+    c.typed_extension_protocol_options = protocol_options(h2, &Default::default());
+    (name.to_owned(), any(&c))
+}
+
+/// An ORIGINAL_DST cluster: where the connection was going.
+fn original_dst(name: &str) -> cluster::Cluster {
+    cluster::Cluster {
         name: name.to_owned(),
-        typed_extension_protocol_options: protocol_options(h2, &Default::default()),
         connect_timeout: Some(duration(10_000_000_000)),
         lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
         circuit_breakers: circuit_breakers(&Default::default()),
@@ -1032,8 +1049,7 @@ pub fn original_dst_cluster(name: &str, h2: bool) -> (String, Any) {
             cluster::cluster::DiscoveryType::OriginalDst as i32,
         )),
         ..Default::default()
-    };
-    (name.to_owned(), any(&c))
+    }
 }
 
 /// A cluster with no endpoints: Istio's `BlackHoleCluster`.

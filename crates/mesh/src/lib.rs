@@ -17,9 +17,9 @@
 pub mod analyze;
 pub mod debug;
 pub mod envoy;
-pub mod gateway_tls;
 pub mod model;
 pub mod sidecar;
+pub mod tls;
 pub mod xds;
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -69,7 +69,7 @@ impl Generator for Current {
             BTreeMap::new();
         for (key, gw) in mesh.gateways_for(&proxy.labels) {
             for s in &gw.servers {
-                if gateway_tls::terminates(s).is_some() {
+                if tls::terminates(s).is_some() {
                     let e = https.entry(s.port.number as u16).or_default();
                     e.0.push(s);
                     e.1.extend(mesh.bound_to(key));
@@ -97,7 +97,8 @@ impl Generator for Current {
             let l = envoy::http_listener(port, &name);
             listeners.insert(l.name.clone(), envoy::any(&l));
         }
-        let mut secrets = BTreeMap::new();
+        // Secrets for servers and for DestinationRules' client TLS.
+        let mut credentials = mesh.client_credentials();
         for (port, (servers, vss)) in https {
             if listeners.contains_key(&format!("0.0.0.0_{port}")) {
                 continue; // Plain HTTP took the port.
@@ -107,11 +108,13 @@ impl Generator for Current {
                 name.clone(),
                 envoy::any(&envoy::gateway_routes(&mesh, &name, &vss)),
             );
-            let l = gateway_tls::https_listener(port, &name, &servers);
+            let l = tls::https_listener(port, &name, &servers);
             listeners.insert(l.name.clone(), envoy::any(&l));
-            secrets.extend(gateway_tls::secrets(&mesh, &proxy.namespace, &servers));
+            credentials.extend(tls::server_credentials(&servers).map(str::to_owned));
         }
-        out.0.insert(xds::SECRET, secrets);
+        let names = credentials.iter().map(String::as_str);
+        out.0
+            .insert(xds::SECRET, tls::secrets(&mesh, &proxy.namespace, names));
         out.0.insert(xds::LISTENER, listeners);
         out.0.insert(xds::ROUTE, routes);
         out.0.insert(

@@ -110,6 +110,55 @@ pub struct Mesh {
     pub credentials: BTreeMap<(String, String), Credential>,
 }
 
+/// A DestinationRule's policy for a subset and port, merged as Istio's
+/// `MergeSubsetTrafficPolicy` merges it (see [`Mesh::policy`]).
+fn merged(
+    dr: &DestinationRule,
+    subset: &str,
+    port: Option<u16>,
+) -> mast_api::istio::types::TrafficPolicy {
+    use mast_api::istio::types::TrafficPolicy;
+    let mut p = TrafficPolicy::default();
+    let mut merge = |from: &TrafficPolicy| {
+        let at_port = from.port_level_settings.iter().find(|pl| {
+            port.is_some() && pl.port.as_ref().and_then(|s| s.number) == port.map(u32::from)
+        });
+        let sections = [(
+            &from.load_balancer,
+            &from.connection_pool,
+            &from.outlier_detection,
+            &from.tls,
+        )]
+        .into_iter()
+        .chain(at_port.map(|pl| {
+            (
+                &pl.load_balancer,
+                &pl.connection_pool,
+                &pl.outlier_detection,
+                &pl.tls,
+            )
+        }));
+        for (lb, pool, od, tls) in sections {
+            p.load_balancer = lb.clone().or(p.load_balancer.take());
+            p.connection_pool = pool.clone().or(p.connection_pool.take());
+            p.outlier_detection = od.clone().or(p.outlier_detection.take());
+            p.tls = tls.clone().or(p.tls.take());
+        }
+    };
+    if let Some(top) = &dr.traffic_policy {
+        merge(top);
+    }
+    if let Some(sp) = dr
+        .subsets
+        .iter()
+        .find(|s| s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref())
+    {
+        merge(sp);
+    }
+    p
+}
+
 /// What a Secret holds for TLS, PEM: `tls.crt`, `tls.key` and `ca.crt`
 /// (a `kubernetes.io/tls` Secret), or `cert`, `key` and `cacert` (a
 /// generic one), as Istio reads them.
@@ -173,49 +222,43 @@ impl Mesh {
         subset: &str,
         port: Option<u16>,
     ) -> mast_api::istio::types::TrafficPolicy {
+        match self.rule_for(key) {
+            Some(dr) => merged(dr, subset, port),
+            None => Default::default(),
+        }
+    }
+
+    /// The traffic policy for a ServiceEntry host's port: the
+    /// DestinationRule whose `host` is that host, as written.
+    pub fn external_policy(&self, host: &str, port: u16) -> mast_api::istio::types::TrafficPolicy {
+        let host = host.trim_end_matches('.');
+        self.destination_rules
+            .values()
+            .find(|dr| dr.host.trim_end_matches('.') == host)
+            .map(|dr| merged(dr, "", Some(port)))
+            .unwrap_or_default()
+    }
+
+    /// The `credentialName`s DestinationRules give for client TLS.
+    pub fn client_credentials(&self) -> std::collections::BTreeSet<String> {
         use mast_api::istio::types::TrafficPolicy;
-        let Some(dr) = self.rule_for(key) else {
-            return Default::default();
+        let of = |p: &TrafficPolicy| {
+            p.tls
+                .iter()
+                .chain(p.port_level_settings.iter().flat_map(|pl| &pl.tls))
+                .filter_map(|t| t.credential_name.clone())
+                .collect::<Vec<_>>()
         };
-        let mut p = TrafficPolicy::default();
-        let mut merge = |from: &TrafficPolicy| {
-            let at_port = from.port_level_settings.iter().find(|pl| {
-                port.is_some() && pl.port.as_ref().and_then(|s| s.number) == port.map(u32::from)
-            });
-            let sections = [(
-                &from.load_balancer,
-                &from.connection_pool,
-                &from.outlier_detection,
-                &from.tls,
-            )]
-            .into_iter()
-            .chain(at_port.map(|pl| {
-                (
-                    &pl.load_balancer,
-                    &pl.connection_pool,
-                    &pl.outlier_detection,
-                    &pl.tls,
-                )
-            }));
-            for (lb, pool, od, tls) in sections {
-                p.load_balancer = lb.clone().or(p.load_balancer.take());
-                p.connection_pool = pool.clone().or(p.connection_pool.take());
-                p.outlier_detection = od.clone().or(p.outlier_detection.take());
-                p.tls = tls.clone().or(p.tls.take());
-            }
-        };
-        if let Some(top) = &dr.traffic_policy {
-            merge(top);
-        }
-        if let Some(sp) = dr
-            .subsets
-            .iter()
-            .find(|s| s.name == subset)
-            .and_then(|s| s.traffic_policy.as_ref())
-        {
-            merge(sp);
-        }
-        p
+        self.destination_rules
+            .values()
+            .flat_map(|dr| {
+                dr.traffic_policy
+                    .iter()
+                    .chain(dr.subsets.iter().flat_map(|s| &s.traffic_policy))
+                    .flat_map(of)
+            })
+            .filter(|c| !c.is_empty())
+            .collect()
     }
 
     /// The ready endpoints of a Service port whose pods carry `labels`.

@@ -455,6 +455,13 @@ pub fn generate(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
     out.0.insert(xds::LISTENER, listeners);
     out.0.insert(xds::ROUTE, routes);
     out.0.insert(xds::CLUSTER, clusters);
+    // Client certificates and CAs that DestinationRules name.
+    let credentials = mesh.client_credentials();
+    let names = credentials.iter().map(String::as_str);
+    out.0.insert(
+        xds::SECRET,
+        crate::tls::secrets(mesh, &proxy.namespace, names),
+    );
     out.0
         .insert(xds::ENDPOINT, envoy::endpoints(mesh).into_iter().collect());
     out

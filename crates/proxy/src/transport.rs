@@ -298,6 +298,15 @@ fn names_of(der: &CertificateDer<'_>) -> Vec<(San, String)> {
         .collect()
 }
 
+/// A wildcard DNS SAN (`*.example.com`) against an exact matcher: it
+/// covers one label in front of its suffix, as Envoy's `dnsNameMatch`.
+fn wildcard_match(m: &StringMatch, san: &str) -> bool {
+    let (StringMatch::Exact(want), Some(suffix)) = (m, san.strip_prefix("*.")) else {
+        return false;
+    };
+    matches!(want.split_once('.'), Some((label, rest)) if !label.is_empty() && rest.eq_ignore_ascii_case(suffix))
+}
+
 impl Validation {
     fn check_names(&self, der: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         if self.sans.is_empty() {
@@ -306,7 +315,9 @@ impl Validation {
         let names = names_of(der);
         let ok = self.sans.iter().any(|(want, m)| {
             names.iter().any(|(t, v)| {
-                (*want == San::Any || want == t) && crate::http::string_match(m, Some(v))
+                (*want == San::Any || want == t)
+                    && (crate::http::string_match(m, Some(v))
+                        || (*t == San::Dns && wildcard_match(m, v)))
             })
         });
         if ok {
@@ -771,6 +782,21 @@ mod tests {
         });
         let c = upstream(&u, &Secrets::new()).expect("client");
         assert_eq!(shake(c).await, Err(Some(false)));
+    }
+
+    #[test]
+    fn a_wildcard_dns_name_covers_one_label() {
+        let m = StringMatch::Exact("api.example.com".into());
+        assert!(wildcard_match(&m, "*.example.com"));
+        assert!(!wildcard_match(&m, "*.com"));
+        assert!(!wildcard_match(
+            &StringMatch::Exact("a.b.example.com".into()),
+            "*.example.com"
+        ));
+        assert!(!wildcard_match(
+            &StringMatch::Prefix("api".into()),
+            "*.example.com"
+        ));
     }
 
     #[test]

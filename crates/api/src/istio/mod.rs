@@ -668,6 +668,7 @@ fn traffic_policy(errs: &mut Vec<String>, at: &str, p: &TrafficPolicy) {
     if let Some(pool) = &p.connection_pool {
         connection_pool(errs, &format!("{at}.connectionPool"), pool);
     }
+    client_tls(errs, &format!("{at}.tls"), &p.tls);
     for (i, pl) in p.port_level_settings.iter().enumerate() {
         let at = format!("{at}.portLevelSettings[{i}]");
         if pl.port.as_ref().and_then(|p| p.number).is_none() {
@@ -675,6 +676,54 @@ fn traffic_policy(errs: &mut Vec<String>, at: &str, p: &TrafficPolicy) {
         }
         lb(errs, &at, &pl.load_balancer);
         od(errs, &at, &pl.outlier_detection);
+        if let Some(pool) = &pl.connection_pool {
+            connection_pool(errs, &format!("{at}.connectionPool"), pool);
+        }
+        client_tls(errs, &format!("{at}.tls"), &pl.tls);
+    }
+}
+
+/// A DestinationRule's `tls`, as Istio's `validateTLS` checks it.
+fn client_tls(errs: &mut Vec<String>, at: &str, t: &Option<types::ClientTlsSettings>) {
+    let Some(t) = t else {
+        return;
+    };
+    let mode = t.mode.as_deref().unwrap_or("DISABLE");
+    if !["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"].contains(&mode) {
+        errs.push(format!(
+            "{at}.mode: unknown mode {mode:?} (DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)"
+        ));
+        return;
+    }
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    let (cert, key, ca, cred) = (
+        set(&t.client_certificate),
+        set(&t.private_key),
+        set(&t.ca_certificates),
+        set(&t.credential_name),
+    );
+    let sans = !t.subject_alt_names.is_empty();
+    if t.insecure_skip_verify == Some(true) {
+        if mode == "SIMPLE" && (ca || cred || sans) {
+            errs.push(format!("{at}: cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true"));
+        }
+        if mode == "MUTUAL" && (ca || sans) {
+            errs.push(format!("{at}: cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true"));
+        }
+    }
+    if matches!(mode, "SIMPLE" | "MUTUAL") && cred {
+        if cert || ca || key {
+            errs.push(format!("{at}: cannot specify client certificates or CA certificate If credentialName is set"));
+        }
+        return;
+    }
+    if mode == "MUTUAL" {
+        if !cert {
+            errs.push(format!("{at}: client certificate required for mutual tls"));
+        }
+        if !key {
+            errs.push(format!("{at}: private key required for mutual tls"));
+        }
     }
 }
 
@@ -1022,6 +1071,41 @@ mod tests {
     fn errors(kind: &str, spec: Value) -> Vec<String> {
         let k = KINDS.iter().find(|k| k.kind == kind).unwrap();
         validate(k, &spec)
+    }
+
+    #[test]
+    fn destination_rule_tls_is_validated_as_istio_does() {
+        let dr = |tls: Value| {
+            errors(
+                "DestinationRule",
+                json!({"host": "api.example.com", "trafficPolicy": {"portLevelSettings": [{"port": {"number": 443}, "tls": tls}]}}),
+            )
+        };
+        let ok = Vec::<String>::new();
+        assert_eq!(dr(json!({"mode": "SIMPLE", "sni": "api.example.com"})), ok);
+        assert_eq!(
+            dr(json!({"mode": "MUTUAL", "credentialName": "client"})),
+            ok
+        );
+        assert_eq!(
+            dr(json!({"mode": "MUTUAL"})),
+            [
+                "trafficPolicy.portLevelSettings[0].tls: client certificate required for mutual tls",
+                "trafficPolicy.portLevelSettings[0].tls: private key required for mutual tls"
+            ]
+        );
+        assert_eq!(
+            dr(json!({"mode": "SIMPLE", "insecureSkipVerify": true, "caCertificates": "/ca.pem"})),
+            ["trafficPolicy.portLevelSettings[0].tls: cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true"]
+        );
+        assert_eq!(
+            dr(json!({"mode": "SIMPLE", "credentialName": "c", "caCertificates": "/ca.pem"})),
+            ["trafficPolicy.portLevelSettings[0].tls: cannot specify client certificates or CA certificate If credentialName is set"]
+        );
+        assert_eq!(
+            dr(json!({"mode": "STRICT"})),
+            ["trafficPolicy.portLevelSettings[0].tls.mode: unknown mode \"STRICT\" (DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)"]
+        );
     }
 
     #[test]
