@@ -684,10 +684,10 @@ impl Cluster {
     /// `connect_timeout` (Envoy's connection is not connected until its
     /// handshake is done). A failed handshake counts as a failed connect.
     pub async fn open(&self, ep: SocketAddr) -> Option<crate::transport::UpIo> {
-        use crate::transport::UpIo;
         use std::sync::atomic::Ordering::Relaxed;
+        use tokio_util::either::Either;
         let Some(tls) = &self.tls else {
-            return self.connect(ep).await.map(UpIo::Plain);
+            return self.connect(ep).await.map(Either::Left);
         };
         let started = std::time::Instant::now();
         let tcp = self.connect(ep).await?;
@@ -695,7 +695,7 @@ impl Cluster {
         match tokio::time::timeout(left, tls.handshake(tcp, ep)).await {
             Ok(Ok(s)) => {
                 self.stats.ssl_handshake.fetch_add(1, Relaxed);
-                Some(UpIo::Tls(Box::new(s)))
+                Some(Either::Right(Box::new(s)))
             }
             Ok(Err(e)) => {
                 // Envoy counts a certificate it refused apart from other

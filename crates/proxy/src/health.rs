@@ -98,11 +98,12 @@ async fn probe(
     tls: Option<&crate::transport::Upstream>,
 ) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::either::Either;
     let once = async {
         let tcp = tokio::net::TcpStream::connect(ep).await.ok()?;
         let mut s = match tls {
-            Some(t) => crate::transport::UpIo::Tls(Box::new(t.handshake(tcp, ep).await.ok()?)),
-            None => crate::transport::UpIo::Plain(tcp),
+            Some(t) => Either::Right(Box::new(t.handshake(tcp, ep).await.ok()?)),
+            None => Either::Left(tcp),
         };
         let Probe::Http { path, host } = p else {
             return Some(true);

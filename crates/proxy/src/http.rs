@@ -1464,26 +1464,24 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
         let Some(ep) = tries.pick(|| pool.pick_endpoint(cluster, ctx, hash)) else {
             return local(503, "UH", "no healthy upstream");
         };
+        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let limit = attempt_limit(deadline, f.retry.per_try_timeout);
         let once = async {
-            // As Envoy, a request counts once it has a connection.
-            let count = || stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
             // A pooled connection the upstream has closed meanwhile is
             // retried on a fresh one, at once.
-            let pooled = pool.idle.take(ep, cluster);
-            let had_pooled = pooled.is_some();
-            if let Some(c) = pooled {
-                count();
+            if let Some(c) = pool.idle.take(ep, cluster) {
                 match crate::h1::exchange(c, head, is_head, pool.idle.clone()).await {
                     Err(crate::h1::Error::Stale) => {}
                     Err(_) => return Err(Fail::Reset),
                     Ok(r) => return Ok(r),
                 }
             }
-            let stream = cluster.connect(ep).await.ok_or(Fail::Connect)?;
-            if !had_pooled {
-                count();
-            }
+            let Some(stream) = cluster.connect(ep).await else {
+                // As Envoy, a request counts once it has a connection
+                // (taken back here, off the path of the requests that do).
+                stats.upstream_rq_total.fetch_sub(1, Ordering::Relaxed);
+                return Err(Fail::Connect);
+            };
             crate::h1::exchange(
                 crate::h1::Conn::new(ep, stream, cluster),
                 head,

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Secrets by name: `static_resources.secrets` and those SDS delivered.
 pub type Secrets = HashMap<String, Secret>;
@@ -555,69 +556,15 @@ pub fn downstream(ctx: &DownstreamTlsContext, secrets: &Secrets) -> Result<Downs
     })
 }
 
-/// An upstream connection: plain TCP, or TLS over it.
-pub enum UpIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+/// An upstream connection: plain TCP (left), or TLS over it (right).
+pub type UpIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
-impl AsyncRead for UpIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpIo::Plain(s) => s.is_write_vectored(),
-            UpIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
-    }
-}
+/// A downstream connection: plain TCP (left), or TLS with the bytes read
+/// to sniff its protocol put back (right). One type for both, so that
+/// hyper's and h2's connection code is compiled once (generic over two
+/// stream types, it was compiled twice and inlined less: 1–2% more
+/// instructions per request).
+pub type DownIo = Either<TcpStream, Box<Rewind<tokio_rustls::server::TlsStream<TcpStream>>>>;
 
 /// A stream with bytes already read from it put back in front: a TLS
 /// connection's first bytes, read to tell HTTP/2's preface from HTTP/1.1
