@@ -784,7 +784,11 @@ fn https_at_the_gateway(c: &Cluster) {
     pki.issue(&ca, "client", &["client.example.com"]);
     let (next, next_ca) = common::Pki::ca("the next CA");
     next.issue(&next_ca, "gw", &["reviews.example.com"]);
-    let (simple, mutual) = (common::free_port(), common::free_port());
+    let (simple, mutual, plain) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     c.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n");
     c.apply(&tls_secret(&pki, "gw-cred", "gw", false));
     c.apply(&tls_secret(&pki, "gw-mtls", "gw", true));
@@ -802,6 +806,9 @@ spec:
   - port: {{number: {mutual}, name: https-mtls, protocol: HTTPS}}
     hosts: ["*"]
     tls: {{mode: MUTUAL, credentialName: gw-mtls}}
+  - port: {{number: {plain}, name: http, protocol: HTTP}}
+    hosts: [reviews.example.com]
+    tls: {{httpsRedirect: true}}
 "#
     ));
     c.apply("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-tls}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw-tls]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}}]\n");
@@ -837,6 +844,27 @@ spec:
         get(host, mutual, &pki, &client)
     );
     assert_eq!(get(host, mutual, &pki, &[]), "000 -");
+    // httpsRedirect: plain text gets a 301 to the same place over https.
+    let redirect = || {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+            ])
+            .args(["-H", &format!("Host: {host}")])
+            .arg(format!("http://127.0.0.1:{plain}/a?b=1"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(
+        common::eventually(30, || redirect() == format!("301 https://{host}/a?b=1")),
+        "httpsRedirect: {}",
+        redirect()
+    );
     // A new certificate in the Secret: new connections get it.
     c.apply(&tls_secret(&next, "gw-cred", "gw", false));
     assert!(

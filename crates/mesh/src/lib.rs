@@ -67,6 +67,8 @@ impl Generator for Current {
         type Bound<'a> = Vec<(String, &'a mast_api::istio::types::VirtualService)>;
         let mut https: BTreeMap<u16, (Vec<&mast_api::istio::types::Server>, Bound)> =
             BTreeMap::new();
+        // HTTP ports whose server redirects to https (`tls.httpsRedirect`).
+        let mut redirect = std::collections::BTreeSet::new();
         for (key, gw) in mesh.gateways_for(&proxy.labels) {
             for s in &gw.servers {
                 if tls::terminates(s).is_some() {
@@ -86,14 +88,24 @@ impl Generator for Current {
                 }
                 let port = s.port.number as u16;
                 by_port.entry(port).or_default().extend(mesh.bound_to(key));
+                if s.tls.as_ref().and_then(|t| t.https_redirect) == Some(true) {
+                    redirect.insert(port);
+                }
             }
         }
         for (port, vss) in by_port {
             let name = format!("http.{port}");
-            routes.insert(
-                name.clone(),
-                envoy::any(&envoy::gateway_routes(&mesh, &name, &vss)),
-            );
+            let mut rc = envoy::gateway_routes(&mesh, &name, &vss);
+            if redirect.contains(&port) {
+                // As istiod: every virtual host answers plain text with a
+                // 301 to https.
+                for vh in &mut rc.virtual_hosts {
+                    vh.require_tls =
+                        envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType::All
+                            as i32;
+                }
+            }
+            routes.insert(name.clone(), envoy::any(&rc));
             let l = envoy::http_listener(port, &name);
             listeners.insert(l.name.clone(), envoy::any(&l));
         }

@@ -412,6 +412,10 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// NONE (the default) or ALL: a request that did not come over TLS
+    /// is redirected (301) to https. EXTERNAL_ONLY is not implemented.
+    #[serde(default)]
+    pub require_tls: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -241,6 +241,8 @@ pub struct Route {
 pub struct VirtualHost {
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+    /// `require_tls: ALL`: plain-text requests are redirected to https.
+    pub require_tls: bool,
 }
 
 /// A route configuration: inline in a listener, or from RDS.
@@ -978,9 +980,18 @@ fn compile_table(rc: &bootstrap::RouteConfiguration, cluster: &Resolve) -> Resul
             let from = format!("route in virtual host {}", vh.name);
             routes.push(compile_route(r, cluster).with_context(|| from.clone())?);
         }
+        let require_tls = match vh.require_tls.as_deref().unwrap_or("NONE") {
+            "NONE" => false,
+            "ALL" => true,
+            other => bail!(
+                "virtual host {}: require_tls {other} is not implemented (NONE, ALL)",
+                vh.name
+            ),
+        };
         vhosts.push(VirtualHost {
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             routes,
+            require_tls,
         });
     }
     Ok(RouteTable { vhosts })

@@ -205,6 +205,7 @@ static_resources:
             peer: a,
             istio: None,
             clock: Default::default(),
+            tls: false,
         };
         for _ in 0..10 {
             assert_eq!(pool.pick_endpoint(c, &ctx, None), Some(a));

@@ -128,6 +128,16 @@ pub fn local(status: u16, flags: &str, body: &str) -> Response<RespBody> {
     r
 }
 
+/// A virtual host's `require_tls: ALL` for a plain-text request: 301 to
+/// the same host and path over https, as Envoy answers it.
+fn https_redirect(host: &str, path: &str) -> Response<RespBody> {
+    let mut r = local(301, "", "");
+    if let Ok(v) = format!("https://{host}{path}").parse() {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 /// What the data path knows of a downstream connection.
 #[derive(Debug)]
 pub struct Ctx {
@@ -141,6 +151,8 @@ pub struct Ctx {
     pub istio: Option<(Arc<crate::istio::Metrics>, bool)>,
     /// The connection's request timers.
     pub clock: Clock,
+    /// The downstream connection is TLS.
+    pub tls: bool,
 }
 
 /// A connection's request timers, reused by its requests.
@@ -849,7 +861,11 @@ fn plan<'a>(
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        vhost(table, host).and_then(|v| {
+        let v = vhost(table, host);
+        if v.is_some_and(|v| v.require_tls) && !ctx.tls {
+            return Planned::Answered(https_redirect(host, path));
+        }
+        v.and_then(|v| {
             v.routes
                 .iter()
                 .find(|r| route_matches(r, connect, path, req.headers()))

@@ -480,6 +480,7 @@ async fn connection(
         peer,
         istio: None,
         clock: Default::default(),
+        tls: chain.tls.is_some(),
     };
     let http2_ok = matches!(&chain.net, Network::Http(h) if !h.http1_only);
     let Some(tls) = &chain.tls else {
