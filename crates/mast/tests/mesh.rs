@@ -814,17 +814,11 @@ spec:
     c.apply("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-tls}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw-tls]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}}]\n");
     // `curl https://HOST:PORT/` trusting `ca`: the status and echo's version.
     let get = |host: &str, port: u16, ca: &common::Pki, extra: &[&str]| -> String {
-        let o = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
-            .arg(ca.path("ca.pem"))
-            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
-            .args(extra)
-            .arg(format!("https://{host}:{port}/"))
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let (ca, resolve) = (ca.path("ca.pem"), format!("{host}:{port}:127.0.0.1"));
+        let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+        args.extend(extra);
+        let (code, body) = common::curl_code_body(&format!("https://{host}:{port}/"), &args);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         format!("{code} {}", v["version"].as_str().unwrap_or("-"))
     };
     let host = "reviews.example.com";
@@ -945,14 +939,8 @@ fn tls_origination(c: &Cluster, gw_port: u16, vs: &dyn Fn(&str)) {
         ));
     };
     let ask = || -> String {
-        let o = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
-            .arg(format!("http://127.0.0.1:{gw_port}/"))
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let (code, body) = common::curl_code_body(&format!("http://127.0.0.1:{gw_port}/"), &[]);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         format!(
             "{code} sni={} client={}",
             v["sni"].as_str().unwrap_or("-"),

@@ -279,18 +279,7 @@ fn ws_port() -> u16 {
     *PORT.get_or_init(upgrade_server)
 }
 
-/// curl: (status, body).
-fn get(url: &str, extra: &[&str]) -> (String, String) {
-    let o = Command::new("curl")
-        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_owned(), body.to_owned())
-}
+use common::curl_code_body as get;
 
 /// What one proxy does with the test's requests.
 /// A counter from the admin's `/stats` (Envoy's text form).

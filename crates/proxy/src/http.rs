@@ -1552,56 +1552,42 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
         }
         let (cluster, idle) = (cluster.clone(), pool.idle.clone());
         tokio::spawn(async move {
-            if cluster.tls.is_some() {
-                return mirror_tls(&cluster, ep, p).await;
-            }
-            let head = crate::h1::request_head(&p);
-            let Some(stream) = cluster.connect(ep).await else {
+            let Some(stream) = cluster.open(ep).await else {
                 return;
             };
             cluster
                 .stats
                 .upstream_rq_total
                 .fetch_add(1, Ordering::Relaxed);
-            let is_head = p.method == http::Method::HEAD;
-            if let Ok(r) = crate::h1::exchange(
-                crate::h1::Conn::new(ep, stream, &cluster),
-                &head,
-                is_head,
-                idle,
-            )
-            .await
-            {
-                cluster.stats.status(r.status().as_u16());
-                // Read the answer to its end, so the connection can be reused.
-                let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+            // Plain TCP goes through the inline client; TLS (which it does
+            // not speak) through hyper's, on a connection of its own. The
+            // answer is read to its end, so a connection can be reused.
+            match stream {
+                tokio_util::either::Either::Left(tcp) => {
+                    let head = crate::h1::request_head(&p);
+                    let is_head = p.method == http::Method::HEAD;
+                    let conn = crate::h1::Conn::new(ep, tcp, &cluster);
+                    if let Ok(r) = crate::h1::exchange(conn, &head, is_head, idle).await {
+                        cluster.stats.status(r.status().as_u16());
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                    }
+                }
+                tls => {
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let Ok((mut s, conn)) =
+                        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await
+                    else {
+                        return;
+                    };
+                    tokio::spawn(conn);
+                    let req = Request::from_parts(p, Full::default());
+                    if let Ok(r) = s.send_request(req).await {
+                        cluster.stats.status(r.status().as_u16());
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                    }
+                }
             }
         });
-    }
-}
-
-/// A mirrored request to a cluster that originates TLS: one exchange on a
-/// connection of its own (the inline client speaks plain TCP only).
-async fn mirror_tls(cluster: &Cluster, ep: SocketAddr, p: http::request::Parts) {
-    let Some(stream) = cluster.open(ep).await else {
-        return;
-    };
-    cluster
-        .stats
-        .upstream_rq_total
-        .fetch_add(1, Ordering::Relaxed);
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let Ok((mut s, conn)) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await
-    else {
-        return;
-    };
-    tokio::spawn(conn);
-    if let Ok(r) = s
-        .send_request(Request::from_parts(p, Full::default()))
-        .await
-    {
-        cluster.stats.status(r.status().as_u16());
-        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
     }
 }
 

@@ -721,7 +721,97 @@ async fn http_connection(
     });
     let svc = {
         let conn = conn.clone();
-        hyper::service::service_fn(move |req| request(conn.clone(), req))
+        hyper::service::service_fn(move |mut req: ::http::Request<hyper::body::Incoming>| {
+            let c = conn.clone();
+            async move {
+                let Downstream {
+                    shared,
+                    h,
+                    st,
+                    pool,
+                    ctx,
+                    watch,
+                } = &*c;
+                if let Some(p) = watch {
+                    p.heads.fetch_add(1, Ordering::Relaxed);
+                }
+                st.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
+                let n = shared.requests.fetch_add(1, Ordering::Relaxed);
+                let log = h.access_log.map(|out| (access::Entry::begin(&req), out));
+                // Routes over RDS are looked up per request, so an update
+                // reaches connections that are already open.
+                let rds;
+                let table = match &h.routes {
+                    Routes::Inline(t) => Some(&**t),
+                    Routes::Rds(name) => {
+                        rds = shared.cfg.load().routes.get(name).cloned();
+                        rds.as_deref()
+                    }
+                };
+                // Istio's metrics: who the peer is (the source's header on
+                // inbound requests), what was asked and how long it took.
+                let seen = ctx.istio.as_ref().map(|_| {
+                    let peer = if h.outbound {
+                        None
+                    } else {
+                        req.headers_mut().remove(istio::PEER)
+                    };
+                    (peer, request_facts(&req), std::time::Instant::now())
+                });
+                let mut r = match table {
+                    // Boxed: hyper moves the request's future (into its
+                    // dispatcher, or into a task per HTTP/2 stream); a box
+                    // moves as a pointer.
+                    Some(t) => Box::pin(http::handle(h, t, pool, req, n, ctx)).await,
+                    None => http::local(404, "NR", ""),
+                };
+                let mut pending = None;
+                if let (Some((m, outbound)), Some((peer_in, facts, started))) = (&ctx.istio, seen) {
+                    let peer = if *outbound {
+                        r.headers_mut().remove(istio::PEER)
+                    } else {
+                        r.headers_mut().insert(istio::PEER, m.me_header.clone());
+                        peer_in
+                    };
+                    let service = match r.extensions().get::<http::Upstream>() {
+                        Some(u) if *outbound => istio::service_of_cluster(&u.0.name).to_owned(),
+                        _ => facts.service(&m.me.namespace),
+                    };
+                    let flags = r
+                        .headers()
+                        .get("x-mast-response-flags")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    pending = Some(Box::new(istio::Pending::new(
+                        m.clone(),
+                        *outbound,
+                        peer,
+                        service,
+                        facts.grpc,
+                        (r.status(), r.headers()),
+                        flags,
+                        facts.bytes,
+                        started,
+                    )));
+                }
+                if let Some((entry, stdout)) = log {
+                    entry.end(&r, stdout);
+                }
+                if shared.draining.load(Ordering::Relaxed) {
+                    r.headers_mut().insert(
+                        ::http::header::CONNECTION,
+                        ::http::HeaderValue::from_static("close"),
+                    );
+                }
+                // Istio's metrics are recorded at the body's end.
+                let body = |b| Watched {
+                    inner: istio::Metered::new(b, pending),
+                    conn: watch.is_some().then(|| c.clone()),
+                };
+                Ok::<_, std::convert::Infallible>(r.map(body))
+            }
+        })
     };
     let shared = &conn.shared;
     if h2 {
@@ -753,113 +843,6 @@ async fn http_connection(
             _ = until_drained(serve, |c| c.graceful_shutdown(), shared) => {}
             _ = watch => {}
         }
-    }
-}
-
-/// One request of a downstream HTTP connection, whatever its transport.
-/// Not generic, so that routing (`http::handle`) is compiled, and
-/// inlined, once: inside a function generic over the stream, it was
-/// compiled per stream type and no longer inlined, at 300 more
-/// instructions per request (`bench/proxy-instr`).
-#[allow(clippy::manual_async_fn)] // See below: not an async fn on purpose.
-fn request(
-    c: Arc<Downstream>,
-    mut req: ::http::Request<hyper::body::Incoming>,
-) -> impl std::future::Future<
-    Output = Result<
-        ::http::Response<Watched<istio::Metered<http::RespBody>>>,
-        std::convert::Infallible,
-    >,
-> + Send {
-    // An async block rather than an async fn: an async fn keeps its
-    // arguments twice (rust-lang/rust#62958), a copy of the request more.
-    async move {
-        let Downstream {
-            shared,
-            h,
-            st,
-            pool,
-            ctx,
-            watch,
-        } = &*c;
-        if let Some(p) = watch {
-            p.heads.fetch_add(1, Ordering::Relaxed);
-        }
-        st.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
-        let n = shared.requests.fetch_add(1, Ordering::Relaxed);
-        let log = h.access_log.map(|out| (access::Entry::begin(&req), out));
-        // Routes over RDS are looked up per request, so an update
-        // reaches connections that are already open.
-        let rds;
-        let table = match &h.routes {
-            Routes::Inline(t) => Some(&**t),
-            Routes::Rds(name) => {
-                rds = shared.cfg.load().routes.get(name).cloned();
-                rds.as_deref()
-            }
-        };
-        // Istio's metrics: who the peer is (the source's header on
-        // inbound requests), what was asked and how long it took.
-        let seen = ctx.istio.as_ref().map(|_| {
-            let peer = if h.outbound {
-                None
-            } else {
-                req.headers_mut().remove(istio::PEER)
-            };
-            (peer, request_facts(&req), std::time::Instant::now())
-        });
-        let mut r = match table {
-            // Boxed: hyper moves the request's future (into its
-            // dispatcher, or into a task per HTTP/2 stream); a box
-            // moves as a pointer.
-            Some(t) => Box::pin(http::handle(h, t, pool, req, n, ctx)).await,
-            None => http::local(404, "NR", ""),
-        };
-        let mut pending = None;
-        if let (Some((m, outbound)), Some((peer_in, facts, started))) = (&ctx.istio, seen) {
-            let peer = if *outbound {
-                r.headers_mut().remove(istio::PEER)
-            } else {
-                r.headers_mut().insert(istio::PEER, m.me_header.clone());
-                peer_in
-            };
-            let service = match r.extensions().get::<http::Upstream>() {
-                Some(u) if *outbound => istio::service_of_cluster(&u.0.name).to_owned(),
-                _ => facts.service(&m.me.namespace),
-            };
-            let flags = r
-                .headers()
-                .get("x-mast-response-flags")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            pending = Some(Box::new(istio::Pending::new(
-                m.clone(),
-                *outbound,
-                peer,
-                service,
-                facts.grpc,
-                (r.status(), r.headers()),
-                flags,
-                facts.bytes,
-                started,
-            )));
-        }
-        if let Some((entry, stdout)) = log {
-            entry.end(&r, stdout);
-        }
-        if shared.draining.load(Ordering::Relaxed) {
-            r.headers_mut().insert(
-                ::http::header::CONNECTION,
-                ::http::HeaderValue::from_static("close"),
-            );
-        }
-        // Istio's metrics are recorded at the body's end.
-        let body = |b| Watched {
-            inner: istio::Metered::new(b, pending),
-            conn: watch.is_some().then(|| c.clone()),
-        };
-        Ok(r.map(body))
     }
 }
 

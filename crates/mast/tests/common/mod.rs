@@ -464,6 +464,20 @@ pub fn wait_ready(c: &Cluster, name: &str, secs: u64) {
 }
 
 /// GET a URL from the host with curl, as JSON.
+/// `curl -s EXTRA... URL`: (status, body); status 000 when nothing
+/// answered.
+pub fn curl_code_body(url: &str, extra: &[&str]) -> (String, String) {
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
 pub fn curl(url: &str) -> Option<Value> {
     let o = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "5", url])
