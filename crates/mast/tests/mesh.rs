@@ -159,16 +159,17 @@ fn istio_resources_are_served_and_validated_as_istio_does() {
     ]);
     c.apply("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: unused}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 8081, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n");
     // What mast does not implement yet is said: ISTIO_MUTUAL (Istio's
-    // own destination-rule-all-mtls.yaml sets it), a TLS passthrough server.
+    // own destination-rule-all-mtls.yaml sets it), an AUTO_PASSTHROUGH
+    // server (multi-network east-west gateways).
     c.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: mtls}\nspec:\n  host: ratings\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n");
-    c.apply("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: passthrough}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 8443, name: tls, protocol: TLS}, hosts: [\"*\"], tls: {mode: PASSTHROUGH}}]\n");
+    c.apply("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: passthrough}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 8443, name: tls, protocol: TLS}, hosts: [\"*.local\"], tls: {mode: AUTO_PASSTHROUGH}}]\n");
     let (_, out) = analyze();
     assert!(
         out.contains("Warning [MST0003] (DestinationRule mtls.default) tls mode ISTIO_MUTUAL needs the mesh's own mTLS"),
         "{out}"
     );
     assert!(
-        out.contains("Warning [MST0003] (Gateway passthrough.default) server on port 8443 (TLS, PASSTHROUGH) is not implemented yet"),
+        out.contains("Warning [MST0003] (Gateway passthrough.default) server on port 8443 (TLS, AUTO_PASSTHROUGH) is not implemented yet"),
         "{out}"
     );
     assert!(
@@ -984,6 +985,99 @@ fn tls_origination(c: &Cluster, gw_port: u16, vs: &dyn Fn(&str)) {
         ask()
     );
     c.ok(&["delete", "destinationrule", "secure"]);
+    tcp_and_tls_passthrough(c, &pki);
+}
+
+/// Gateway servers that carry TCP (Istio's TCP traffic shifting and
+/// ingress SNI passthrough tasks): on a TCP server, a VirtualService's
+/// `tcp` route takes the connection to reviews v1; on a TLS PASSTHROUGH
+/// server, its `tls` route picks the destination by the client's SNI and
+/// passes the TLS through untouched: the HTTPS server that the
+/// ServiceEntry `secure.external.test` names sees the client's own SNI and
+/// certificate. An SNI no route names gets no answer.
+fn tcp_and_tls_passthrough(c: &Cluster, pki: &common::Pki) {
+    let (tcp, tls) = (common::free_port(), common::free_port());
+    c.apply(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw-l4}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {tcp}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: {tls}, name: tls, protocol: TLS}}
+    hosts: [secure.external.test]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: l4-tcp}}
+spec:
+  hosts: ["*"]
+  gateways: [gw-l4]
+  tcp:
+  - match: [{{port: {tcp}}}]
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: l4-tls}}
+spec:
+  hosts: [secure.external.test]
+  gateways: [gw-l4]
+  tls:
+  - match: [{{port: {tls}, sniHosts: [secure.external.test]}}]
+    route: [{{destination: {{host: secure.external.test, port: {{number: 443}}}}}}]
+"#
+    ));
+    assert!(
+        common::eventually(30, || through(tcp, 3, &[]).get("v1") == Some(&3)),
+        "the TCP server never reached v1: {:?}",
+        through(tcp, 3, &[])
+    );
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let ask = |host: &str| -> String {
+        let resolve = format!("{host}:{tls}:127.0.0.1");
+        let (code, body) = common::curl_code_body(
+            &format!("https://{host}:{tls}/"),
+            &[
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--resolve",
+                &resolve,
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        format!(
+            "{code} sni={} client={}",
+            v["sni"].as_str().unwrap_or("-"),
+            v["client"].as_str().unwrap_or("-")
+        )
+    };
+    let want = "200 sni=secure.external.test client=client.test";
+    assert!(
+        common::eventually(30, || ask("secure.external.test") == want),
+        "TLS passthrough: {}",
+        ask("secure.external.test")
+    );
+    assert_eq!(ask("other.external.test"), "000 sni=- client=-");
+    for kind in [
+        "gateway/gw-l4",
+        "virtualservice/l4-tcp",
+        "virtualservice/l4-tls",
+    ] {
+        c.ok(&["delete", kind]);
+    }
 }
 
 /// `mast up --demo` in pod network namespaces (its own bridge and ranges,

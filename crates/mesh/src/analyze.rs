@@ -165,16 +165,17 @@ pub fn analyze(mesh: &Mesh, ports: &Ports, only: Option<&str>) -> Vec<Message> {
         for s in &gw.servers {
             let mode = s.tls.as_ref().and_then(|t| t.mode.as_deref());
             let proto = s.port.protocol_upper();
-            let unsupported = proto == "TCP"
-                || proto == "TLS"
-                || matches!(mode, Some("ISTIO_MUTUAL" | "PASSTHROUGH" | "AUTO_PASSTHROUGH") if proto == "HTTPS");
+            let unsupported = matches!(
+                crate::gateway::kind(s),
+                crate::gateway::Kind::Unsupported(_)
+            );
             if in_scope(ns) && unsupported {
                 out.push(Message {
                     level: Level::Warning,
                     code: "MST0003",
                     resource: format!("Gateway {name}.{ns}"),
                     text: format!(
-                        "server on port {} ({proto}{}) is not implemented yet and is not served; HTTP servers and HTTPS with SIMPLE or MUTUAL TLS are",
+                        "server on port {} ({proto}{}) is not implemented yet and is not served; HTTP, TCP, HTTPS and TLS servers with SIMPLE, MUTUAL or PASSTHROUGH TLS are",
                         s.port.number,
                         mode.map(|m| format!(", {m}")).unwrap_or_default()
                     ),

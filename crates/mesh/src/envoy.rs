@@ -337,7 +337,7 @@ pub fn endpoints(mesh: &Mesh) -> Vec<(String, Any)> {
     out
 }
 
-fn socket(ip: &str, port: u16) -> core::Address {
+pub(crate) fn socket(ip: &str, port: u16) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
             address: ip.to_owned(),

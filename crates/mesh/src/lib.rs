@@ -3,20 +3,20 @@
 //! API (so it runs against any API server), builds a [`model::Mesh`], and
 //! serves every proxy its Envoy v3 configuration over ADS ([`xds`]).
 //!
-//! Implemented so far: ingress gateways. A proxy whose node metadata
-//! `LABELS` match a Gateway's selector gets a listener per HTTP server port
-//! (`0.0.0.0_<port>`), the routes of the VirtualServices bound to that
-//! Gateway (`http.<port>`: uri, header, method and query matches; relative
-//! weights over subsets; timeouts, retries, fault injection, rewrites,
-//! redirects, direct responses), and a cluster with endpoints for every
-//! Service port and DestinationRule subset
-//! (`outbound|<port>|<subset>|<host>`), and ServiceEntry hosts as clusters
-//! of their own. Sidecars, injection and capture are
-//! the next steps (docs/mesh.md).
+//! Sidecars get theirs from [`sidecar`]. A gateway (a proxy whose node
+//! metadata `LABELS` match a Gateway's selector) gets, here, a listener
+//! `0.0.0.0_<port>` per server port: HTTP servers routed by the bound
+//! VirtualServices' `http` routes (`http.<port>`, [`envoy`]), HTTPS
+//! servers terminating TLS by SNI ([`tls`]), TCP and TLS passthrough
+//! servers ([`gateway`]); and a cluster with endpoints for every Service
+//! port and DestinationRule subset (`outbound|<port>|<subset>|<host>`),
+//! and ServiceEntry hosts as clusters of their own. docs/mesh.md says
+//! what is done and what is not.
 
 pub mod analyze;
 pub mod debug;
 pub mod envoy;
+pub mod gateway;
 pub mod model;
 pub mod sidecar;
 pub mod tls;
@@ -69,27 +69,47 @@ impl Generator for Current {
             BTreeMap::new();
         // HTTP ports whose server redirects to https (`tls.httpsRedirect`).
         let mut redirect = std::collections::BTreeSet::new();
-        for (key, gw) in mesh.gateways_for(&proxy.labels) {
+        // TCP and TLS servers' filter chains by port, and the SNI names
+        // each port's chains claimed (HTTPS servers' first).
+        let mut l4: BTreeMap<u16, Vec<_>> = BTreeMap::new();
+        let mut sni: BTreeMap<u16, std::collections::BTreeSet<String>> = BTreeMap::new();
+        // Servers whose certificates the proxy needs.
+        let mut terminating = vec![];
+        let gateways = mesh.gateways_for(&proxy.labels);
+        for (key, gw) in &gateways {
             for s in &gw.servers {
-                if tls::terminates(s).is_some() {
-                    let e = https.entry(s.port.number as u16).or_default();
-                    e.0.push(s);
-                    e.1.extend(mesh.bound_to(key));
-                    continue;
-                }
-                let proto = s
-                    .port
-                    .protocol
-                    .as_deref()
-                    .unwrap_or("HTTP")
-                    .to_ascii_uppercase();
-                if proto != "HTTP" && proto != "HTTP2" && proto != "GRPC" {
-                    continue;
-                }
                 let port = s.port.number as u16;
-                by_port.entry(port).or_default().extend(mesh.bound_to(key));
-                if s.tls.as_ref().and_then(|t| t.https_redirect) == Some(true) {
-                    redirect.insert(port);
+                match gateway::kind(s) {
+                    gateway::Kind::Https => {
+                        let e = https.entry(port).or_default();
+                        e.0.push(s);
+                        e.1.extend(mesh.bound_to(key));
+                        gateway::claim(sni.entry(port).or_default(), &tls::server_names(s));
+                        terminating.push(s);
+                    }
+                    gateway::Kind::Http => {
+                        by_port.entry(port).or_default().extend(mesh.bound_to(key));
+                        if s.tls.as_ref().and_then(|t| t.https_redirect) == Some(true) {
+                            redirect.insert(port);
+                        }
+                    }
+                    gateway::Kind::Tcp
+                    | gateway::Kind::Passthrough
+                    | gateway::Kind::Unsupported(_) => {}
+                }
+            }
+        }
+        for (key, gw) in &gateways {
+            let bound = mesh.bound_to(key);
+            for s in &gw.servers {
+                if let gateway::Kind::Tcp | gateway::Kind::Passthrough = gateway::kind(s) {
+                    let port = s.port.number as u16;
+                    let chains =
+                        gateway::chains(&mesh, key, s, &bound, sni.entry(port).or_default());
+                    if !chains.is_empty() && tls::terminates(s).is_some() {
+                        terminating.push(s);
+                    }
+                    l4.entry(port).or_default().extend(chains);
                 }
             }
         }
@@ -120,10 +140,18 @@ impl Generator for Current {
                 name.clone(),
                 envoy::any(&envoy::gateway_routes(&mesh, &name, &vss)),
             );
-            let l = tls::https_listener(port, &name, &servers);
+            let mut l = tls::https_listener(port, &name, &servers);
+            gateway::add(&mut l, l4.remove(&port).unwrap_or_default());
             listeners.insert(l.name.clone(), envoy::any(&l));
-            credentials.extend(tls::server_credentials(&servers).map(str::to_owned));
         }
+        for (port, chains) in l4 {
+            if chains.is_empty() || listeners.contains_key(&format!("0.0.0.0_{port}")) {
+                continue; // No route, or plain HTTP took the port.
+            }
+            let l = gateway::listener(port, chains);
+            listeners.insert(l.name.clone(), envoy::any(&l));
+        }
+        credentials.extend(tls::server_credentials(&terminating).map(str::to_owned));
         let names = credentials.iter().map(String::as_str);
         out.0
             .insert(xds::SECRET, tls::secrets(&mesh, &proxy.namespace, names));

@@ -255,7 +255,7 @@ fn l4_applies(
 }
 
 /// A TCP proxy over a route's weighted destinations (relative weights).
-fn weighted_tcp(
+pub(crate) fn weighted_tcp(
     mesh: &Mesh,
     ns: &str,
     stat: &str,
@@ -303,6 +303,18 @@ fn weighted_tcp(
     }
 }
 
+/// A filter chain for these SNI names (a `tls` route's `sniHosts`).
+pub(crate) fn sni_chain(names: &[String], filter: listener::Filter) -> listener::FilterChain {
+    listener::FilterChain {
+        filter_chain_match: Some(listener::FilterChainMatch {
+            server_names: names.to_vec(),
+            ..Default::default()
+        }),
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
 /// The listener of a TCP (or TLS) Service port: the VirtualService's tcp
 /// route that applies, else the Service's cluster; for TLS ports, a filter
 /// chain per `tls` route match by SNI, read by the TLS inspector.
@@ -339,14 +351,7 @@ fn tcp_listener(
                     )
                 }) {
                     if let Some(f) = weighted_tcp(mesh, ns, &cluster, &r.route) {
-                        chains.push(listener::FilterChain {
-                            filter_chain_match: Some(listener::FilterChainMatch {
-                                server_names: m.sni_hosts.clone(),
-                                ..Default::default()
-                            }),
-                            filters: vec![f],
-                            ..Default::default()
-                        });
+                        chains.push(sni_chain(&m.sni_hosts, f));
                     }
                 }
             }

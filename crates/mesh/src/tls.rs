@@ -22,14 +22,16 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use mast_api::istio::types::{Server, ServerTlsSettings};
 use std::collections::BTreeMap;
 
-/// Whether a server terminates TLS at the gateway (HTTPS with SIMPLE,
-/// MUTUAL or OPTIONAL_MUTUAL). PASSTHROUGH and ISTIO_MUTUAL are not
+/// Whether a server terminates TLS at the gateway (HTTPS or TLS with
+/// SIMPLE, MUTUAL or OPTIONAL_MUTUAL), and how. ISTIO_MUTUAL is not
 /// implemented yet.
 pub fn terminates(s: &Server) -> Option<&ServerTlsSettings> {
     let proto = s.port.protocol_upper();
     let t = s.tls.as_ref()?;
     let mode = t.mode.as_deref().unwrap_or("PASSTHROUGH");
-    (proto == "HTTPS" && matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")).then_some(t)
+    (matches!(proto.as_str(), "HTTPS" | "TLS")
+        && matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL"))
+    .then_some(t)
 }
 
 /// The SDS name of a credential's certificate, and of its CA.
@@ -127,7 +129,7 @@ fn validation(
 }
 
 /// The server's `DownstreamTlsContext`.
-fn context(t: &ServerTlsSettings) -> tls::DownstreamTlsContext {
+pub(crate) fn context(t: &ServerTlsSettings) -> tls::DownstreamTlsContext {
     let mode = t.mode.as_deref().unwrap_or_default();
     let credential = t.credential_name.as_deref().filter(|c| !c.is_empty());
     let mut common = tls::CommonTlsContext {
@@ -165,7 +167,7 @@ fn context(t: &ServerTlsSettings) -> tls::DownstreamTlsContext {
 
 /// The SNI names a server's hosts match (`ns/host` is `host`); none for
 /// `*`, which takes any.
-fn server_names(s: &Server) -> Vec<String> {
+pub(crate) fn server_names(s: &Server) -> Vec<String> {
     let hosts: Vec<&str> = s
         .hosts
         .iter()
