@@ -203,6 +203,11 @@ struct MeshArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Keep the mesh CA's root here (ca-cert.pem, ca-key.pem), made on
+    /// first start, so workload identities outlive a restart; without it
+    /// the root lives in memory.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -757,6 +762,7 @@ async fn run_server(
                 debug_listen: Some(SocketAddr::new(addr.ip(), addr.port().wrapping_add(4))),
                 xds_socket: Some(xds_socket.clone()),
                 domain: domain.clone(),
+                ca_dir: Some(cfg.api.data_dir.join("mesh").join("ca")),
             };
             let (c, s) = (client.clone(), stop_rx.clone());
             tokio::spawn(async move {
@@ -1065,6 +1071,7 @@ fn main() -> Result<()> {
                     debug_listen: Some(a.debug_listen),
                     xds_socket: a.xds_socket.clone(),
                     domain: a.cluster_domain.trim_end_matches('.').to_owned(),
+                    ca_dir: a.ca_dir.clone(),
                 };
                 run_component(
                     "mesh control plane",

@@ -140,27 +140,6 @@ pub fn analyze(mesh: &Mesh, ports: &Ports, only: Option<&str>) -> Vec<Message> {
         }
     }
     // What mast does not implement yet, said rather than ignored.
-    for ((ns, name), dr) in &mesh.destination_rules {
-        let policies = dr
-            .traffic_policy
-            .iter()
-            .chain(dr.subsets.iter().flat_map(|s| &s.traffic_policy));
-        let istio_mutual = policies
-            .flat_map(|p| {
-                p.tls
-                    .iter()
-                    .chain(p.port_level_settings.iter().flat_map(|l| &l.tls))
-            })
-            .any(|t| t.mode.as_deref() == Some("ISTIO_MUTUAL"));
-        if in_scope(ns) && istio_mutual {
-            out.push(Message {
-                level: Level::Warning,
-                code: "MST0003",
-                resource: format!("DestinationRule {name}.{ns}"),
-                text: "tls mode ISTIO_MUTUAL needs the mesh's own mTLS, which mast does not implement yet: this traffic stays plain text (SIMPLE and MUTUAL with certificates work)".into(),
-            });
-        }
-    }
     for ((ns, name), gw) in &mesh.gateways {
         for s in &gw.servers {
             let mode = s.tls.as_ref().and_then(|t| t.mode.as_deref());

@@ -74,6 +74,12 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                     ..Default::default()
                 };
                 apply_policy(&mut c, &tp, p.is_http2(), &host);
+                let mode = tp.tls.as_ref().and_then(|t| t.mode.as_deref());
+                if mode == Some("ISTIO_MUTUAL")
+                    || (tp.tls.is_none() && mesh.auto_mtls(key, &subset, p.port))
+                {
+                    c.transport_socket = Some(crate::tls::istio_mutual(&name, &mesh.domain));
+                }
                 out.push((name, any(&c)));
             }
         }

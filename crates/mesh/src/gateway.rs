@@ -328,8 +328,7 @@ mod tests {
             labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
             ..Default::default()
         };
-        let current = crate::Current(std::sync::RwLock::new(std::sync::Arc::new(mesh)));
-        let out = crate::xds::Generator::generate(&current, &proxy);
+        let out = crate::configuration(&mesh, &proxy);
         let listeners = &out.0[crate::xds::LISTENER];
         // Each listener as mast proxy reads it, and decoded.
         let decode = |name: &str| -> listener::Listener {

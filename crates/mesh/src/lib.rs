@@ -10,10 +10,13 @@
 //! servers terminating TLS by SNI ([`tls`]), TCP and TLS passthrough
 //! servers ([`gateway`]); and a cluster with endpoints for every Service
 //! port and DestinationRule subset (`outbound|<port>|<subset>|<host>`),
-//! and ServiceEntry hosts as clusters of their own. docs/mesh.md says
-//! what is done and what is not.
+//! and ServiceEntry hosts as clusters of their own. Every proxy also gets
+//! its workload identity from the mesh CA ([`ca`]) for mutual TLS, which
+//! PeerAuthentications shape. docs/mesh.md says what is done and what is
+//! not.
 
 pub mod analyze;
+pub mod ca;
 pub mod debug;
 pub mod envoy;
 pub mod gateway;
@@ -45,129 +48,156 @@ pub struct MeshConfig {
     /// control plane through it, whatever the pod network.
     pub xds_socket: Option<std::path::PathBuf>,
     pub domain: String,
+    /// Where the mesh CA keeps its root (`ca-cert.pem`, `ca-key.pem`);
+    /// in memory only when none.
+    pub ca_dir: Option<std::path::PathBuf>,
 }
 
-/// The generator: the current mesh, turned into each proxy's resources.
-#[derive(Default)]
-pub struct Current(RwLock<Arc<Mesh>>);
+/// The generator: the current mesh, turned into each proxy's resources,
+/// with its identity from the mesh CA.
+pub struct Current(RwLock<Arc<Mesh>>, ca::Ca);
+
+impl Current {
+    pub fn new(ca: ca::Ca) -> Self {
+        Self(RwLock::default(), ca)
+    }
+}
 
 impl Generator for Current {
     fn generate(&self, proxy: &ProxyInfo) -> Resources {
         let mesh = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if proxy.kind == "sidecar" {
-            return sidecar::generate(&mesh, proxy);
-        }
-        let mut out = Resources::default();
-        let mut listeners = BTreeMap::new();
-        let mut routes = BTreeMap::new();
-        // Gateway servers by port, then the VirtualServices bound to them.
-        let mut by_port: BTreeMap<u16, Vec<(String, &mast_api::istio::types::VirtualService)>> =
-            BTreeMap::new();
-        // Servers that terminate TLS, by port, and what is bound to them.
-        type Bound<'a> = Vec<(String, &'a mast_api::istio::types::VirtualService)>;
-        let mut https: BTreeMap<u16, (Vec<&mast_api::istio::types::Server>, Bound)> =
-            BTreeMap::new();
-        // HTTP ports whose server redirects to https (`tls.httpsRedirect`).
-        let mut redirect = std::collections::BTreeSet::new();
-        // TCP and TLS servers' filter chains by port, and the SNI names
-        // each port's chains claimed (HTTPS servers' first).
-        let mut l4: BTreeMap<u16, Vec<_>> = BTreeMap::new();
-        let mut sni: BTreeMap<u16, std::collections::BTreeSet<String>> = BTreeMap::new();
-        // Servers whose certificates the proxy needs.
-        let mut terminating = vec![];
-        let gateways = mesh.gateways_for(&proxy.labels);
-        for (key, gw) in &gateways {
-            for s in &gw.servers {
-                let port = s.port.number as u16;
-                match gateway::kind(s) {
-                    gateway::Kind::Https => {
-                        let e = https.entry(port).or_default();
-                        e.0.push(s);
-                        e.1.extend(mesh.bound_to(key));
-                        gateway::claim(sni.entry(port).or_default(), &tls::server_names(s));
-                        terminating.push(s);
-                    }
-                    gateway::Kind::Http => {
-                        by_port.entry(port).or_default().extend(mesh.bound_to(key));
-                        if s.tls.as_ref().and_then(|t| t.https_redirect) == Some(true) {
-                            redirect.insert(port);
-                        }
-                    }
-                    gateway::Kind::Tcp
-                    | gateway::Kind::Passthrough
-                    | gateway::Kind::Unsupported(_) => {}
-                }
-            }
-        }
-        for (key, gw) in &gateways {
-            let bound = mesh.bound_to(key);
-            for s in &gw.servers {
-                if let gateway::Kind::Tcp | gateway::Kind::Passthrough = gateway::kind(s) {
-                    let port = s.port.number as u16;
-                    let chains =
-                        gateway::chains(&mesh, key, s, &bound, sni.entry(port).or_default());
-                    if !chains.is_empty() && tls::terminates(s).is_some() {
-                        terminating.push(s);
-                    }
-                    l4.entry(port).or_default().extend(chains);
-                }
-            }
-        }
-        for (port, vss) in by_port {
-            let name = format!("http.{port}");
-            let mut rc = envoy::gateway_routes(&mesh, &name, &vss);
-            if redirect.contains(&port) {
-                // As istiod: every virtual host answers plain text with a
-                // 301 to https.
-                for vh in &mut rc.virtual_hosts {
-                    vh.require_tls =
-                        envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType::All
-                            as i32;
-                }
-            }
-            routes.insert(name.clone(), envoy::any(&rc));
-            let l = envoy::http_listener(port, &name);
-            listeners.insert(l.name.clone(), envoy::any(&l));
-        }
-        // Secrets for servers and for DestinationRules' client TLS.
-        let mut credentials = mesh.client_credentials();
-        for (port, (servers, vss)) in https {
-            if listeners.contains_key(&format!("0.0.0.0_{port}")) {
-                continue; // Plain HTTP took the port.
-            }
-            let name = format!("https.{port}");
-            routes.insert(
-                name.clone(),
-                envoy::any(&envoy::gateway_routes(&mesh, &name, &vss)),
-            );
-            let mut l = tls::https_listener(port, &name, &servers);
-            gateway::add(&mut l, l4.remove(&port).unwrap_or_default());
-            listeners.insert(l.name.clone(), envoy::any(&l));
-        }
-        for (port, chains) in l4 {
-            if chains.is_empty() || listeners.contains_key(&format!("0.0.0.0_{port}")) {
-                continue; // No route, or plain HTTP took the port.
-            }
-            let l = gateway::listener(port, chains);
-            listeners.insert(l.name.clone(), envoy::any(&l));
-        }
-        credentials.extend(tls::server_credentials(&terminating).map(str::to_owned));
-        let names = credentials.iter().map(String::as_str);
+        let mut out = configuration(&mesh, proxy);
+        // Every proxy's identity, for mutual TLS: what it subscribes to
+        // is sent.
+        let id = ca::identity(&mesh.domain, &proxy.namespace, &proxy.service_account);
         out.0
-            .insert(xds::SECRET, tls::secrets(&mesh, &proxy.namespace, names));
-        out.0.insert(xds::LISTENER, listeners);
-        out.0.insert(xds::ROUTE, routes);
-        out.0.insert(
-            xds::CLUSTER,
-            envoy::clusters(&mesh)
-                .into_iter()
-                .chain(envoy::external_clusters(&mesh))
-                .collect(),
-        );
-        out.0
-            .insert(xds::ENDPOINT, envoy::endpoints(&mesh).into_iter().collect());
+            .entry(xds::SECRET)
+            .or_default()
+            .extend(tls::identity_secrets(&self.1, &id));
         out
     }
+}
+
+/// A proxy's listeners, routes, clusters, endpoints and the secrets its
+/// configuration names.
+fn configuration(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
+    if proxy.kind == "sidecar" {
+        return sidecar::generate(mesh, proxy);
+    }
+    let mut out = Resources::default();
+    let mut listeners = BTreeMap::new();
+    let mut routes = BTreeMap::new();
+    // Gateway servers by port, then the VirtualServices bound to them.
+    let mut by_port: BTreeMap<u16, Vec<(String, &mast_api::istio::types::VirtualService)>> =
+        BTreeMap::new();
+    // Servers that terminate TLS, by port, and what is bound to them.
+    type Bound<'a> = Vec<(String, &'a mast_api::istio::types::VirtualService)>;
+    let mut https: BTreeMap<u16, (Vec<&mast_api::istio::types::Server>, Bound)> = BTreeMap::new();
+    // HTTP ports whose server redirects to https (`tls.httpsRedirect`).
+    let mut redirect = std::collections::BTreeSet::new();
+    // TCP and TLS servers' filter chains by port, and the SNI names
+    // each port's chains claimed (HTTPS servers' first).
+    let mut l4: BTreeMap<u16, Vec<_>> = BTreeMap::new();
+    let mut sni: BTreeMap<u16, std::collections::BTreeSet<String>> = BTreeMap::new();
+    // Servers whose certificates the proxy needs.
+    let mut terminating = vec![];
+    let gateways = mesh.gateways_for(&proxy.labels);
+    for (key, gw) in &gateways {
+        for s in &gw.servers {
+            let port = s.port.number as u16;
+            match gateway::kind(s) {
+                gateway::Kind::Https => {
+                    let e = https.entry(port).or_default();
+                    e.0.push(s);
+                    e.1.extend(mesh.bound_to(key));
+                    gateway::claim(sni.entry(port).or_default(), &tls::server_names(s));
+                    terminating.push(s);
+                }
+                gateway::Kind::Http => {
+                    by_port.entry(port).or_default().extend(mesh.bound_to(key));
+                    if s.tls.as_ref().and_then(|t| t.https_redirect) == Some(true) {
+                        redirect.insert(port);
+                    }
+                }
+                gateway::Kind::Tcp | gateway::Kind::Passthrough | gateway::Kind::Unsupported(_) => {
+                }
+            }
+        }
+    }
+    for (key, gw) in &gateways {
+        let bound = mesh.bound_to(key);
+        for s in &gw.servers {
+            if let gateway::Kind::Tcp | gateway::Kind::Passthrough = gateway::kind(s) {
+                let port = s.port.number as u16;
+                let chains = gateway::chains(mesh, key, s, &bound, sni.entry(port).or_default());
+                if !chains.is_empty() && tls::terminates(s).is_some() {
+                    terminating.push(s);
+                }
+                l4.entry(port).or_default().extend(chains);
+            }
+        }
+    }
+    for (port, vss) in by_port {
+        let name = format!("http.{port}");
+        let mut rc = envoy::gateway_routes(mesh, &name, &vss);
+        if redirect.contains(&port) {
+            // As istiod: every virtual host answers plain text with a
+            // 301 to https.
+            for vh in &mut rc.virtual_hosts {
+                vh.require_tls =
+                    envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType::All
+                        as i32;
+            }
+        }
+        routes.insert(name.clone(), envoy::any(&rc));
+        let l = envoy::http_listener(port, &name);
+        listeners.insert(l.name.clone(), envoy::any(&l));
+    }
+    // Secrets for servers and for DestinationRules' client TLS.
+    let mut credentials = mesh.client_credentials();
+    for (port, (servers, vss)) in https {
+        if listeners.contains_key(&format!("0.0.0.0_{port}")) {
+            continue; // Plain HTTP took the port.
+        }
+        let name = format!("https.{port}");
+        routes.insert(
+            name.clone(),
+            envoy::any(&envoy::gateway_routes(mesh, &name, &vss)),
+        );
+        let mut l = tls::https_listener(port, &name, &servers);
+        gateway::add(&mut l, l4.remove(&port).unwrap_or_default());
+        listeners.insert(l.name.clone(), envoy::any(&l));
+    }
+    for (port, chains) in l4 {
+        if chains.is_empty() || listeners.contains_key(&format!("0.0.0.0_{port}")) {
+            continue; // No route, or plain HTTP took the port.
+        }
+        let l = gateway::listener(port, chains);
+        listeners.insert(l.name.clone(), envoy::any(&l));
+    }
+    credentials.extend(tls::server_credentials(&terminating).map(str::to_owned));
+    let names = credentials.iter().map(String::as_str);
+    out.0
+        .insert(xds::SECRET, tls::secrets(mesh, &proxy.namespace, names));
+    out.0.insert(xds::LISTENER, listeners);
+    out.0.insert(xds::ROUTE, routes);
+    out.0.insert(
+        xds::CLUSTER,
+        envoy::clusters(mesh)
+            .into_iter()
+            .chain(envoy::external_clusters(mesh))
+            .collect(),
+    );
+    out.0
+        .insert(xds::ENDPOINT, envoy::endpoints(mesh).into_iter().collect());
+    out
+}
+
+fn peer_authentication() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("security.istio.io", "v1", "PeerAuthentication"),
+        "peerauthentications",
+    )
 }
 
 fn istio(kind: &str, plural: &str) -> ApiResource {
@@ -235,6 +265,7 @@ struct Stores {
     dr: Store<DynamicObject>,
     gw: Store<DynamicObject>,
     se: Store<DynamicObject>,
+    pa: Store<DynamicObject>,
     secrets: Store<Secret>,
 }
 
@@ -290,6 +321,7 @@ fn build(s: &Stores, domain: &str) -> Mesh {
     mesh.gateways = specs(s.gw.state());
     mesh.service_entries = specs(s.se.state());
     mesh.credentials = credentials(s.secrets.state());
+    mesh.peer_authentications = specs(s.pa.state());
     mesh
 }
 
@@ -358,6 +390,8 @@ pub async fn snapshot(client: &Client, domain: &str) -> anyhow::Result<(Mesh, an
     mesh.gateways = specs(list("Gateway", "gateways").await?);
     mesh.service_entries = specs(list("ServiceEntry", "serviceentries").await?);
     mesh.credentials = credentials(Api::<Secret>::all(client.clone()).list(lp).await?);
+    let pa = Api::<DynamicObject>::all_with(client.clone(), &peer_authentication());
+    mesh.peer_authentications = specs(pa.list(lp).await?.items);
     Ok((mesh, ports))
 }
 
@@ -399,7 +433,13 @@ pub async fn run(
     );
     // Secrets, for Gateway servers' credentialName (as istiod reads them).
     let (secrets, c8) = mast_watch::cache(Api::<Secret>::all(client.clone()), all(), ());
-    let mut events = futures::stream::select_all([c1, c2, c3, c4, c5, c6, c7, c8]);
+    let pa_ar = peer_authentication();
+    let (pa, c9) = mast_watch::cache(
+        Api::<DynamicObject>::all_with(client.clone(), &pa_ar),
+        all(),
+        pa_ar,
+    );
+    let mut events = futures::stream::select_all([c1, c2, c3, c4, c5, c6, c7, c8, c9]);
     let stores = Stores {
         services,
         slices,
@@ -408,9 +448,14 @@ pub async fn run(
         dr,
         gw,
         se,
+        pa,
         secrets,
     };
-    let current = Arc::new(Current::default());
+    let ca = match &cfg.ca_dir {
+        Some(dir) => ca::Ca::load_or_create(dir)?,
+        None => ca::Ca::ephemeral()?,
+    };
+    let current = Arc::new(Current::new(ca));
     let (version_tx, version_rx) = tokio::sync::watch::channel(0u64);
     let proxies = xds::Proxies::default();
     let debug = match cfg.debug_listen {

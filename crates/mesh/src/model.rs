@@ -2,7 +2,9 @@
 //! (and the endpoints' pod labels, for subsets), and the Istio
 //! configuration, rebuilt from the watch caches on every change.
 
-use mast_api::istio::types::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+use mast_api::istio::types::{
+    DestinationRule, Gateway, PeerAuthentication, ServiceEntry, VirtualService,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -48,6 +50,17 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// Whether the port carries the application's own TLS: `appProtocol`
+    /// or the name's prefix `https` or `tls`.
+    pub fn is_tls(&self) -> bool {
+        let proto = self
+            .app_protocol
+            .clone()
+            .unwrap_or_else(|| self.name.split('-').next().unwrap_or("").to_owned())
+            .to_ascii_lowercase();
+        proto == "https" || proto == "tls"
+    }
+
     /// Whether the mesh treats the port as HTTP: Istio's protocol
     /// selection, by `appProtocol` or the port name's prefix
     /// (`http`, `http-web`, `grpc`, `http2`...). Other ports are TCP.
@@ -108,6 +121,36 @@ pub struct Mesh {
     /// TLS credentials from Kubernetes Secrets by (namespace, name), for
     /// Gateway servers' `credentialName`.
     pub credentials: BTreeMap<(String, String), Credential>,
+    /// security.istio.io PeerAuthentications by (namespace, name).
+    pub peer_authentications: BTreeMap<(String, String), PeerAuthentication>,
+}
+
+/// Istio's root namespace: a PeerAuthentication without a selector there
+/// is the mesh's.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// The label injection puts on a pod with a sidecar: its endpoints take
+/// mutual TLS (Istio's auto mTLS).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+/// What a workload's sidecar accepts on a port, by PeerAuthentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Mutual TLS only.
+    Strict,
+    /// Mutual TLS and plain text (Istio's default).
+    Permissive,
+    /// Plain text only.
+    Disable,
+}
+
+fn mtls_mode(m: Option<&mast_api::istio::types::MutualTls>) -> Option<MtlsMode> {
+    match m?.mode.as_deref()? {
+        "STRICT" => Some(MtlsMode::Strict),
+        "PERMISSIVE" => Some(MtlsMode::Permissive),
+        "DISABLE" => Some(MtlsMode::Disable),
+        _ => None, // UNSET: the parent's.
+    }
 }
 
 /// A DestinationRule's policy for a subset and port, merged as Istio's
@@ -298,6 +341,76 @@ impl Mesh {
             .collect()
     }
 
+    /// The mTLS mode of workload port `port` (the container's) of a pod
+    /// in `ns` with `labels`, as Istio resolves PeerAuthentications: the
+    /// workload's own (a selector that matches; its `portLevelMtls`
+    /// first), else the namespace's (no selector), else the mesh's (no
+    /// selector, in the root namespace), else PERMISSIVE; UNSET takes
+    /// the parent's. Of several at one level, the first by name wins.
+    pub fn mtls_mode(&self, ns: &str, labels: &BTreeMap<String, String>, port: u16) -> MtlsMode {
+        let unselected = |in_ns: &str| {
+            self.peer_authentications
+                .iter()
+                .find(|((n, _), pa)| {
+                    n == in_ns
+                        && pa
+                            .selector
+                            .as_ref()
+                            .is_none_or(|s| s.match_labels.is_empty())
+                })
+                .and_then(|(_, pa)| mtls_mode(pa.mtls.as_ref()))
+        };
+        let workload = self
+            .peer_authentications
+            .iter()
+            .find(|((n, _), pa)| {
+                n == ns
+                    && pa.selector.as_ref().is_some_and(|s| {
+                        !s.match_labels.is_empty()
+                            && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    })
+            })
+            .and_then(|(_, pa)| {
+                mtls_mode(pa.port_level_mtls.get(&port.to_string()))
+                    .or_else(|| mtls_mode(pa.mtls.as_ref()))
+            });
+        workload
+            .or_else(|| unselected(ns))
+            .or_else(|| unselected(ROOT_NAMESPACE))
+            .unwrap_or(MtlsMode::Permissive)
+    }
+
+    /// Whether a client takes mutual TLS to a Service's port (or subset):
+    /// Istio's auto mTLS, per cluster here. Every endpoint has a sidecar
+    /// (the injection label) and accepts mTLS on that port.
+    pub fn auto_mtls(&self, key: &ServiceKey, subset: &str, port: u16) -> bool {
+        let Some(svc) = self.services.get(key) else {
+            return false;
+        };
+        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
+            return false;
+        };
+        // The application's own TLS passes as it is.
+        if sp.is_tls() {
+            return false;
+        }
+        let wanted = self
+            .subsets(key)
+            .into_iter()
+            .find(|(n, _)| n == subset)
+            .map(|(_, l)| l)
+            .unwrap_or_default();
+        svc.endpoints
+            .iter()
+            .filter(|e| wanted.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .all(|e| {
+                e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some("istio")
+                    && e.ports.get(&sp.name).is_none_or(|target| {
+                        self.mtls_mode(&key.namespace, &e.labels, *target) != MtlsMode::Disable
+                    })
+            })
+    }
+
     /// The VirtualService that routes a Service inside the mesh (bound to
     /// `mesh`, explicitly or by naming no gateway), if any; with its
     /// namespace. The first by namespace and name wins, as in Istio.
@@ -337,6 +450,16 @@ impl Mesh {
             .collect()
     }
 
+    /// The workload ports at `ip` that a Service port names as TLS
+    /// (`https`, `tls`): the application's own TLS, which the sidecar
+    /// passes as it is.
+    pub fn inbound_tls(&self, ip: &str) -> BTreeSet<u16> {
+        self.served(ip)
+            .filter(|(_, p)| p.is_tls())
+            .map(|(t, _)| t)
+            .collect()
+    }
+
     /// The workload ports at `ip` that Services point at, with each
     /// Service port.
     fn served<'a>(&'a self, ip: &'a str) -> impl Iterator<Item = (u16, &'a ServicePort)> + 'a {
@@ -370,6 +493,130 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pa(v: serde_json::Value) -> PeerAuthentication {
+        serde_json::from_value(v).expect("PeerAuthentication")
+    }
+
+    #[test]
+    fn peer_authentication_resolves_as_istios() {
+        let mut mesh = Mesh::default();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "ratings".to_string())].into();
+        assert_eq!(
+            mesh.mtls_mode("shop", &labels, 9080),
+            MtlsMode::Permissive,
+            "the default"
+        );
+        let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        mesh.peer_authentications.insert(
+            key(ROOT_NAMESPACE, "default"),
+            pa(serde_json::json!({"mtls": {"mode": "STRICT"}})),
+        );
+        assert_eq!(
+            mesh.mtls_mode("shop", &labels, 9080),
+            MtlsMode::Strict,
+            "the mesh's"
+        );
+        mesh.peer_authentications.insert(
+            key("shop", "default"),
+            pa(serde_json::json!({"mtls": {"mode": "UNSET"}})),
+        );
+        assert_eq!(
+            mesh.mtls_mode("shop", &labels, 9080),
+            MtlsMode::Strict,
+            "UNSET: the parent's"
+        );
+        mesh.peer_authentications.insert(
+            key("shop", "default"),
+            pa(serde_json::json!({"mtls": {"mode": "PERMISSIVE"}})),
+        );
+        assert_eq!(
+            mesh.mtls_mode("shop", &labels, 9080),
+            MtlsMode::Permissive,
+            "the namespace's"
+        );
+        mesh.peer_authentications.insert(
+            key("shop", "ratings"),
+            pa(
+                serde_json::json!({"selector": {"matchLabels": {"app": "ratings"}},
+                "mtls": {"mode": "DISABLE"}, "portLevelMtls": {"9080": {"mode": "STRICT"}}}),
+            ),
+        );
+        assert_eq!(
+            mesh.mtls_mode("shop", &labels, 9080),
+            MtlsMode::Strict,
+            "the port's"
+        );
+        assert_eq!(
+            mesh.mtls_mode("shop", &labels, 9443),
+            MtlsMode::Disable,
+            "the workload's"
+        );
+        assert_eq!(
+            mesh.mtls_mode("shop", &BTreeMap::new(), 9080),
+            MtlsMode::Permissive
+        );
+        assert_eq!(mesh.mtls_mode("other", &labels, 9080), MtlsMode::Strict);
+    }
+
+    #[test]
+    fn auto_mtls_wants_every_endpoint_in_the_mesh() {
+        let key = ServiceKey::resolve("ratings", "shop", "cluster.local");
+        let ep = |ip: &str, version: &str, sidecar: bool| {
+            let mut labels: BTreeMap<String, String> =
+                [("version".to_string(), version.to_string())].into();
+            if sidecar {
+                labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+            }
+            Endpoint {
+                ip: ip.parse().expect("ip"),
+                ports: [("http".to_string(), 9080)].into(),
+                labels,
+            }
+        };
+        let port = |name: &str, port: u16| ServicePort {
+            name: name.into(),
+            port,
+            protocol: "TCP".into(),
+            app_protocol: None,
+        };
+        let mut mesh = Mesh {
+            domain: "cluster.local".into(),
+            ..Default::default()
+        };
+        mesh.services.insert(
+            key.clone(),
+            Service {
+                cluster_ip: None,
+                ports: vec![port("http", 9080), port("https", 9443)],
+                endpoints: vec![ep("10.0.0.1", "v1", true), ep("10.0.0.2", "v2", false)],
+            },
+        );
+        mesh.destination_rules.insert(
+            ("shop".into(), "ratings".into()),
+            serde_json::from_value(serde_json::json!({"host": "ratings", "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}))
+            .expect("dr"),
+        );
+        assert!(
+            !mesh.auto_mtls(&key, "", 9080),
+            "one endpoint has no sidecar"
+        );
+        assert!(mesh.auto_mtls(&key, "v1", 9080));
+        assert!(!mesh.auto_mtls(&key, "v2", 9080));
+        assert!(
+            !mesh.auto_mtls(&key, "v1", 9443),
+            "the application's own TLS"
+        );
+        mesh.peer_authentications.insert(
+            ("shop".into(), "off".into()),
+            pa(serde_json::json!({"mtls": {"mode": "DISABLE"}})),
+        );
+        assert!(
+            !mesh.auto_mtls(&key, "v1", 9080),
+            "the server takes plain text only"
+        );
+    }
 
     #[test]
     fn hosts_resolve_as_istio_reads_them() {

@@ -16,7 +16,7 @@
 //!   original destination, the application), and passthrough for the rest.
 
 use crate::envoy::{self, any};
-use crate::model::{Mesh, ServiceKey};
+use crate::model::{Mesh, MtlsMode, ServiceKey};
 use crate::xds::{self, ProxyInfo, Resources};
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
@@ -168,7 +168,15 @@ fn inbound_cluster(port: u16) -> String {
 }
 
 /// `virtualInbound`: one chain per served port, passthrough otherwise.
-fn inbound_listener(ports: &BTreeMap<u16, bool>) -> listener::Listener {
+/// By each port's mTLS mode (`mode(port)`): STRICT takes mutual TLS only,
+/// PERMISSIVE mutual TLS or plain text (told apart by the TLS inspector),
+/// DISABLE plain text. The passthrough (ports no Service names, where
+/// mesh clients send plain text) takes plain text, or under a STRICT
+/// `mode(0)` mutual TLS only, as Istio's.
+fn inbound_listener(
+    ports: &BTreeMap<u16, bool>,
+    mode: impl Fn(u16) -> MtlsMode,
+) -> listener::Listener {
     use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
     let mut chains = vec![];
     for (&port, &http) in ports {
@@ -192,7 +200,7 @@ fn inbound_listener(ports: &BTreeMap<u16, bool>) -> listener::Listener {
         } else {
             envoy::tcp_proxy_filter(&cluster, &cluster)
         };
-        chains.push(listener::FilterChain {
+        let chain = listener::FilterChain {
             name: format!("0.0.0.0_{port}"),
             filter_chain_match: Some(listener::FilterChainMatch {
                 destination_port: Some(envoy_types::pb::google::protobuf::UInt32Value {
@@ -202,7 +210,8 @@ fn inbound_listener(ports: &BTreeMap<u16, bool>) -> listener::Listener {
             }),
             filters: vec![filter],
             ..Default::default()
-        });
+        };
+        chains.extend(by_mode(chain, mode(port)));
     }
     let mut l = envoy::listener(
         "virtualInbound",
@@ -218,7 +227,47 @@ fn inbound_listener(ports: &BTreeMap<u16, bool>) -> listener::Listener {
         "envoy.filters.listener.original_dst",
         any(&OriginalDst::default()),
     );
+    if mode(0) == MtlsMode::Strict {
+        if let Some(mut passthrough) = l.default_filter_chain.take() {
+            passthrough.name = "virtualInbound".into();
+            l.filter_chains
+                .extend(by_mode(passthrough, MtlsMode::Strict));
+        }
+    }
+    if l.filter_chains.iter().any(|c| c.transport_socket.is_some()) {
+        use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+        l.listener_filters.push(listener::ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+    }
     l
+}
+
+/// An inbound chain as an mTLS mode takes it: as it is (DISABLE), with
+/// mutual TLS for TLS connections only (STRICT), or that and itself for
+/// plain text (PERMISSIVE).
+fn by_mode(chain: listener::FilterChain, mode: MtlsMode) -> Vec<listener::FilterChain> {
+    if mode == MtlsMode::Disable {
+        return vec![chain];
+    }
+    let with = |proto: &str, suffix: &str| {
+        let mut c = chain.clone();
+        c.name = format!("{}{suffix}", chain.name);
+        c.filter_chain_match
+            .get_or_insert_default()
+            .transport_protocol = proto.into();
+        c
+    };
+    let mut tls = with("tls", "-mtls");
+    tls.transport_socket = Some(crate::tls::istio_mutual_server());
+    match mode {
+        MtlsMode::Strict => vec![tls],
+        _ => vec![tls, with("raw_buffer", "")],
+    }
 }
 
 /// Make a one-chain listener's chain its default, put `chains` before it,
@@ -330,15 +379,7 @@ fn tcp_listener(
     let mut default = envoy::tcp_proxy_filter(&cluster, &cluster);
     let mut chains = vec![];
     if let Some((ns, vs)) = mesh.mesh_route(key) {
-        let tls_port = {
-            let p = port
-                .app_protocol
-                .clone()
-                .unwrap_or_else(|| port.name.split('-').next().unwrap_or("").to_owned())
-                .to_ascii_lowercase();
-            p == "tls" || p == "https"
-        };
-        if tls_port {
+        if port.is_tls() {
             for r in &vs.tls {
                 for m in r.matches.iter().filter(|m| {
                     l4_applies(
@@ -439,7 +480,12 @@ pub fn generate(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
         listeners.insert(l.name.clone(), any(&l));
     }
     let inbound = mesh.inbound_ports(&proxy.ip);
-    let l = inbound_listener(&inbound);
+    // The application's own TLS passes as it is.
+    let tls_ports = mesh.inbound_tls(&proxy.ip);
+    let l = inbound_listener(&inbound, |port| match tls_ports.contains(&port) {
+        true => MtlsMode::Disable,
+        false => mesh.mtls_mode(&proxy.namespace, &proxy.labels, port),
+    });
     listeners.insert(l.name.clone(), any(&l));
     let mut clusters: BTreeMap<String, _> = envoy::clusters(mesh)
         .into_iter()
@@ -470,4 +516,150 @@ pub fn generate(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
     out.0
         .insert(xds::ENDPOINT, envoy::endpoints(mesh).into_iter().collect());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Service, ServicePort, TLS_MODE_LABEL};
+
+    /// A sidecar at 10.0.0.1 in `shop`, serving `ratings` (port http 9080),
+    /// with the namespace's PeerAuthentication `mode` (none when None).
+    fn sidecar(mode: Option<&str>) -> Resources {
+        let mut mesh = Mesh {
+            domain: "cluster.local".into(),
+            ..Default::default()
+        };
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "ratings".to_string()),
+            (TLS_MODE_LABEL.to_string(), "istio".to_string()),
+        ]
+        .into();
+        mesh.services.insert(
+            ServiceKey::resolve("ratings", "shop", "cluster.local"),
+            Service {
+                cluster_ip: Some("10.96.0.10".parse().expect("ip")),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 9080,
+                    protocol: "TCP".into(),
+                    app_protocol: None,
+                }],
+                endpoints: vec![Endpoint {
+                    ip: "10.0.0.1".parse().expect("ip"),
+                    ports: [("http".to_string(), 9080)].into(),
+                    labels: labels.clone(),
+                }],
+            },
+        );
+        if let Some(mode) = mode {
+            mesh.peer_authentications.insert(
+                ("shop".into(), "default".into()),
+                serde_json::from_value(serde_json::json!({"mtls": {"mode": mode}})).expect("pa"),
+            );
+        }
+        let proxy = ProxyInfo {
+            kind: "sidecar".into(),
+            ip: "10.0.0.1".into(),
+            namespace: "shop".into(),
+            labels,
+            ..Default::default()
+        };
+        generate(&mesh, &proxy)
+    }
+
+    /// A resource as mast proxy reads it (its JSON form).
+    fn read(out: &Resources, type_url: &'static str, name: &str) -> serde_json::Value {
+        let any = &out.0[type_url][name];
+        let decoded =
+            mast_proxy::xds::Resources::default().with(type_url, std::slice::from_ref(any));
+        assert!(decoded.is_ok(), "{name}: {:?}", decoded.err());
+        mast_proxy::xds::to_json(any).expect("json")
+    }
+
+    fn chains(l: &serde_json::Value) -> Vec<(String, String, bool)> {
+        l["filter_chains"]
+            .as_array()
+            .expect("chains")
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default().to_owned(),
+                    c["filter_chain_match"]["transport_protocol"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    c.get("transport_socket").is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn peer_authentication_shapes_the_inbound_listener_and_auto_mtls_the_clusters() {
+        let s = |a: &str, b: &str, c: bool| (a.to_owned(), b.to_owned(), c);
+        let strict = sidecar(Some("STRICT"));
+        let l = read(&strict, xds::LISTENER, "virtualInbound");
+        assert_eq!(
+            chains(&l),
+            [
+                s("0.0.0.0_9080-mtls", "tls", true),
+                s("virtualInbound-mtls", "tls", true)
+            ],
+            "STRICT: mutual TLS only, the passthrough too"
+        );
+        assert!(l.get("default_filter_chain").is_none());
+        let filters: Vec<&str> = l["listener_filters"]
+            .as_array()
+            .expect("filters")
+            .iter()
+            .filter_map(|f| f["name"].as_str())
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                "envoy.filters.listener.original_dst",
+                "envoy.filters.listener.tls_inspector"
+            ]
+        );
+        let permissive = read(&sidecar(None), xds::LISTENER, "virtualInbound");
+        assert_eq!(
+            chains(&permissive),
+            [
+                s("0.0.0.0_9080-mtls", "tls", true),
+                s("0.0.0.0_9080", "raw_buffer", false)
+            ],
+            "PERMISSIVE (the default): both"
+        );
+        assert!(permissive.get("default_filter_chain").is_some());
+        let disable = read(&sidecar(Some("DISABLE")), xds::LISTENER, "virtualInbound");
+        assert_eq!(chains(&disable), [s("0.0.0.0_9080", "", false)]);
+        // The endpoint has a sidecar: its clients take mutual TLS.
+        let c = read(
+            &strict,
+            xds::CLUSTER,
+            "outbound|9080||ratings.shop.svc.cluster.local",
+        );
+        let ctx = &c["transport_socket"]["typed_config"];
+        assert_eq!(
+            ctx["sni"],
+            "outbound_.9080_._.ratings.shop.svc.cluster.local"
+        );
+        let common = &ctx["common_tls_context"];
+        assert_eq!(
+            common["tls_certificate_sds_secret_configs"][0]["name"],
+            "default"
+        );
+        assert_eq!(
+            common["combined_validation_context"]["validation_context_sds_secret_config"]["name"],
+            "ROOTCA"
+        );
+        // Under DISABLE, plain text.
+        let c = read(
+            &sidecar(Some("DISABLE")),
+            xds::CLUSTER,
+            "outbound|9080||ratings.shop.svc.cluster.local",
+        );
+        assert!(c.get("transport_socket").is_none());
+    }
 }

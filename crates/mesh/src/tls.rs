@@ -271,7 +271,7 @@ pub fn secrets<'a>(
 }
 
 /// A DestinationRule's `tls` as a cluster's transport socket (none for
-/// DISABLE, and for ISTIO_MUTUAL, which needs the mesh's own mTLS). The
+/// DISABLE; ISTIO_MUTUAL is [`istio_mutual`]). The
 /// SNI is `sni`, else `host`; the server's certificate is checked against
 /// `caCertificates`, the credential's CA or the system's roots, and
 /// against `subjectAltNames`, else the SNI (Istio's automatic SAN
@@ -320,6 +320,111 @@ pub fn client(
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&ctx))),
     })
+}
+
+/// The SDS names of a workload's own certificate and of the mesh's root,
+/// as istio-agent serves them.
+pub const WORKLOAD_CERT: &str = "default";
+pub const ROOT_CA: &str = "ROOTCA";
+
+/// Istio's mutual TLS to a workload's sidecar (DestinationRule
+/// ISTIO_MUTUAL, or auto mTLS): the workload certificate and the root
+/// over SDS; the server's certificate must be the mesh's (a SPIFFE URI in
+/// `trust_domain`); the SNI names the cluster, as istiod sets it
+/// (`outbound_.<port>_.<subset>_.<host>`). No ALPN: the server's
+/// connection manager tells HTTP/2 from HTTP/1.1 by the first bytes.
+pub fn istio_mutual(cluster: &str, trust_domain: &str) -> core::TransportSocket {
+    use tls::common_tls_context::{CombinedCertificateValidationContext, ValidationContextType};
+    let common = tls::CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_CERT.into())],
+        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(tls::CertificateValidationContext {
+                    match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                        san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+                        matcher: Some(matcher::StringMatcher {
+                            match_pattern: Some(matcher::string_matcher::MatchPattern::Prefix(
+                                format!("spiffe://{trust_domain}/"),
+                            )),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds(ROOT_CA.into())),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let sni = match cluster.split('|').collect::<Vec<_>>().as_slice() {
+        [dir, port, subset, host] => format!("{dir}_.{port}_.{subset}_.{host}"),
+        _ => cluster.to_owned(),
+    };
+    let ctx = tls::UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni,
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+/// A sidecar's inbound side of mutual TLS: its workload certificate, and
+/// a client certificate from the mesh's root required.
+pub fn istio_mutual_server() -> core::TransportSocket {
+    use tls::common_tls_context::ValidationContextType;
+    let ctx = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_CERT.into())],
+            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                sds(ROOT_CA.into()),
+            )),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+/// A proxy's identity secrets: its workload certificate (for
+/// `identity`) and the mesh's root.
+pub fn identity_secrets(ca: &crate::ca::Ca, identity: &str) -> BTreeMap<String, Any> {
+    let mut out = BTreeMap::new();
+    match ca.issue(identity) {
+        Ok(issued) => {
+            let secret = tls::Secret {
+                name: WORKLOAD_CERT.into(),
+                r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+                    certificate_chain: Some(bytes(issued.cert.as_bytes())),
+                    private_key: Some(bytes(issued.key.as_bytes())),
+                    ..Default::default()
+                })),
+            };
+            out.insert(WORKLOAD_CERT.to_owned(), any(&secret));
+        }
+        Err(e) => {
+            tracing::error!(identity, error = %e, "the mesh CA could not sign a workload certificate")
+        }
+    }
+    let root = tls::Secret {
+        name: ROOT_CA.into(),
+        r#type: Some(tls::secret::Type::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca: Some(bytes(ca.root().as_bytes())),
+                ..Default::default()
+            },
+        )),
+    };
+    out.insert(ROOT_CA.to_owned(), any(&root));
+    out
 }
 
 /// The system's CA bundle (Debian's), which Istio's proxies trust when a

@@ -40,6 +40,10 @@ pub struct ProxyInfo {
     pub ip: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// The workload's service account (node metadata
+    /// `SERVICE_ACCOUNT`): its identity for mutual TLS.
+    #[serde(default)]
+    pub service_account: String,
     /// The proxy program, as it names itself (`envoy/1.40.0`,
     /// `mast-proxy/0.1.0`).
     #[serde(default)]
@@ -117,9 +121,15 @@ fn proxy_info(req: &DiscoveryRequest) -> Option<ProxyInfo> {
     };
     if let Some(md) = &node.metadata {
         use envoy_types::pb::google::protobuf::value::Kind;
-        if let Some(Kind::StringValue(ns)) = md.fields.get("NAMESPACE").and_then(|v| v.kind.clone())
-        {
+        let string = |k: &str| match md.fields.get(k).and_then(|v| v.kind.clone()) {
+            Some(Kind::StringValue(s)) => Some(s),
+            _ => None,
+        };
+        if let Some(ns) = string("NAMESPACE") {
             info.namespace = ns;
+        }
+        if let Some(sa) = string("SERVICE_ACCOUNT") {
+            info.service_account = sa;
         }
         if let Some(Kind::StructValue(labels)) =
             md.fields.get("LABELS").and_then(|v| v.kind.clone())
