@@ -1225,6 +1225,23 @@ fn istio_metrics_say_who_called_whom(c: &Cluster) {
         "{line}"
     );
     assert!(count(&line) >= 30, "{line}");
+    // The sidecars spoke mutual TLS (auto mTLS): the server's side says so,
+    // with the client's identity from its certificate.
+    let mtls = dest
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("source_workload=\"productpage-v1\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+        })
+        .unwrap_or_else(|| panic!("no mutual TLS series at reviews-v1:\n{dest}"));
+    for want in [
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"",
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\"",
+    ] {
+        assert!(mtls.contains(want), "{want} not in {mtls}");
+    }
 }
 
 fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {

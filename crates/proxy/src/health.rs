@@ -206,6 +206,7 @@ static_resources:
             istio: None,
             clock: Default::default(),
             tls: false,
+            peer_principal: None,
         };
         for _ in 0..10 {
             assert_eq!(pool.pick_endpoint(c, &ctx, None), Some(a));

@@ -153,6 +153,9 @@ pub struct Ctx {
     pub clock: Clock,
     /// The downstream connection is TLS.
     pub tls: bool,
+    /// The identity (a URI SAN, Istio's SPIFFE principal) of the client
+    /// certificate that the downstream TLS handshake verified.
+    pub peer_principal: Option<Arc<str>>,
 }
 
 /// A connection's request timers, reused by its requests.

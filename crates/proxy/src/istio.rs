@@ -143,9 +143,14 @@ impl Workload {
         })
     }
 
-    fn principal(&self) -> String {
-        // Identities are only proven with mutual TLS, which is not here yet.
-        "unknown".into()
+    /// Its SPIFFE identity in `trust_domain`, as Istio's CA names it.
+    fn principal(&self, trust_domain: &str) -> String {
+        let sa = if self.service_account.is_empty() {
+            "default"
+        } else {
+            &self.service_account
+        };
+        format!("spiffe://{trust_domain}/ns/{}/sa/{sa}", self.namespace)
     }
 }
 
@@ -160,6 +165,8 @@ struct Key {
     /// gRPC's status (`grpc-status`), for gRPC requests that carried one.
     grpc_status: Option<u32>,
     flags: String,
+    /// Destination side: the client's identity, proven by mutual TLS.
+    principal: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -215,6 +222,9 @@ pub struct Request<'a> {
     pub source: bool,
     /// The other side's peer header, if it sent one.
     pub peer: Option<&'a http::HeaderValue>,
+    /// The client's identity, when mutual TLS proved it (destination
+    /// side).
+    pub principal: Option<&'a Arc<str>>,
     /// The destination Service's host name.
     pub service: &'a str,
     pub grpc: bool,
@@ -239,10 +249,12 @@ impl Metrics {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn key(
         &self,
         source: bool,
         peer: Option<&http::HeaderValue>,
+        principal: Option<&Arc<str>>,
         service: &str,
         protocol: &'static str,
         (code, grpc_status): (u16, Option<u32>),
@@ -267,6 +279,7 @@ impl Metrics {
             } else {
                 flags.to_owned()
             },
+            principal: principal.cloned(),
         }
     }
 
@@ -274,6 +287,7 @@ impl Metrics {
         let key = self.key(
             r.source,
             r.peer,
+            r.principal,
             r.service,
             if r.grpc { "grpc" } else { "http" },
             (r.code, r.grpc_status.filter(|_| r.grpc)),
@@ -292,8 +306,23 @@ impl Metrics {
 
     /// A TCP connection opened (`bytes` None) or closed with the bytes
     /// it received from and sent to the downstream side.
-    pub fn tcp(&self, source: bool, service: &str, bytes: Option<(u64, u64)>) {
-        let key = self.key(source, None, service, "tcp", (0, None), "-");
+    pub fn tcp(
+        &self,
+        source: bool,
+        service: &str,
+        principal: Option<&str>,
+        bytes: Option<(u64, u64)>,
+    ) {
+        let principal = principal.map(Arc::from);
+        let key = self.key(
+            source,
+            None,
+            principal.as_ref(),
+            service,
+            "tcp",
+            (0, None),
+            "-",
+        );
         let mut m = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
         let s = m.entry(key).or_default();
         match bytes {
@@ -332,13 +361,25 @@ impl Metrics {
         put("source_canonical_service", &src.canonical_service);
         put("source_canonical_revision", &src.canonical_revision);
         put("source_workload_namespace", &src.namespace);
-        put("source_principal", &src.principal());
+        // Identities are proven by mutual TLS: on the destination side,
+        // the client's certificate (its trust domain is this proxy's too).
+        let (src_principal, dst_principal) = match &k.principal {
+            Some(p) => {
+                let domain = p
+                    .strip_prefix("spiffe://")
+                    .and_then(|r| r.split('/').next())
+                    .unwrap_or("cluster.local");
+                (p.to_string(), self.me.principal(domain))
+            }
+            None => ("unknown".into(), "unknown".into()),
+        };
+        put("source_principal", &src_principal);
         put("source_app", &src.app);
         put("source_version", &src.version);
         put("source_cluster", &src.cluster);
         put("destination_workload", &dst.workload);
         put("destination_workload_namespace", &dst.namespace);
-        put("destination_principal", &dst.principal());
+        put("destination_principal", &dst_principal);
         put("destination_app", &dst.app);
         put("destination_version", &dst.version);
         put("destination_service", &k.service);
@@ -358,7 +399,11 @@ impl Metrics {
         put("response_flags", &k.flags);
         put(
             "connection_security_policy",
-            if k.source { "unknown" } else { "none" },
+            match (k.source, &k.principal) {
+                (true, _) => "unknown",
+                (false, Some(_)) => "mutual_tls",
+                (false, None) => "none",
+            },
         );
         out
     }
@@ -431,6 +476,7 @@ pub struct Pending {
     pub metrics: Arc<Metrics>,
     pub source: bool,
     pub peer: Option<http::HeaderValue>,
+    pub principal: Option<Arc<str>>,
     pub service: String,
     pub grpc: bool,
     pub code: u16,
@@ -446,7 +492,7 @@ impl Pending {
     pub fn new(
         metrics: Arc<Metrics>,
         source: bool,
-        peer: Option<http::HeaderValue>,
+        (peer, principal): (Option<http::HeaderValue>, Option<Arc<str>>),
         service: String,
         grpc: bool,
         response: (http::StatusCode, &http::HeaderMap),
@@ -458,6 +504,7 @@ impl Pending {
             metrics,
             source,
             peer,
+            principal,
             service,
             grpc,
             code: response.0.as_u16(),
@@ -473,6 +520,7 @@ impl Pending {
         self.metrics.http(Request {
             source: self.source,
             peer: self.peer.as_ref(),
+            principal: self.principal.as_ref(),
             service: &self.service,
             grpc: self.grpc,
             code: self.code,
@@ -589,6 +637,7 @@ mod tests {
         m.http(Request {
             source: true,
             peer: Some(&peer),
+            principal: None,
             service: "reviews.default.svc.cluster.local",
             grpc: false,
             code: 200,
@@ -612,12 +661,75 @@ mod tests {
             "destination_service_name=\"reviews\"",
             "response_code=\"200\"",
             "response_flags=\"-\"",
+            "connection_security_policy=\"unknown\"",
         ] {
             assert!(line.contains(want), "{want} not in {line}");
         }
         assert!(line.ends_with(" 1"));
         assert!(out.contains("istio_request_duration_milliseconds_bucket{"));
         assert!(out.contains("le=\"5\"} 1"));
+    }
+
+    #[test]
+    fn mutual_tls_proves_the_principals_on_the_destination_side() {
+        let md = serde_json::json!({"NAMESPACE": "default", "NAME": "reviews-v1-1-2",
+            "SERVICE_ACCOUNT": "bookinfo-reviews", "LABELS": {"app": "reviews", "pod-template-hash": "1"}});
+        let m = Metrics::new(Workload::from_node(md.as_object().unwrap()).unwrap());
+        let client: Arc<str> =
+            Arc::from("spiffe://cluster.local/ns/default/sa/bookinfo-productpage");
+        for principal in [Some(&client), None] {
+            m.http(Request {
+                source: false,
+                peer: None,
+                principal,
+                service: "reviews.default.svc.cluster.local",
+                grpc: false,
+                code: 200,
+                grpc_status: None,
+                flags: "",
+                request_bytes: 0,
+                response_bytes: 1,
+                duration: Duration::from_millis(1),
+            });
+        }
+        m.tcp(
+            false,
+            "reviews.default.svc.cluster.local",
+            Some(&client),
+            None,
+        );
+        let mut out = String::new();
+        m.prometheus(&mut out);
+        let lines =
+            |metric: &str| -> Vec<&str> { out.lines().filter(|l| l.starts_with(metric)).collect() };
+        let requests = lines("istio_requests_total{");
+        let mtls = requests
+            .iter()
+            .find(|l| l.contains("connection_security_policy=\"mutual_tls\""))
+            .expect("a mutual TLS series");
+        assert!(
+            mtls.contains(
+                "source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\""
+            ),
+            "{mtls}"
+        );
+        assert!(
+            mtls.contains(
+                "destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\""
+            ),
+            "{mtls}"
+        );
+        let plain = requests
+            .iter()
+            .find(|l| l.contains("connection_security_policy=\"none\""))
+            .expect("a plain-text series");
+        assert!(plain.contains("source_principal=\"unknown\""), "{plain}");
+        let tcp = lines("istio_tcp_connections_opened_total{");
+        assert!(
+            tcp.iter()
+                .any(|l| l.contains("connection_security_policy=\"mutual_tls\"")),
+            "{tcp:?}"
+        );
     }
 
     /// A body of given frames, for the metered body's tests.
@@ -648,7 +760,7 @@ mod tests {
         let pending = Pending::new(
             m.clone(),
             false,
-            None,
+            (None, None),
             "echo.default.svc.cluster.local".into(),
             grpc,
             (http::StatusCode::OK, headers),

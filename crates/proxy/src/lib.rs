@@ -475,12 +475,13 @@ async fn connection(
     let Some(chain) = listener.chain(dst.port(), sni.as_deref(), tls) else {
         return; // No chain: Envoy closes the connection.
     };
-    let ctx = http::Ctx {
+    let mut ctx = http::Ctx {
         dst,
         peer,
         istio: None,
         clock: Default::default(),
         tls: chain.tls.is_some(),
+        peer_principal: None,
     };
     let http2_ok = matches!(&chain.net, Network::Http(h) if !h.http1_only);
     let Some(tls) = &chain.tls else {
@@ -506,6 +507,12 @@ async fn connection(
             return;
         }
     };
+    ctx.peer_principal = s
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| transport::uri_san(c.first()?))
+        .map(Arc::from);
     // ALPN says which HTTP; without it, the first bytes do, as Envoy's
     // codec AUTO sniffs them.
     let alpn = s.get_ref().1.alpn_protocol().map(|p| p == b"h2");
@@ -559,11 +566,16 @@ async fn serve_chain(
                 String::new()
             };
             if let Some(m) = &shared.istio {
-                m.tcp(*outbound, &service, None);
+                m.tcp(*outbound, &service, ctx.peer_principal.as_deref(), None);
             }
             let bytes = tcp(stream, &cluster, &pool, &ctx).await;
             if let Some(m) = &shared.istio {
-                m.tcp(*outbound, &service, Some(bytes));
+                m.tcp(
+                    *outbound,
+                    &service,
+                    ctx.peer_principal.as_deref(),
+                    Some(bytes),
+                );
             }
         }
         Network::Http(h) => {
@@ -786,7 +798,7 @@ async fn http_connection(
                     pending = Some(Box::new(istio::Pending::new(
                         m.clone(),
                         *outbound,
-                        peer,
+                        (peer, ctx.peer_principal.clone()),
                         service,
                         facts.grpc,
                         (r.status(), r.headers()),

@@ -270,6 +270,15 @@ fn validation(c: &CommonTlsContext, secrets: &Secrets) -> Result<Option<Validati
     }))
 }
 
+/// A certificate's first URI SAN: the peer's identity in a mesh
+/// (Istio's SPIFFE principal).
+pub fn uri_san(der: &CertificateDer<'_>) -> Option<String> {
+    names_of(der)
+        .into_iter()
+        .find(|(kind, _)| *kind == San::Uri)
+        .map(|(_, name)| name)
+}
+
 /// The subject alternative names of a certificate, by kind, as text.
 fn names_of(der: &CertificateDer<'_>) -> Vec<(San, String)> {
     use x509_parser::extensions::GeneralName;
