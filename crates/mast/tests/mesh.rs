@@ -1294,7 +1294,26 @@ fn bookinfo_as_istios_samples_say(n: u8, proxy: &str) {
             let body = String::from_utf8_lossy(&o.stdout);
             body.contains("Book Details") && body.contains("Reviews served by")
         }),
-        "the gateway never served the product page"
+        "the gateway never served the product page: {}\n{}\n{}",
+        common::curl_code_body(&format!("http://{gw}/productpage"), &[]).1,
+        c.ok(&[
+            "logs",
+            "-n",
+            "istio-system",
+            "-l",
+            "app=istio-ingressgateway",
+            "--tail",
+            "30"
+        ]),
+        c.ok(&[
+            "logs",
+            "-l",
+            "app=productpage",
+            "-c",
+            "istio-proxy",
+            "--tail",
+            "30"
+        ])
     );
     let (body, _) = page(&gw, &[]);
     assert!(body.contains("ISBN-10"), "{body}");

@@ -1273,6 +1273,7 @@ fn tls_bootstrap(pki: &common::Pki, other: &common::Pki, ports: [u16; 5]) -> Str
         "secrets",
         "mtls",
         "any",
+        "auto",
         "ok",
         "h2",
     ];
@@ -1286,6 +1287,26 @@ fn tls_bootstrap(pki: &common::Pki, other: &common::Pki, ports: [u16; 5]) -> Str
         json!({"sni": "echo.test", "common_tls_context": {
         "alpn_protocols": ["h2"], "validation_context": {"trusted_ca": ca}}}),
     );
+    // Istio's auto mTLS: the endpoint whose metadata says `tlsMode: istio`
+    // (the mutual-TLS listener) takes mutual TLS, the other (echo) plain
+    // text, in one cluster.
+    let mut auto = upstream("auto", echo, serde_json::Value::Null);
+    auto["load_assignment"]["endpoints"][0]["lb_endpoints"] = json!([
+        {"endpoint": {"address": addr(echo)}},
+        {"endpoint": {"address": addr(mtls)},
+         "metadata": {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}}
+    ]);
+    auto["transport_socket_matches"] = json!([
+        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": {
+            "name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": format!("{tls_type}UpstreamTlsContext"), "sni": "outbound_.80_._.echo.test",
+                "common_tls_context": {
+                    "tls_certificates": [{"certificate_chain": file("client.pem"), "private_key": file("client.key")}],
+                    "validation_context": {"trusted_ca": ca, "match_typed_subject_alt_names": san("URI", json!({"prefix": "spiffe://cluster.local/"}))}}}}},
+        {"name": "tlsMode-disabled", "match": {}, "transport_socket": {
+            "name": "envoy.transport_sockets.raw_buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}
+    ]);
     h2["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "explicit_http_config": {"http2_protocol_options": {}}}});
@@ -1317,6 +1338,7 @@ fn tls_bootstrap(pki: &common::Pki, other: &common::Pki, ports: [u16; 5]) -> Str
                     "trusted_ca": {"filename": other.path("ca.pem")}}}})),
                 upstream("any", tls, json!({})),
                 h2,
+                auto,
                 upstream("mtls", mtls, json!({"sni": "echo.test", "common_tls_context": {
                     "tls_certificates": [{"certificate_chain": file("client.pem"), "private_key": file("client.key")}],
                     "validation_context": {"trusted_ca": ca, "match_subject_alt_names": [{"suffix": ".test"}]}}})),
@@ -1358,6 +1380,13 @@ fn observe_tls(pki: &common::Pki, ports: [u16; 5]) -> BTreeMap<String, String> {
         out.insert(
             format!("via {p}"),
             answer(&format!("http://127.0.0.1:{plain}/{p}"), &[]),
+        );
+    }
+    // Round robin over the auto-mTLS cluster's two endpoints.
+    for i in 0..4 {
+        out.insert(
+            format!("via auto {i}"),
+            answer(&format!("http://127.0.0.1:{plain}/auto"), &[]),
         );
     }
     let ca = pki.path("ca.pem");
@@ -1409,6 +1438,8 @@ fn observe_tls(pki: &common::Pki, ports: [u16; 5]) -> BTreeMap<String, String> {
         ("wrong-ca", "ssl.connection_error"),
         ("mtls-nocert", "ssl.connection_error"),
         ("mtls-nocert", "upstream_rq_total"),
+        ("auto", "ssl.handshake"),
+        ("auto", "upstream_rq_total"),
     ] {
         out.insert(
             format!("{c} {s}"),
@@ -1486,6 +1517,12 @@ fn mast_proxy_originates_and_terminates_tls_as_envoy_does() {
         ("wrong-san ssl.fail_verify_san", "1"),
         ("wrong-ca ssl.fail_verify_error", "1"),
         ("mtls-nocert upstream_rq_total", "0"),
+        ("via auto 0", "200 v1"),
+        ("via auto 1", "200 v1"),
+        ("via auto 2", "200 v1"),
+        ("via auto 3", "200 v1"),
+        ("auto ssl.handshake", "1"),
+        ("auto upstream_rq_total", "4"),
     ] {
         assert_eq!(envoy_saw[k], v, "{k}: {envoy_saw:#?}");
     }

@@ -75,10 +75,10 @@ pub fn clusters(mesh: &Mesh) -> Vec<(String, Any)> {
                 };
                 apply_policy(&mut c, &tp, p.is_http2(), &host);
                 let mode = tp.tls.as_ref().and_then(|t| t.mode.as_deref());
-                if mode == Some("ISTIO_MUTUAL")
-                    || (tp.tls.is_none() && mesh.auto_mtls(key, &subset, p.port))
-                {
+                if mode == Some("ISTIO_MUTUAL") {
                     c.transport_socket = Some(crate::tls::istio_mutual(&name, &mesh.domain));
+                } else if tp.tls.is_none() && mesh.auto_mtls(key, &subset, p.port) {
+                    c.transport_socket_matches = crate::tls::auto_mtls(&name, &mesh.domain);
                 }
                 out.push((name, any(&c)));
             }
@@ -316,15 +316,17 @@ pub fn endpoints(mesh: &Mesh) -> Vec<(String, Any)> {
             for (subset, labels) in subsets {
                 let name = cluster_name(p.port, &subset, &host);
                 let lb_endpoints = mesh
-                    .endpoints(key, &p.name, &labels)
+                    .endpoints(key, p, &labels)
                     .into_iter()
-                    .map(|(ip, port)| endpoint::LbEndpoint {
+                    .map(|(ip, port, mtls)| endpoint::LbEndpoint {
                         host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                             endpoint::Endpoint {
                                 address: Some(socket(&ip.to_string(), port)),
                                 ..Default::default()
                             },
                         )),
+                        // Istio's auto mTLS picks the transport by this.
+                        metadata: mtls.then(crate::tls::istio_endpoint),
                         ..Default::default()
                     })
                     .collect();

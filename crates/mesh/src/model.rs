@@ -304,20 +304,24 @@ impl Mesh {
             .collect()
     }
 
-    /// The ready endpoints of a Service port whose pods carry `labels`.
+    /// The ready endpoints of a Service port whose pods carry `labels`:
+    /// address, target port, and whether it takes mutual TLS.
     pub fn endpoints(
         &self,
         key: &ServiceKey,
-        port_name: &str,
+        port: &ServicePort,
         labels: &BTreeMap<String, String>,
-    ) -> Vec<(IpAddr, u16)> {
+    ) -> Vec<(IpAddr, u16, bool)> {
         let Some(s) = self.services.get(key) else {
             return vec![];
         };
         s.endpoints
             .iter()
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            .filter_map(|e| e.ports.get(port_name).map(|p| (e.ip, *p)))
+            .filter_map(|e| {
+                let target = *e.ports.get(&port.name)?;
+                Some((e.ip, target, self.takes_mtls(key, port, e)))
+            })
             .collect()
     }
 
@@ -380,9 +384,20 @@ impl Mesh {
             .unwrap_or(MtlsMode::Permissive)
     }
 
-    /// Whether a client takes mutual TLS to a Service's port (or subset):
-    /// Istio's auto mTLS, per cluster here. Every endpoint has a sidecar
-    /// (the injection label) and accepts mTLS on that port.
+    /// Whether an endpoint of a Service takes mutual TLS on the Service
+    /// port named `port_name` (Istio's auto mTLS): it has a sidecar (the
+    /// injection label), the port is not the application's own TLS, and
+    /// its PeerAuthentication is not DISABLE there.
+    fn takes_mtls(&self, key: &ServiceKey, sp: &ServicePort, e: &Endpoint) -> bool {
+        e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some("istio")
+            && !sp.is_tls()
+            && e.ports.get(&sp.name).is_none_or(|target| {
+                self.mtls_mode(&key.namespace, &e.labels, *target) != MtlsMode::Disable
+            })
+    }
+
+    /// Whether any endpoint of a Service's port (or subset) takes mutual
+    /// TLS, so that its cluster needs Istio's transport socket matches.
     pub fn auto_mtls(&self, key: &ServiceKey, subset: &str, port: u16) -> bool {
         let Some(svc) = self.services.get(key) else {
             return false;
@@ -390,10 +405,6 @@ impl Mesh {
         let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
             return false;
         };
-        // The application's own TLS passes as it is.
-        if sp.is_tls() {
-            return false;
-        }
         let wanted = self
             .subsets(key)
             .into_iter()
@@ -403,12 +414,7 @@ impl Mesh {
         svc.endpoints
             .iter()
             .filter(|e| wanted.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            .all(|e| {
-                e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some("istio")
-                    && e.ports.get(&sp.name).is_none_or(|target| {
-                        self.mtls_mode(&key.namespace, &e.labels, *target) != MtlsMode::Disable
-                    })
-            })
+            .any(|e| self.takes_mtls(key, sp, e))
     }
 
     /// The VirtualService that routes a Service inside the mesh (bound to
@@ -560,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn auto_mtls_wants_every_endpoint_in_the_mesh() {
+    fn auto_mtls_goes_by_endpoint() {
         let key = ServiceKey::resolve("ratings", "shop", "cluster.local");
         let ep = |ip: &str, version: &str, sidecar: bool| {
             let mut labels: BTreeMap<String, String> =
@@ -598,12 +604,13 @@ mod tests {
                 {"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}))
             .expect("dr"),
         );
-        assert!(
-            !mesh.auto_mtls(&key, "", 9080),
-            "one endpoint has no sidecar"
-        );
+        assert!(mesh.auto_mtls(&key, "", 9080), "one endpoint has a sidecar");
         assert!(mesh.auto_mtls(&key, "v1", 9080));
-        assert!(!mesh.auto_mtls(&key, "v2", 9080));
+        assert!(!mesh.auto_mtls(&key, "v2", 9080), "no endpoint has one");
+        // Each endpoint says whether it takes mTLS.
+        let sp = mesh.services[&key].ports[0].clone();
+        let eps = mesh.endpoints(&key, &sp, &BTreeMap::new());
+        assert_eq!(eps.iter().map(|e| e.2).collect::<Vec<_>>(), [true, false]);
         assert!(
             !mesh.auto_mtls(&key, "v1", 9443),
             "the application's own TLS"

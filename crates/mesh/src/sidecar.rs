@@ -634,13 +634,20 @@ mod tests {
         assert!(permissive.get("default_filter_chain").is_some());
         let disable = read(&sidecar(Some("DISABLE")), xds::LISTENER, "virtualInbound");
         assert_eq!(chains(&disable), [s("0.0.0.0_9080", "", false)]);
-        // The endpoint has a sidecar: its clients take mutual TLS.
-        let c = read(
-            &strict,
-            xds::CLUSTER,
-            "outbound|9080||ratings.shop.svc.cluster.local",
+        // The endpoint has a sidecar: its clients take mutual TLS, chosen
+        // per endpoint by its metadata (Istio's auto mTLS).
+        let name = "outbound|9080||ratings.shop.svc.cluster.local";
+        let c = read(&strict, xds::CLUSTER, name);
+        let matches = &c["transport_socket_matches"];
+        assert_eq!(matches[0]["match"], serde_json::json!({"tlsMode": "istio"}));
+        assert_eq!(matches[1]["match"], serde_json::json!({}));
+        let e = read(&strict, xds::ENDPOINT, name);
+        assert_eq!(
+            e["endpoints"][0]["lb_endpoints"][0]["metadata"]["filter_metadata"]
+                ["envoy.transport_socket_match"],
+            serde_json::json!({"tlsMode": "istio"})
         );
-        let ctx = &c["transport_socket"]["typed_config"];
+        let ctx = &matches[0]["transport_socket"]["typed_config"];
         assert_eq!(
             ctx["sni"],
             "outbound_.9080_._.ratings.shop.svc.cluster.local"
@@ -655,11 +662,8 @@ mod tests {
             "ROOTCA"
         );
         // Under DISABLE, plain text.
-        let c = read(
-            &sidecar(Some("DISABLE")),
-            xds::CLUSTER,
-            "outbound|9080||ratings.shop.svc.cluster.local",
-        );
+        let c = read(&sidecar(Some("DISABLE")), xds::CLUSTER, name);
         assert!(c.get("transport_socket").is_none());
+        assert!(c.get("transport_socket_matches").is_none());
     }
 }

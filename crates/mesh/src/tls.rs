@@ -14,6 +14,7 @@
 
 use crate::envoy::{any, hcm_filter, rds};
 use crate::model::Mesh;
+use envoy_types::pb::envoy::config::cluster::v3 as cluster_v3;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
@@ -370,6 +371,62 @@ pub fn istio_mutual(cluster: &str, trust_domain: &str) -> core::TransportSocket 
     core::TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+/// Istio's auto mTLS on a cluster: endpoints with the metadata
+/// `tlsMode: istio` (see [`istio_endpoint`]) take [`istio_mutual`], the
+/// others plain text.
+pub fn auto_mtls(
+    cluster: &str,
+    trust_domain: &str,
+) -> Vec<cluster_v3::cluster::TransportSocketMatch> {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let tls_mode = Struct {
+        fields: [(
+            "tlsMode".to_string(),
+            Value {
+                kind: Some(Kind::StringValue("istio".into())),
+            },
+        )]
+        .into(),
+    };
+    let raw = envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer {};
+    vec![
+        cluster_v3::cluster::TransportSocketMatch {
+            name: "tlsMode-istio".into(),
+            r#match: Some(tls_mode),
+            transport_socket: Some(istio_mutual(cluster, trust_domain)),
+        },
+        cluster_v3::cluster::TransportSocketMatch {
+            name: "tlsMode-disabled".into(),
+            r#match: Some(Struct::default()),
+            transport_socket: Some(core::TransportSocket {
+                name: "envoy.transport_sockets.raw_buffer".into(),
+                config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&raw))),
+            }),
+        },
+    ]
+}
+
+/// An endpoint's metadata that says it takes Istio's mutual TLS.
+pub fn istio_endpoint() -> core::Metadata {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    core::Metadata {
+        filter_metadata: [(
+            "envoy.transport_socket_match".to_string(),
+            Struct {
+                fields: [(
+                    "tlsMode".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue("istio".into())),
+                    },
+                )]
+                .into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
     }
 }
 

@@ -719,7 +719,26 @@ pub struct Cluster {
     /// TLS origination (`UpstreamTlsContext`); plain TCP without it.
     #[serde(default)]
     pub transport_socket: Option<TransportSocket>,
+    /// Transports by endpoint (Istio's auto mTLS): an endpoint takes the
+    /// first match whose keys all equal its `envoy.transport_socket_match`
+    /// metadata (an empty match takes any endpoint), else
+    /// `transport_socket`.
+    #[serde(default)]
+    pub transport_socket_matches: Vec<TransportSocketMatch>,
 }
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocketMatch {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub match_: BTreeMap<String, serde_json::Value>,
+    pub transport_socket: TransportSocket,
+}
+
+/// The metadata key that [`TransportSocketMatch`]es read.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -750,6 +769,16 @@ pub struct LocalityLbEndpoints {
 #[serde(deny_unknown_fields)]
 pub struct LbEndpoint {
     pub endpoint: Endpoint,
+    /// Only `filter_metadata["envoy.transport_socket_match"]` is read.
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    #[serde(default)]
+    pub filter_metadata: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -975,6 +1004,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secrets_named_by_transport_socket_matches_are_asked_for() {
+        let b = parse(
+            r#"
+static_resources:
+  clusters:
+  - name: auto
+    transport_socket_matches:
+    - name: tlsMode-istio
+      match: {tlsMode: istio}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [{name: default, sds_config: {ads: {}}}]
+            validation_context_sds_secret_config: {name: ROOTCA, sds_config: {ads: {}}}
+    - name: tlsMode-disabled
+      match: {}
+      transport_socket:
+        name: envoy.transport_sockets.raw_buffer
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}
+"#,
+        )
+        .expect("parse");
+        let names = ads_secret_names(b.static_resources.clusters.iter(), std::iter::empty());
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["ROOTCA", "default"]);
+    }
+
+    #[test]
     fn unknown_fields_are_refused_by_name() {
         let e = parse(
             "static_resources: {listeners: [], clusters: [{name: a, dns_lookup_family: V4_ONLY}]}",
@@ -1169,7 +1227,13 @@ pub fn ads_secret_names<'a>(
 ) -> std::collections::BTreeSet<String> {
     let chains = listeners.flat_map(|l| l.filter_chains.iter().chain(&l.default_filter_chain));
     clusters
-        .filter_map(|c| c.transport_socket.as_ref())
+        .flat_map(|c| {
+            c.transport_socket.iter().chain(
+                c.transport_socket_matches
+                    .iter()
+                    .map(|m| &m.transport_socket),
+            )
+        })
         .chain(chains.filter_map(|c| c.transport_socket.as_ref()))
         .flat_map(|t| t.ads_secrets())
         .map(str::to_owned)

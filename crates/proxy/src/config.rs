@@ -8,7 +8,7 @@ use crate::stats::{ClusterStats, ListenerStats};
 use anyhow::{anyhow, bail, Context, Result};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
@@ -80,6 +80,11 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// TLS origination (`transport_socket` with an `UpstreamTlsContext`).
     pub tls: Option<crate::transport::Upstream>,
+    /// `transport_socket_matches`, compiled: each one's TLS (None: plain).
+    pub tls_matches: Vec<Option<crate::transport::Upstream>>,
+    /// The endpoints a match takes, with its index in `tls_matches`; the
+    /// others take `tls`.
+    pub ep_transport: ArcSwap<HashMap<SocketAddr, usize>>,
 }
 
 /// Envoy's default `max_concurrent_streams`.
@@ -561,18 +566,24 @@ impl Config {
             if clusters.contains_key(&c.name) {
                 bail!("cluster {} is defined twice", c.name);
             }
-            let endpoints = endpoints_of(c, dynamic)?;
+            let (endpoints, transport) = endpoints_of(c, dynamic)?;
             // An update that leaves a cluster's definition as it was keeps
             // the cluster, with its counters and balancing state.
             // A cluster with TLS is compiled again when a secret changed
             // (an SDS rotation), as it may name it.
             if let Some(old) = prev
                 .filter(|p| p.definition(&c.name) == Some(c))
-                .filter(|p| c.transport_socket.is_none() || p.secrets == secrets)
+                .filter(|p| {
+                    (c.transport_socket.is_none() && c.transport_socket_matches.is_empty())
+                        || p.secrets == secrets
+                })
                 .and_then(|p| p.clusters.get(&c.name))
             {
                 if **old.endpoints.load() != endpoints {
                     old.endpoints.store(Arc::new(endpoints));
+                }
+                if **old.ep_transport.load() != transport {
+                    old.ep_transport.store(Arc::new(transport));
                 }
                 clusters.insert(c.name.clone(), old.clone());
                 continue;
@@ -580,6 +591,7 @@ impl Config {
             let mut cluster =
                 compile_cluster(c, &secrets).with_context(|| format!("cluster {}", c.name))?;
             cluster.endpoints = ArcSwap::from_pointee(endpoints);
+            cluster.ep_transport = ArcSwap::from_pointee(transport);
             clusters.insert(c.name.clone(), Arc::new(cluster));
         }
         let missing: std::cell::RefCell<HashMap<String, Arc<Cluster>>> = Default::default();
@@ -681,6 +693,23 @@ impl Cluster {
         }
     }
 
+    /// The TLS that connections to `ep` take, if any: its transport
+    /// socket match's, else the cluster's.
+    pub fn transport(&self, ep: SocketAddr) -> Option<&crate::transport::Upstream> {
+        if self.tls_matches.is_empty() {
+            return self.tls.as_ref();
+        }
+        match self.ep_transport.load().get(&ep) {
+            Some(&i) => self.tls_matches.get(i).and_then(Option::as_ref),
+            None => self.tls.as_ref(),
+        }
+    }
+
+    /// Whether any connection of the cluster may take TLS.
+    pub fn may_tls(&self) -> bool {
+        self.tls.is_some() || self.tls_matches.iter().any(Option::is_some)
+    }
+
     /// A connection to `ep` for anything but the inline HTTP/1.1 client:
     /// TCP, then TLS if the cluster originates it, both within
     /// `connect_timeout` (Envoy's connection is not connected until its
@@ -688,7 +717,7 @@ impl Cluster {
     pub async fn open(&self, ep: SocketAddr) -> Option<crate::transport::UpIo> {
         use std::sync::atomic::Ordering::Relaxed;
         use tokio_util::either::Either;
-        let Some(tls) = &self.tls else {
+        let Some(tls) = self.transport(ep) else {
             return self.connect(ep).await.map(Either::Left);
         };
         let started = std::time::Instant::now();
@@ -743,15 +772,18 @@ impl Cluster {
             panic_threshold: 50.0,
             stats: ClusterStats::default(),
             tls: None,
+            tls_matches: Vec::new(),
+            ep_transport: Default::default(),
         }
     }
 }
 
-/// A cluster's endpoints: its own, or its EDS resource's.
+/// A cluster's endpoints (its own, or its EDS resource's), and the
+/// transport socket match each one takes, if any.
 fn endpoints_of(
     c: &bootstrap::Cluster,
     dynamic: &crate::xds::Resources,
-) -> Result<Vec<SocketAddr>> {
+) -> Result<(Vec<SocketAddr>, HashMap<SocketAddr, usize>)> {
     let (assignment, dns) = match c.type_.as_deref().unwrap_or("STATIC") {
         "EDS" => {
             let e = c.eds_cluster_config.as_ref();
@@ -765,14 +797,28 @@ fn endpoints_of(
         _ => (c.load_assignment.as_ref(), false),
     };
     let mut out = vec![];
+    let mut transport = HashMap::new();
+    let empty = BTreeMap::new();
     for l in assignment.iter().flat_map(|a| &a.endpoints) {
         for e in &l.lb_endpoints {
-            out.extend(
-                socket(&e.endpoint.address, dns).with_context(|| format!("cluster {}", c.name))?,
-            );
+            let addrs =
+                socket(&e.endpoint.address, dns).with_context(|| format!("cluster {}", c.name))?;
+            let md = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(bootstrap::TRANSPORT_SOCKET_MATCH))
+                .unwrap_or(&empty);
+            let matched = c
+                .transport_socket_matches
+                .iter()
+                .position(|m| m.match_.iter().all(|(k, v)| md.get(k) == Some(v)));
+            if let Some(i) = matched {
+                transport.extend(addrs.iter().map(|a| (*a, i)));
+            }
+            out.extend(addrs);
         }
     }
-    Ok(out)
+    Ok((out, transport))
 }
 
 fn compile_cluster(c: &bootstrap::Cluster, secrets: &crate::transport::Secrets) -> Result<Cluster> {
@@ -958,16 +1004,33 @@ fn compile_cluster(c: &bootstrap::Cluster, secrets: &crate::transport::Secrets) 
             .map(|p| p.value.clamp(0.0, 100.0))
             .unwrap_or(50.0),
         stats: ClusterStats::default(),
-        tls: match c.transport_socket.as_ref().map(|t| &t.typed_config) {
-            None | Some(bootstrap::TransportSocketConfig::RawBuffer(_)) => None,
-            Some(bootstrap::TransportSocketConfig::Upstream(u)) => {
-                Some(crate::transport::upstream(u, secrets).context("transport_socket")?)
-            }
-            Some(bootstrap::TransportSocketConfig::Downstream(_)) => {
-                bail!("transport_socket: a cluster takes an UpstreamTlsContext, not a DownstreamTlsContext")
-            }
-        },
+        tls: upstream_tls(c.transport_socket.as_ref(), secrets).context("transport_socket")?,
+        tls_matches: c
+            .transport_socket_matches
+            .iter()
+            .map(|m| {
+                upstream_tls(Some(&m.transport_socket), secrets)
+                    .with_context(|| format!("transport_socket_matches {:?}", m.name))
+            })
+            .collect::<Result<_>>()?,
+        ep_transport: Default::default(),
     })
+}
+
+/// A cluster's transport socket: TLS, or plain (none, or `raw_buffer`).
+fn upstream_tls(
+    t: Option<&bootstrap::TransportSocket>,
+    secrets: &crate::transport::Secrets,
+) -> Result<Option<crate::transport::Upstream>> {
+    match t.map(|t| &t.typed_config) {
+        None | Some(bootstrap::TransportSocketConfig::RawBuffer(_)) => Ok(None),
+        Some(bootstrap::TransportSocketConfig::Upstream(u)) => {
+            Ok(Some(crate::transport::upstream(u, secrets)?))
+        }
+        Some(bootstrap::TransportSocketConfig::Downstream(_)) => {
+            bail!("a cluster takes an UpstreamTlsContext, not a DownstreamTlsContext")
+        }
+    }
 }
 
 type Resolve<'a> = dyn Fn(&str, &str) -> Result<Arc<Cluster>> + 'a;

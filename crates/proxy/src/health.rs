@@ -129,7 +129,7 @@ pub async fn run(cluster: Weak<crate::config::Cluster>, i: usize) {
         };
         let eps = c.endpoints.load_full();
         let checks = eps.iter().map(|ep| {
-            let (p, t, tls) = (h.probe.clone(), h.timeout, c.tls.as_ref());
+            let (p, t, tls) = (h.probe.clone(), h.timeout, c.transport(*ep));
             async move { (*ep, probe(&p, *ep, t, tls).await) }
         });
         for (ep, ok) in futures::future::join_all(checks).await {

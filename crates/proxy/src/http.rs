@@ -1114,7 +1114,7 @@ fn forward<'a>(
         (None, None)
     };
     // The inline client speaks to plain TCP sockets only.
-    if bodiless && !h2 && body.is_end_stream() && cluster.tls.is_none() {
+    if bodiless && !h2 && body.is_end_stream() && !cluster.may_tls() {
         return Work::Inline(Inline {
             f,
             head: crate::h1::request_head(&parts),
