@@ -705,11 +705,6 @@ impl Cluster {
         }
     }
 
-    /// Whether any connection of the cluster may take TLS.
-    pub fn may_tls(&self) -> bool {
-        self.tls.is_some() || self.tls_matches.iter().any(Option::is_some)
-    }
-
     /// A connection to `ep` for anything but the inline HTTP/1.1 client:
     /// TCP, then TLS if the cluster originates it, both within
     /// `connect_timeout` (Envoy's connection is not connected until its

@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// The head of a bodiless HTTP/1.1 request (origin-form target, or
 /// authority-form for CONNECT).
@@ -103,7 +102,8 @@ impl Idle {
 /// One upstream connection and what was read past the last response.
 pub struct Conn {
     pub ep: SocketAddr,
-    stream: TcpStream,
+    /// Plain TCP, or TLS when the cluster originates it.
+    stream: crate::transport::UpIo,
     buf: BytesMut,
     life: Life,
 }
@@ -112,7 +112,11 @@ impl Conn {
     /// A new connection, for a request it carries at once. Boxed once
     /// for the connection's life: a request's futures and its response
     /// body then move a pointer, not the socket and its buffer.
-    pub fn new(ep: SocketAddr, stream: TcpStream, cluster: &Arc<Cluster>) -> Box<Self> {
+    pub fn new(
+        ep: SocketAddr,
+        stream: crate::transport::UpIo,
+        cluster: &Arc<Cluster>,
+    ) -> Box<Self> {
         let mut life = Life::new(cluster);
         life.carry();
         Box::new(Conn {
@@ -235,9 +239,15 @@ pub async fn exchange(
         }
         let before = c.buf.len();
         c.buf.reserve(8192);
-        let n = tokio::io::AsyncReadExt::read_buf(&mut c.stream, &mut c.buf)
-            .await
-            .map_err(|_| Error::Io)?;
+        let n = match tokio::io::AsyncReadExt::read_buf(&mut c.stream, &mut c.buf).await {
+            Ok(n) => n,
+            // A TLS upstream that closed a pooled connection without
+            // close_notify: as stale as a plain one that closed.
+            Err(e) if before == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Error::Stale)
+            }
+            Err(_) => return Err(Error::Io),
+        };
         if n == 0 {
             return Err(if before == 0 { Error::Stale } else { Error::Io });
         }
@@ -447,7 +457,9 @@ mod tests {
         let idle = Arc::new(Idle::default());
         let c = Conn::new(
             ep,
-            TcpStream::connect(ep).await.expect("connect"),
+            tokio_util::either::Either::Left(
+                tokio::net::TcpStream::connect(ep).await.expect("connect"),
+            ),
             &Arc::new(Cluster::missing("c")),
         );
         let r = exchange(c, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", false, idle.clone())
@@ -492,7 +504,9 @@ mod tests {
         let idle = Arc::new(Idle::default());
         let c = Conn::new(
             ep,
-            TcpStream::connect(ep).await.expect("connect"),
+            tokio_util::either::Either::Left(
+                tokio::net::TcpStream::connect(ep).await.expect("connect"),
+            ),
             &Arc::new(Cluster::missing("c")),
         );
         let r = exchange(c, b"GET / HTTP/1.1\r\n\r\n", false, idle)

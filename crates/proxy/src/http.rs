@@ -1113,8 +1113,7 @@ fn forward<'a>(
     } else {
         (None, None)
     };
-    // The inline client speaks to plain TCP sockets only.
-    if bodiless && !h2 && body.is_end_stream() && !cluster.may_tls() {
+    if bodiless && !h2 && body.is_end_stream() {
         return Work::Inline(Inline {
             f,
             head: crate::h1::request_head(&parts),
@@ -1495,7 +1494,7 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
                     Ok(r) => return Ok(r),
                 }
             }
-            let Some(stream) = cluster.connect(ep).await else {
+            let Some(stream) = cluster.open(ep).await else {
                 // As Envoy, a request counts once it has a connection
                 // (taken back here, off the path of the requests that do).
                 stats.upstream_rq_total.fetch_sub(1, Ordering::Relaxed);
@@ -1562,33 +1561,14 @@ fn mirror(f: &Forward, pool: &Pool, parts: &http::request::Parts, n: usize, ctx:
                 .stats
                 .upstream_rq_total
                 .fetch_add(1, Ordering::Relaxed);
-            // Plain TCP goes through the inline client; TLS (which it does
-            // not speak) through hyper's, on a connection of its own. The
-            // answer is read to its end, so a connection can be reused.
-            match stream {
-                tokio_util::either::Either::Left(tcp) => {
-                    let head = crate::h1::request_head(&p);
-                    let is_head = p.method == http::Method::HEAD;
-                    let conn = crate::h1::Conn::new(ep, tcp, &cluster);
-                    if let Ok(r) = crate::h1::exchange(conn, &head, is_head, idle).await {
-                        cluster.stats.status(r.status().as_u16());
-                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
-                    }
-                }
-                tls => {
-                    let io = hyper_util::rt::TokioIo::new(tls);
-                    let Ok((mut s, conn)) =
-                        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await
-                    else {
-                        return;
-                    };
-                    tokio::spawn(conn);
-                    let req = Request::from_parts(p, Full::default());
-                    if let Ok(r) = s.send_request(req).await {
-                        cluster.stats.status(r.status().as_u16());
-                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
-                    }
-                }
+            // The inline client, over plain TCP or TLS alike. The answer
+            // is read to its end, so the connection can be reused.
+            let head = crate::h1::request_head(&p);
+            let is_head = p.method == http::Method::HEAD;
+            let conn = crate::h1::Conn::new(ep, stream, &cluster);
+            if let Ok(r) = crate::h1::exchange(conn, &head, is_head, idle).await {
+                cluster.stats.status(r.status().as_u16());
+                let _ = http_body_util::BodyExt::collect(r.into_body()).await;
             }
         });
     }
