@@ -104,8 +104,29 @@ pub async fn request(
     headers: &[(String, String)],
     timeout: Duration,
 ) -> anyhow::Result<Got> {
+    request_from(None, method, authority, path, headers, timeout).await
+}
+
+/// [`request`], from a socket bound to `local` when given (`authority` is
+/// then an address, not a name).
+pub async fn request_from(
+    local: Option<std::net::SocketAddr>,
+    method: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<Got> {
     let go = async {
-        let stream = tokio::net::TcpStream::connect(authority).await?;
+        let stream = match local {
+            None => tokio::net::TcpStream::connect(authority).await?,
+            Some(local) => {
+                let to: std::net::SocketAddr = authority.parse()?;
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(local)?;
+                socket.connect(to).await?
+            }
+        };
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);

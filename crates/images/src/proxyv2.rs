@@ -161,6 +161,51 @@ async fn health() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `:15020/app-health/<container>/<readyz|livez|startupz>`: the
+/// application's own HTTP probe (from `ISTIO_KUBE_APP_PROBERS`, which
+/// injection wrote when it rewrote the probe), sent to the pod's IP from
+/// 127.0.0.6, which traffic capture leaves alone (as Istio's agent does);
+/// its status is the answer.
+async fn app_health(probers: serde_json::Map<String, Value>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:15020").await?;
+    let probers = std::sync::Arc::new(probers);
+    crate::http::serve("proxy agent", listener, move |req| {
+        let probers = probers.clone();
+        async move {
+            let Some(p) = probers.get(req.uri().path()) else {
+                return crate::http::reply(404, "text/plain", "no such probe\n");
+            };
+            let get = &p["httpGet"];
+            let port = get["port"].as_i64().unwrap_or(0);
+            let path = get["path"].as_str().unwrap_or("/");
+            let headers: Vec<(String, String)> = get["httpHeaders"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| {
+                    Some((
+                        h["name"].as_str()?.to_owned(),
+                        h["value"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            let timeout = Duration::from_secs(p["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
+            let ip = std::env::var("INSTANCE_IP").unwrap_or_else(|_| "127.0.0.1".into());
+            let (local, to) = ("127.0.0.6:0".parse().ok(), format!("{ip}:{port}"));
+            match crate::http::request_from(local, "GET", &to, path, &headers, timeout).await {
+                Ok(g) => crate::http::reply(g.status, "text/plain", g.body),
+                Err(e) => crate::http::reply(
+                    503,
+                    "text/plain",
+                    format!("the application's probe failed: {e}\n"),
+                ),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 /// Connections the proxy's listeners still hold.
 async fn active_connections() -> u64 {
     let Some(g) = admin("GET", "/stats?filter=downstream_cx_active").await else {
@@ -206,6 +251,14 @@ pub fn run(args: &[String]) -> anyhow::Result<i32> {
         .ok()
         .and_then(|d| d.trim_end_matches('s').parse::<u64>().ok())
         .unwrap_or(5);
+    // The application's probes that injection rewrote to this agent.
+    let probers = match std::env::var("ISTIO_KUBE_APP_PROBERS") {
+        Ok(v) if !v.is_empty() => match serde_json::from_str::<Value>(&v) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => anyhow::bail!("proxy agent: ISTIO_KUBE_APP_PROBERS is not a JSON object: {v}"),
+        },
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -221,6 +274,13 @@ pub fn run(args: &[String]) -> anyhow::Result<i32> {
                 eprintln!("proxy agent: cannot serve :15021: {e}");
             }
         });
+        if let Some(probers) = probers {
+            tokio::spawn(async move {
+                if let Err(e) = app_health(probers).await {
+                    eprintln!("proxy agent: cannot serve :15020: {e}");
+                }
+            });
+        }
         let mut cmd = std::process::Command::new(&bin);
         // mast's own proxy is `mast proxy`, with Envoy's flags.
         if std::path::Path::new(&bin).file_name().is_some_and(|n| n == "mast") {

@@ -1511,6 +1511,39 @@ spec:
     );
     let logs = c.ok(&["logs", "strict-client", "-c", "call"]);
     assert!(logs.contains("William Shakespeare"), "{logs}");
+    // An application's HTTP readiness probe, rewritten at injection to
+    // the proxy agent (which probes it over loopback), as Istio does: the
+    // pod becomes ready under STRICT, which refuses the node's plain text.
+    c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: probed, labels: {app: probed}}\nspec:\n  containers:\n  - name: echo\n    image: mast.dev/echo\n    readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}\n");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.spec.containers[0].readinessProbe.httpGet.port}"
+        ]),
+        "15020"
+    );
+    assert!(
+        common::eventually(90, || c.ok(&[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"
+        ]) == "True"),
+        "the probed pod never became ready under STRICT: {}\n{}\n{:?}",
+        c.ok(&["get", "pod", "probed", "-o", "jsonpath={.spec}"]),
+        c.ok(&["logs", "probed", "-c", "istio-proxy"]),
+        common::curl_code_body(
+            &format!(
+                "http://{}:15020/app-health/echo/readyz",
+                c.ok(&["get", "pod", "probed", "-o", "jsonpath={.status.podIP}"])
+            ),
+            &[]
+        )
+    );
     let details_pod = c.ok(&[
         "get",
         "pod",

@@ -49,6 +49,9 @@ impl Capture {
         s.push_str("    meta l4proto != tcp return\n");
         s.push_str(&format!("    meta skuid {} return\n", self.proxy_uid));
         s.push_str("    ip daddr 127.0.0.0/8 return\n");
+        // The proxy agent's probes of the application (from 127.0.0.6,
+        // as Istio's agent sends them) reach it directly.
+        s.push_str("    ip saddr 127.0.0.6 return\n");
         if !self.exclude_outbound_ports.is_empty() {
             s.push_str(&format!(
                 "    tcp dport {} return\n",

@@ -15,6 +15,14 @@
 //! (apps that start before their proxy, Jobs that never end) do not arise.
 //! The agent sees `sidecar.istio.io/status` and installs traffic capture in
 //! the pod's network namespace, as istio-cni does.
+//!
+//! The application's HTTP probes are rewritten as Istio rewrites them
+//! (unless the annotation `sidecar.istio.io/rewriteAppHTTPProbers` is
+//! `"false"`): to the proxy agent's `:15020/app-health/<container>/readyz`
+//! (`livez`, `startupz`), with the original probes in the agent's
+//! `ISTIO_KUBE_APP_PROBERS`. The agent probes the application over
+//! loopback, so a probe still works when a STRICT PeerAuthentication
+//! refuses plain text from the node.
 
 use serde_json::{json, Value};
 
@@ -70,8 +78,63 @@ fn field_env(name: &str, path: &str) -> Value {
 }
 
 /// Add the proxy to `pod`, as Istio's injector would in native-sidecar mode.
+/// The agent's port for rewritten probes (Istio's status port).
+pub const APP_HEALTH_PORT: i64 = 15020;
+
+/// Point the application containers' HTTP probes at the proxy agent, as
+/// Istio's `rewriteAppHTTPProbe`; the originals, by the path the agent now
+/// answers, resolved to port numbers.
+fn rewrite_probes(spec: &mut Value) -> serde_json::Map<String, Value> {
+    let mut probers = serde_json::Map::new();
+    for c in spec["containers"].as_array_mut().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or_default().to_owned();
+        let ports = c["ports"].clone();
+        for (field, kind) in [
+            ("readinessProbe", "readyz"),
+            ("livenessProbe", "livez"),
+            ("startupProbe", "startupz"),
+        ] {
+            let probe = &mut c[field];
+            // HTTPS probes stay as they are: the agent probes in plain HTTP.
+            if !probe["httpGet"].is_object() || probe["httpGet"]["scheme"] == json!("HTTPS") {
+                continue;
+            }
+            let mut get = probe["httpGet"].clone();
+            // A named port is the container's port of that name.
+            if let Some(named) = get["port"].as_str() {
+                let number = ports
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"].as_str() == Some(named))
+                    .and_then(|p| p["containerPort"].as_i64())
+                    .or_else(|| named.parse().ok());
+                match number {
+                    Some(n) => get["port"] = json!(n),
+                    None => continue, // Kubernetes refuses it: left as it is.
+                }
+            }
+            let path = format!("/app-health/{name}/{kind}");
+            let mut original = json!({"httpGet": get});
+            if let Some(t) = probe["timeoutSeconds"].as_i64() {
+                original["timeoutSeconds"] = json!(t);
+            }
+            probers.insert(path.clone(), original);
+            probe["httpGet"] = json!({"path": path, "port": APP_HEALTH_PORT, "scheme": "HTTP"});
+        }
+    }
+    probers
+}
+
 pub fn inject(pod: &mut Value, t: &Template) {
     let labels = pod["metadata"]["labels"].clone();
+    let rewrite = flag(&pod["metadata"]["annotations"]["sidecar.istio.io/rewriteAppHTTPProbers"])
+        .unwrap_or(true);
+    let probers = if rewrite {
+        rewrite_probes(&mut pod["spec"])
+    } else {
+        Default::default()
+    };
     let app_containers: Vec<String> = pod["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -111,6 +174,12 @@ pub fn inject(pod: &mut Value, t: &Template) {
         "terminationMessagePolicy": "File",
         "imagePullPolicy": "IfNotPresent",
     });
+    let mut proxy = proxy;
+    if !probers.is_empty() {
+        if let Some(env) = proxy["env"].as_array_mut() {
+            env.push(json!({"name": "ISTIO_KUBE_APP_PROBERS", "value": Value::Object(probers).to_string()}));
+        }
+    }
     let spec = &mut pod["spec"];
     let mut inits = spec["initContainers"]
         .as_array()
@@ -224,5 +293,53 @@ mod tests {
             "app"
         );
         assert!(!wanted(&p, &json!({"istio-injection": "enabled"})));
+    }
+
+    #[test]
+    fn http_probes_go_through_the_agent_as_istio_rewrites_them() {
+        let t = Template {
+            image: "mast.dev/proxyv2".into(),
+            xds_address: "unix:///x.sock".into(),
+            proxy_bin: "/usr/bin/envoy".into(),
+            domain: "cluster.local".into(),
+        };
+        let with_probes = |annotations: Value| {
+            let mut p = pod("default", json!({"app": "web"}), annotations);
+            p["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+            p["spec"]["containers"][0]["readinessProbe"] =
+                json!({"httpGet": {"path": "/ready", "port": "http"}, "timeoutSeconds": 2});
+            p["spec"]["containers"][0]["livenessProbe"] = json!({"tcpSocket": {"port": 8080}});
+            inject(&mut p, &t);
+            p
+        };
+        let p = with_probes(json!({}));
+        let app = &p["spec"]["containers"][0];
+        assert_eq!(
+            app["readinessProbe"]["httpGet"],
+            json!({"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"})
+        );
+        assert_eq!(app["readinessProbe"]["timeoutSeconds"], 2);
+        assert_eq!(
+            app["livenessProbe"],
+            json!({"tcpSocket": {"port": 8080}}),
+            "TCP probes stay"
+        );
+        let env = p["spec"]["initContainers"][0]["env"].as_array().unwrap();
+        let probers = env
+            .iter()
+            .find(|e| e["name"] == "ISTIO_KUBE_APP_PROBERS")
+            .and_then(|e| e["value"].as_str())
+            .expect("ISTIO_KUBE_APP_PROBERS");
+        let probers: Value = serde_json::from_str(probers).unwrap();
+        assert_eq!(
+            probers,
+            json!({"/app-health/app/readyz": {"httpGet": {"path": "/ready", "port": 8080}, "timeoutSeconds": 2}})
+        );
+        // The pod can say no.
+        let p = with_probes(json!({"sidecar.istio.io/rewriteAppHTTPProbers": "false"}));
+        assert_eq!(
+            p["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+            "/ready"
+        );
     }
 }
