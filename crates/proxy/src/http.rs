@@ -1494,7 +1494,10 @@ async fn exchange_inline(job: &Inline<'_>, pool: &Pool, n: usize, ctx: &Ctx) -> 
                     Ok(r) => return Ok(r),
                 }
             }
-            let Some(stream) = cluster.open(ep).await else {
+            // Boxed: a TLS handshake's future is large, and this one is
+            // only taken for a new connection; held inline, it would grow
+            // (and make every request move) the whole request's future.
+            let Some(stream) = Box::pin(cluster.open(ep)).await else {
                 // As Envoy, a request counts once it has a connection
                 // (taken back here, off the path of the requests that do).
                 stats.upstream_rq_total.fetch_sub(1, Ordering::Relaxed);
