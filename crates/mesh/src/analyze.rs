@@ -144,10 +144,7 @@ pub fn analyze(mesh: &Mesh, ports: &Ports, only: Option<&str>) -> Vec<Message> {
         for s in &gw.servers {
             let mode = s.tls.as_ref().and_then(|t| t.mode.as_deref());
             let proto = s.port.protocol_upper();
-            let unsupported = matches!(
-                crate::gateway::kind(s),
-                crate::gateway::Kind::Unsupported(_)
-            );
+            let unsupported = matches!(crate::gateway::kind(s), crate::gateway::Kind::Unsupported);
             if in_scope(ns) && unsupported {
                 out.push(Message {
                     level: Level::Warning,

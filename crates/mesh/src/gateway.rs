@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use mast_api::istio::types::{Server, VirtualService};
 
 /// How a gateway serves a server.
-pub enum Kind<'a> {
+pub enum Kind {
     /// HTTP, HTTP2, GRPC: routed by the bound VirtualServices' `http`.
     Http,
     /// HTTPS terminated at the gateway, then `http` routes ([`crate::tls`]).
@@ -31,12 +31,12 @@ pub enum Kind<'a> {
     /// TLS passed through by SNI: the `tls` routes.
     Passthrough,
     /// What mast does not serve (ISTIO_MUTUAL, AUTO_PASSTHROUGH, UDP...).
-    Unsupported(&'a str),
+    Unsupported,
 }
 
 /// How a gateway serves `s`, by its protocol and TLS mode, as istiod
 /// reads them.
-pub fn kind(s: &Server) -> Kind<'_> {
+pub fn kind(s: &Server) -> Kind {
     let proto = s.port.protocol_upper();
     let mode = s
         .tls
@@ -54,9 +54,9 @@ pub fn kind(s: &Server) -> Kind<'_> {
             }
         }
         "HTTPS" | "TLS" if mode == "PASSTHROUGH" => Kind::Passthrough,
-        "HTTPS" | "TLS" => Kind::Unsupported(mode),
+        "HTTPS" | "TLS" => Kind::Unsupported,
         "TCP" | "MONGO" | "MYSQL" | "REDIS" => Kind::Tcp,
-        _ => Kind::Unsupported("protocol"),
+        _ => Kind::Unsupported,
     }
 }
 
@@ -240,7 +240,7 @@ mod tests {
             Kind::Https => "https",
             Kind::Tcp => "tcp",
             Kind::Passthrough => "passthrough",
-            Kind::Unsupported(_) => "unsupported",
+            Kind::Unsupported => "unsupported",
         };
         let p = |proto: &str| serde_json::json!({"number": 1, "protocol": proto});
         assert_eq!(k(serde_json::json!({"port": p("HTTP")})), "http");

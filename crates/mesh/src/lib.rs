@@ -119,8 +119,7 @@ fn configuration(mesh: &Mesh, proxy: &ProxyInfo) -> Resources {
                         redirect.insert(port);
                     }
                 }
-                gateway::Kind::Tcp | gateway::Kind::Passthrough | gateway::Kind::Unsupported(_) => {
-                }
+                gateway::Kind::Tcp | gateway::Kind::Passthrough | gateway::Kind::Unsupported => {}
             }
         }
     }
