@@ -9,8 +9,10 @@
 //! given (`ca-cert.pem`, `ca-key.pem`, as Istio names its self-signed
 //! CA's files) so that a restarted control plane keeps the mesh's trust;
 //! else it lives in memory. Workload certificates last 24 hours and are
-//! signed again once half of that has passed; until then every push
-//! serves the same one, so pushes do not churn the proxies' TLS.
+//! signed again once half of that has passed (the control plane pushes
+//! every hour, [`RENEW_CHECK`], so this happens in a quiet mesh too);
+//! until then every push serves the same one, so pushes do not churn the
+//! proxies' TLS.
 //!
 //! Not yet: proxies are not authenticated when they ask for their
 //! identity (istiod checks a Kubernetes service-account token); the
@@ -28,6 +30,11 @@ use std::time::{Duration, SystemTime};
 
 /// How long a workload certificate lasts (istiod's default, 24 h).
 const LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// How often the control plane regenerates every proxy's configuration
+/// when nothing changes, so that certificates past half their life are
+/// signed again well before they expire.
+pub const RENEW_CHECK: Duration = Duration::from_secs(3600);
 
 /// A workload's certificate and key, PEM.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,8 +136,11 @@ impl Ca {
     /// The certificate for a SPIFFE identity: the one issued before while
     /// it is fresh, else a new one.
     pub fn issue(&self, identity: &str) -> Result<Issued> {
+        self.issue_at(identity, SystemTime::now())
+    }
+
+    fn issue_at(&self, identity: &str, now: SystemTime) -> Result<Issued> {
         let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
-        let now = SystemTime::now();
         if let Some(i) = issued.get(identity).filter(|i| i.renew_at > now) {
             return Ok(i.clone());
         }
@@ -181,6 +191,11 @@ mod tests {
         assert_eq!(id, "spiffe://cluster.local/ns/default/sa/default");
         let a = ca.issue(&id).expect("issue");
         assert_eq!(ca.issue(&id).expect("again"), a, "fresh: the same one");
+        // Past half its life, it is signed again.
+        let later = SystemTime::now() + LIFETIME / 2 + Duration::from_secs(60);
+        let renewed = ca.issue_at(&id, later).expect("renew");
+        assert_ne!(renewed.cert, a.cert);
+        assert_eq!(ca.issue_at(&id, later).expect("again"), renewed);
         assert_ne!(
             ca.issue("spiffe://cluster.local/ns/x/sa/y")
                 .expect("other")

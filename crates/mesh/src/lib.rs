@@ -493,6 +493,22 @@ pub async fn run(
         .add_service(xds::Ads::server(current.clone(), version_rx, proxies))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let serving = tokio::spawn(server);
+    // Workload certificates are signed again, once half their life has
+    // passed, when a proxy's configuration is generated: a push every
+    // ca::RENEW_CHECK makes that happen in a mesh where nothing else
+    // changes (a proxy is sent only what changed for it).
+    let version_tx = Arc::new(version_tx);
+    let renew = {
+        let tx = version_tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ca::RENEW_CHECK);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                tx.send_modify(|v| *v += 1);
+            }
+        })
+    };
     // A burst of changes (settled for 50 ms) is one push.
     while mast_watch::next_burst(&mut events, &mut shutdown, Duration::from_millis(50), None).await
     {
@@ -505,6 +521,7 @@ pub async fn run(
         version_tx.send_modify(|v| *v += 1);
     }
     serving.abort();
+    renew.abort();
     if let Some(s) = on_socket {
         s.abort();
     }
