@@ -1155,12 +1155,7 @@ mod tests {
     fn http2_and_grpc_ports_get_http2_upstreams_inbound_and_outbound() {
         use crate::model::{Endpoint, Service, ServiceKey, ServicePort};
         use prost::Message;
-        let port = |name: &str, port| ServicePort {
-            name: name.into(),
-            port,
-            protocol: "TCP".into(),
-            app_protocol: None,
-        };
+        let port = ServicePort::named;
         let mut mesh = Mesh {
             domain: "cluster.local".into(),
             ..Default::default()

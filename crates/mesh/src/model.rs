@@ -50,6 +50,17 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// A TCP Service port named `name` (for tests).
+    #[cfg(test)]
+    pub(crate) fn named(name: &str, port: u16) -> ServicePort {
+        ServicePort {
+            name: name.into(),
+            port,
+            protocol: "TCP".into(),
+            app_protocol: None,
+        }
+    }
+
     /// Whether the port carries the application's own TLS: `appProtocol`
     /// or the name's prefix `https` or `tls`.
     pub fn is_tls(&self) -> bool {
@@ -580,12 +591,7 @@ mod tests {
                 labels,
             }
         };
-        let port = |name: &str, port: u16| ServicePort {
-            name: name.into(),
-            port,
-            protocol: "TCP".into(),
-            app_protocol: None,
-        };
+        let port = ServicePort::named;
         let mut mesh = Mesh {
             domain: "cluster.local".into(),
             ..Default::default()

@@ -539,12 +539,7 @@ mod tests {
             ServiceKey::resolve("ratings", "shop", "cluster.local"),
             Service {
                 cluster_ip: Some("10.96.0.10".parse().expect("ip")),
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    port: 9080,
-                    protocol: "TCP".into(),
-                    app_protocol: None,
-                }],
+                ports: vec![ServicePort::named("http", 9080)],
                 endpoints: vec![Endpoint {
                     ip: "10.0.0.1".parse().expect("ip"),
                     ports: [("http".to_string(), 9080)].into(),

@@ -627,17 +627,16 @@ mod tests {
         assert!(Workload::from_node(&serde_json::Map::new()).is_none());
     }
 
-    #[test]
-    fn series_carry_istios_labels() {
-        let md = serde_json::json!({"NAMESPACE": "default", "NAME": "productpage-v1-1-2", "LABELS": {"app": "productpage", "version": "v1", "pod-template-hash": "1"}});
-        let m = Metrics::new(Workload::from_node(md.as_object().unwrap()).unwrap());
-        let peer: http::HeaderValue = "default;reviews-v2;reviews;v2;reviews;v2;sa;Kubernetes"
-            .parse()
-            .unwrap();
-        m.http(Request {
-            source: true,
-            peer: Some(&peer),
-            principal: None,
+    /// A 200 from reviews, 120 bytes in 3 ms.
+    fn reviews_ok<'a>(
+        source: bool,
+        peer: Option<&'a http::HeaderValue>,
+        principal: Option<&'a Arc<str>>,
+    ) -> Request<'a> {
+        Request {
+            source,
+            peer,
+            principal,
             service: "reviews.default.svc.cluster.local",
             grpc: false,
             code: 200,
@@ -646,7 +645,17 @@ mod tests {
             request_bytes: 0,
             response_bytes: 120,
             duration: Duration::from_millis(3),
-        });
+        }
+    }
+
+    #[test]
+    fn series_carry_istios_labels() {
+        let md = serde_json::json!({"NAMESPACE": "default", "NAME": "productpage-v1-1-2", "LABELS": {"app": "productpage", "version": "v1", "pod-template-hash": "1"}});
+        let m = Metrics::new(Workload::from_node(md.as_object().unwrap()).unwrap());
+        let peer: http::HeaderValue = "default;reviews-v2;reviews;v2;reviews;v2;sa;Kubernetes"
+            .parse()
+            .unwrap();
+        m.http(reviews_ok(true, Some(&peer), None));
         let mut out = String::new();
         m.prometheus(&mut out);
         let line = out
@@ -678,19 +687,7 @@ mod tests {
         let client: Arc<str> =
             Arc::from("spiffe://cluster.local/ns/default/sa/bookinfo-productpage");
         for principal in [Some(&client), None] {
-            m.http(Request {
-                source: false,
-                peer: None,
-                principal,
-                service: "reviews.default.svc.cluster.local",
-                grpc: false,
-                code: 200,
-                grpc_status: None,
-                flags: "",
-                request_bytes: 0,
-                response_bytes: 1,
-                duration: Duration::from_millis(1),
-            });
+            m.http(reviews_ok(false, None, principal));
         }
         m.tcp(
             false,
