@@ -915,6 +915,17 @@ srv.serve_forever()
     common::Background(child)
 }
 
+/// What [`https_server`] answered: the status, the SNI it was asked by
+/// and the client certificate's SAN (`-` for none).
+fn seen_by_https_server(code: &str, body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    format!(
+        "{code} sni={} client={}",
+        v["sni"].as_str().unwrap_or("-"),
+        v["client"].as_str().unwrap_or("-")
+    )
+}
+
 /// Istio's egress TLS origination: the gateway's route sends plain HTTP
 /// to a ServiceEntry's port 443, and a DestinationRule on that host and
 /// port (`portLevelSettings`) makes the proxy speak TLS to it: SIMPLE with
@@ -938,12 +949,7 @@ fn tls_origination(c: &Cluster, gw_port: u16, vs: &dyn Fn(&str)) {
     };
     let ask = || -> String {
         let (code, body) = common::curl_code_body(&format!("http://127.0.0.1:{gw_port}/"), &[]);
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        format!(
-            "{code} sni={} client={}",
-            v["sni"].as_str().unwrap_or("-"),
-            v["client"].as_str().unwrap_or("-")
-        )
+        seen_by_https_server(&code, &body)
     };
     let ca_file = pki.path("ca.pem");
     dr(&format!("{{mode: SIMPLE, caCertificates: {ca_file}}}"));
@@ -1054,12 +1060,7 @@ spec:
                 &resolve,
             ],
         );
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        format!(
-            "{code} sni={} client={}",
-            v["sni"].as_str().unwrap_or("-"),
-            v["client"].as_str().unwrap_or("-")
-        )
+        seen_by_https_server(&code, &body)
     };
     let want = "200 sni=secure.external.test client=client.test";
     assert!(
