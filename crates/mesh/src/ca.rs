@@ -56,7 +56,10 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-/// A new self-signed root: its certificate (PEM) and key.
+/// A new self-signed root: its certificate (PEM) and key. The API
+/// server's PKI (`crates/apiserver/src/pki.rs`) makes its own CA alike;
+/// the mesh does not share that code because it does not depend on the
+/// API server: it runs against any Kubernetes API.
 fn root() -> Result<(String, KeyPair)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
